@@ -1,0 +1,209 @@
+"""tf.data input pipeline: RSNA records -> batches of images and `[A, 4 + 1]` anchor targets.
+
+`prepare_split(config)` reads and validates the labels (generating the synthetic data set
+first when the config asks for it) and fixes the patient-level folds in a split file.
+`build_dataset(config, split)` then streams `{"images", "targets", "image_labels", "scales"}`
+batches, from the preprocessed cache (default) or straight from the DICOMs.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from retinanet.anchors import generate_anchors
+from retinanet.config import Config
+from retinanet.data.augment import augment
+from retinanet.data.cache import build_cache, load_preprocessed
+from retinanet.data.dicom import DicomReadError, read_image
+from retinanet.data.preprocess import normalize
+from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
+from retinanet.targets import LabelEncoder
+
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    train: list[Record]
+    validation: list[Record]
+    split_file: Path
+    skipped: SkipReport
+
+
+def data_root(config: Config) -> Path:
+    return Path(config.data.root)
+
+
+def ensure_data(config: Config, progress: bool = True) -> Path:
+    """Return the data root; generate the synthetic set there first if configured and missing."""
+    root = data_root(config)
+    labels = root / config.data.labels_csv
+    if not labels.is_file() and config.data.synthetic is not None:
+        from retinanet.data.synthetic import generate_synthetic_rsna
+
+        synthetic = config.data.synthetic
+        print(f"Generating the synthetic RSNA-format data set in {root} (first run only)")
+        generate_synthetic_rsna(root, num_train=synthetic.num_train, num_test=synthetic.num_test,
+                                size=synthetic.size, seed=synthetic.seed, progress=progress)
+    return root
+
+
+def default_split_file(config: Config) -> Path:
+    data = config.data
+    if data.split_file:
+        return Path(data.split_file)
+    return data_root(config) / "splits" / f"folds{data.num_folds}_seed{data.split_seed}.csv"
+
+
+def prepare_split(config: Config, split_file: str | Path | None = None, progress: bool = True) -> PreparedSplit:
+    """Validated train and validation records; the split file is created on first use."""
+    root = ensure_data(config, progress)
+    data = config.data
+    records, skipped = read_labels(root / data.labels_csv, root / data.train_images,
+                                   class_info_csv=root / data.class_info_csv, image_size=data.original_size,
+                                   policy=data.bad_file_policy)
+    if len(skipped):
+        print(f"Skipped {len(skipped)} label row(s) or patient(s) under data.bad_file_policy=skip")
+    split_file = Path(split_file) if split_file is not None else default_split_file(config)
+    folds = load_or_create_folds(records, split_file, data.num_folds, data.split_seed)
+    train, validation = split_records(records, folds, data.validation_fold)
+    if data.max_images:
+        train, validation = train[: data.max_images], validation[: data.max_images]
+    return PreparedSplit(train, validation, split_file, skipped)
+
+
+def validate_images(records: list[Record], *, policy: str, num_workers: int = 2, progress: bool = True
+                    ) -> tuple[list[Record], SkipReport]:
+    """Read every image once before training so that a bad file never surfaces mid-epoch."""
+    report = SkipReport()
+
+    def check(record: Record):
+        try:
+            read_image(record.image_path)
+            return None
+        except DicomReadError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(num_workers) as pool:
+        errors = list(tqdm(pool.map(check, records), total=len(records), desc="checking images",
+                           disable=not progress, unit="img"))
+    good = []
+    for record, error in zip(records, errors):
+        if error is None:
+            good.append(record)
+        elif policy == "error":
+            raise DicomReadError(f"{error} (set data.bad_file_policy: skip to leave such files out)")
+        else:
+            report.add(record.image_path, error)
+    return good, report
+
+
+def _padded_boxes(records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged per-image boxes -> ([num_images, max_boxes, 4], [num_images] counts)."""
+    counts = np.array([len(r.boxes) for r in records], np.int32)
+    padded = np.zeros((len(records), max(1, counts.max(initial=0)), 4), np.float32)
+    for i, record in enumerate(records):
+        padded[i, : counts[i]] = record.boxes
+    return padded, counts
+
+
+def source_dataset(config: Config, records: list[Record], progress: bool = True):
+    """(dataset of sources, records used, `load`), in record order.
+
+    `load(*element)` gives `(image uint8 [H, W, 1], boxes [N, 4] in input pixels, scale)`.
+    The records used can be fewer: under bad_file_policy=skip, unreadable images are
+    left out here (and reported), before any epoch starts.
+    """
+    data, pre = config.data, config.preprocessing
+    image_size = tuple(pre.image_size)
+    if data.use_cache:
+        cached, report = build_cache(records, pre, data.cache_dir, policy=data.bad_file_policy,
+                                     num_workers=data.num_parallel_calls, progress=progress)
+        records = [r for r in records if r.patient_id in cached]
+        sources = [cached[r.patient_id].png_path for r in records]
+        scales = np.array([cached[r.patient_id].scale for r in records], np.float32)
+    else:
+        records, report = validate_images(records, policy=data.bad_file_policy,
+                                          num_workers=data.num_parallel_calls, progress=progress)
+        sources = [r.image_path for r in records]
+        scales = np.zeros(len(records), np.float32)  # computed while reading
+    if len(report):
+        print(f"Skipped {len(report)} unreadable image(s) under data.bad_file_policy=skip")
+    if not records:
+        raise ValueError("no readable images to build a dataset from")
+    padded, counts = _padded_boxes(records)
+
+    def load(source, boxes, count, scale):
+        if data.use_cache:
+            image = tf.io.decode_png(tf.io.read_file(source), channels=1)
+        else:
+            def read(path):
+                processed, read_scale, _ = load_preprocessed(path.decode(), pre)
+                return processed, np.float32(read_scale)
+
+            image, scale = tf.numpy_function(read, [source], (tf.uint8, tf.float32))
+            image = tf.reshape(image, image_size)[..., None]
+        image = tf.ensure_shape(image, (*image_size, 1))
+        return image, boxes[:count] * scale, tf.reshape(scale, [])
+
+    dataset = tf.data.Dataset.from_tensor_slices((sources, padded, counts, scales))
+    return dataset, records, load
+
+
+def build_dataset(config: Config, split: str, *, records: list[Record] | None = None,
+                  training: bool | None = None, deterministic: bool | None = None,
+                  progress: bool = True) -> tf.data.Dataset:
+    """Batches of `{"images": float32 [B, H, W, C], "targets": float32 [B, A, 5],
+    "image_labels": float32 [B], "scales": float32 [B]}`.
+
+    `split` is "train" or "validation"; training (default: split == "train") shuffles,
+    augments and repeats forever. `records` overrides the split's records.
+    """
+    return build_dataset_and_records(config, split, records=records, training=training,
+                                     deterministic=deterministic, progress=progress)[0]
+
+
+def build_dataset_and_records(config: Config, split: str, *, records: list[Record] | None = None,
+                              training: bool | None = None, deterministic: bool | None = None,
+                              progress: bool = True) -> tuple[tf.data.Dataset, list[Record]]:
+    """`build_dataset`, plus the records in dataset order (without any skipped as unreadable)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    training = split == "train" if training is None else training
+    deterministic = config.training.deterministic if deterministic is None else deterministic
+    if records is None:
+        prepared = prepare_split(config, progress=progress)
+        records = prepared.train if split == "train" else prepared.validation
+    dataset, records, load = source_dataset(config, records, progress)
+    encoder = LabelEncoder(generate_anchors(tuple(config.preprocessing.image_size), config.anchors),
+                           positive_iou=config.anchors.positive_iou, negative_iou=config.anchors.negative_iou)
+    augmentation = config.augmentation
+    channels = config.preprocessing.channels
+    parallel = config.data.num_parallel_calls
+
+    if training:
+        dataset = dataset.shuffle(min(len(records), config.training.shuffle_buffer),
+                                  seed=config.training.seed, reshuffle_each_iteration=True).repeat()
+    # One stateless seed per example keeps augmentation reproducible whatever the parallelism.
+    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=config.training.seed).batch(2)))
+
+    def prepare(example, seed):
+        image, boxes, scale = load(*example)
+        image = tf.cast(image, tf.float32)
+        if training and augmentation.enabled:
+            image, boxes = augment(image, boxes, augmentation, seed)
+        targets = encoder(boxes, tf.zeros(tf.shape(boxes)[:1]))
+        image_label = tf.cast(tf.shape(boxes)[0] > 0, tf.float32)
+        return {"images": normalize(image, channels), "targets": targets, "image_labels": image_label,
+                "scales": scale}
+
+    dataset = dataset.map(prepare, num_parallel_calls=parallel, deterministic=deterministic)
+    dataset = dataset.batch(config.training.batch_size if training else config.evaluation.batch_size,
+                            drop_remainder=training)
+    return dataset.prefetch(tf.data.AUTOTUNE), records

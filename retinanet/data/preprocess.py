@@ -1,0 +1,55 @@
+"""Per-image preprocessing shared by training, evaluation, inference and export.
+
+The image is CLAHE'd (OpenCV) at its original resolution, then letterboxed: resized to fit the
+network input keeping its aspect ratio and padded at the bottom and right, so a box maps to
+the input by one scale factor and back by dividing by it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from retinanet.config import PreprocessingConfig
+
+# ImageNet channel means of Keras' ResNet50 ("caffe" mode, BGR); a grey image has equal channels.
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def apply_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
+    """uint8 [H, W] -> uint8 [H, W] after contrast-limited adaptive histogram equalisation."""
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(image)
+
+
+def letterbox_scale(original_size: tuple[int, int], input_size: tuple[int, int]) -> float:
+    """Factor that fits (height, width) `original_size` inside `input_size`."""
+    return min(input_size[0] / original_size[0], input_size[1] / original_size[1])
+
+
+def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """uint8 [h, w] -> (uint8 [H, W] resized and zero-padded at bottom/right, scale)."""
+    scale = letterbox_scale(image.shape[:2], input_size)
+    height = max(1, min(input_size[0], round(image.shape[0] * scale)))
+    width = max(1, min(input_size[1], round(image.shape[1] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    output = np.zeros(input_size, np.uint8)
+    output[:height, :width] = resized
+    return output, scale
+
+
+def preprocess_image(image: np.ndarray, config: PreprocessingConfig) -> tuple[np.ndarray, float]:
+    """Original uint8 [h, w] -> (network-size uint8 [H, W], scale from original to input pixels)."""
+    if config.clahe:
+        image = apply_clahe(image, config.clahe_clip_limit, config.clahe_tile_grid)
+    return letterbox(image, tuple(config.image_size))
+
+
+def normalize(images, channels: int):
+    """uint8 or float [..., H, W, 1] grey in 0..255 -> float32 [..., H, W, channels] for ResNet50."""
+    images = tf.cast(images, tf.float32)
+    mean = tf.constant(IMAGENET_BGR_MEAN, tf.float32)
+    if channels == 1:
+        return images - tf.reduce_mean(mean)
+    return tf.repeat(images, channels, axis=-1) - mean

@@ -1,0 +1,208 @@
+"""RSNA label CSVs -> validated per-patient records, and patient-level fold splits.
+
+Boxes become `x1, y1, x2, y2` in original pixels here, at the edge of the package.
+Every problem found names the file and the CSV line (the header is line 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+CLASS_COLUMNS = ("patientId", "class")
+CLASS_NAMES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
+
+
+class LabelError(ValueError):
+    """A labels or class CSV that breaks the RSNA format."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One patient: its image file and its boxes [N, 4] (`x1, y1, x2, y2`, original pixels)."""
+
+    patient_id: str
+    image_path: str
+    boxes: np.ndarray
+    target: int
+    class_name: str = ""
+
+
+@dataclass
+class SkipReport:
+    """Rows or files left out under the `skip` policy: (where, reason) pairs."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, where: str, reason: str) -> None:
+        self.skipped.append((where, reason))
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+    def write(self, path: str | Path) -> None:
+        pd.DataFrame(self.skipped, columns=["where", "reason"]).to_csv(path, index=False)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise LabelError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise LabelError(f"{path}: not a readable CSV: {error}") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise LabelError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})")
+    return frame
+
+
+def _parse_row(row, image_size: float) -> tuple[np.ndarray | None, int]:
+    """One label row -> (box or None, target); raises ValueError with the reason."""
+    target_text = row["Target"].strip()
+    if target_text not in ("0", "1"):
+        raise ValueError(f"Target must be 0 or 1, got {target_text!r}")
+    target = int(target_text)
+    texts = [row[name].strip() for name in ("x", "y", "width", "height")]
+    if not any(texts):
+        if target == 1:
+            raise ValueError("Target is 1 but the row has no box")
+        return None, target
+    if not all(texts):
+        raise ValueError(f"incomplete box {texts}")
+    try:
+        x, y, width, height = (float(text) for text in texts)
+    except ValueError:
+        raise ValueError(f"non-numeric box value in {texts}") from None
+    if not all(math.isfinite(v) for v in (x, y, width, height)):
+        raise ValueError(f"non-finite box value in {texts}")
+    if target == 0:
+        raise ValueError("Target is 0 but the row has a box")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"box size must be positive, got width {width}, height {height}")
+    if x < 0 or y < 0 or x + width > image_size or y + height > image_size:
+        raise ValueError(f"box ({x}, {y}, {width}, {height}) lies outside the {image_size:g} px image")
+    return np.array([x, y, x + width, y + height], np.float32), target
+
+
+def read_labels(
+    labels_csv: str | Path,
+    images_dir: str | Path | None = None,
+    *,
+    class_info_csv: str | Path | None = None,
+    image_size: float = 1024,
+    policy: str = "error",
+) -> tuple[list[Record], SkipReport]:
+    """Parse and validate `stage_2_train_labels.csv` (and optionally the class CSV).
+
+    With `images_dir`, each patient's `<patientId>.dcm` must exist. `policy` is "error"
+    (raise LabelError on the first problem) or "skip" (leave the patient out, and record
+    the file, line and reason in the returned SkipReport). Records keep the CSV's order.
+    """
+    if policy not in ("error", "skip"):
+        raise ValueError(f"policy must be 'error' or 'skip', got {policy!r}")
+    labels_csv = Path(labels_csv)
+    frame = _read_csv(labels_csv, LABEL_COLUMNS)
+    report = SkipReport()
+    bad_patients: set[str] = set()
+
+    def problem(where: str, patient_id: str, reason: str) -> None:
+        if policy == "error":
+            raise LabelError(f"{where}: {reason}")
+        report.add(where, reason)
+        bad_patients.add(patient_id)
+
+    boxes: dict[str, list[np.ndarray]] = {}
+    targets: dict[str, set[int]] = {}
+    for index, row in enumerate(frame.to_dict("records")):
+        where = f"{labels_csv}:{index + 2}"
+        patient_id = row["patientId"].strip()
+        if not patient_id:
+            problem(where, patient_id, "empty patientId")
+            continue
+        try:
+            box, target = _parse_row(row, image_size)
+        except ValueError as error:
+            problem(where, patient_id, str(error))
+            continue
+        boxes.setdefault(patient_id, [])
+        targets.setdefault(patient_id, set()).add(target)
+        if box is not None:
+            boxes[patient_id].append(box)
+    for patient_id, seen in targets.items():
+        if len(seen) > 1:
+            problem(f"{labels_csv}", patient_id, f"patient {patient_id} has rows with Target 0 and Target 1")
+
+    classes: dict[str, str] = {}
+    if class_info_csv is not None:
+        class_info_csv = Path(class_info_csv)
+        class_frame = _read_csv(class_info_csv, CLASS_COLUMNS)
+        for index, row in enumerate(class_frame.to_dict("records")):
+            where = f"{class_info_csv}:{index + 2}"
+            patient_id, name = row["patientId"].strip(), row["class"].strip()
+            if name not in CLASS_NAMES:
+                problem(where, patient_id, f"unknown class {name!r} (expected one of {', '.join(CLASS_NAMES)})")
+            elif classes.setdefault(patient_id, name) != name:
+                problem(where, patient_id, f"patient {patient_id} has classes {classes[patient_id]!r} and {name!r}")
+        for patient_id, name in classes.items():
+            if patient_id in targets and (name == "Lung Opacity") != (1 in targets[patient_id]):
+                problem(str(class_info_csv), patient_id,
+                        f"class {name!r} of {patient_id} contradicts its Target {max(targets[patient_id])}")
+
+    records = []
+    for patient_id in boxes:
+        if patient_id in bad_patients:
+            continue
+        image_path = Path(images_dir) / f"{patient_id}.dcm" if images_dir is not None else Path(f"{patient_id}.dcm")
+        if images_dir is not None and not image_path.is_file():
+            problem(str(image_path), patient_id, f"image of patient {patient_id} not found")
+            continue
+        patient_boxes = np.stack(boxes[patient_id]) if boxes[patient_id] else np.zeros((0, 4), np.float32)
+        records.append(Record(patient_id, str(image_path), patient_boxes, max(targets[patient_id]),
+                              classes.get(patient_id, "")))
+    return records, report
+
+
+def make_folds(records: list[Record], num_folds: int, seed: int) -> pd.DataFrame:
+    """Patient-level folds stratified by Target: DataFrame `patientId, Target, fold`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for target in (0, 1):
+        patients = sorted(r.patient_id for r in records if r.target == target)
+        order = rng.permutation(len(patients))
+        offset = rng.integers(num_folds)  # so that small strata do not always fill fold 0 first
+        rows += [(patients[i], target, (rank + offset) % num_folds) for rank, i in enumerate(order)]
+    return pd.DataFrame(rows, columns=["patientId", "Target", "fold"]).sort_values("patientId", ignore_index=True)
+
+
+def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int, seed: int) -> pd.DataFrame:
+    """Read the split file, or create and write it; the file's patients must match the records."""
+    path = Path(path)
+    if path.is_file():
+        folds = pd.read_csv(path, dtype={"patientId": str})
+        missing = {r.patient_id for r in records} - set(folds["patientId"])
+        if missing:
+            raise LabelError(f"{path}: split file lacks {len(missing)} labelled patient(s), "
+                             f"e.g. {sorted(missing)[0]}; delete it to create a new split")
+        if folds["fold"].max() >= num_folds:
+            raise LabelError(f"{path}: split file has {folds['fold'].max() + 1} folds, config asks for {num_folds}")
+        return folds
+    folds = make_folds(records, num_folds, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    folds.to_csv(temporary, index=False)
+    temporary.replace(path)
+    return folds
+
+
+def split_records(records: list[Record], folds: pd.DataFrame, validation_fold: int) -> tuple[list[Record], list[Record]]:
+    """(train, validation) records: validation is the patients of `validation_fold`."""
+    fold_of = dict(zip(folds["patientId"], folds["fold"]))
+    train = [r for r in records if fold_of[r.patient_id] != validation_fold]
+    validation = [r for r in records if fold_of[r.patient_id] == validation_fold]
+    return train, validation

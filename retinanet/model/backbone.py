@@ -1,0 +1,61 @@
+"""ResNet50 trunk from keras.applications returning C3, C4, C5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+FEATURE_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")  # C3, C4, C5
+
+
+class WeightsError(ValueError):
+    """Backbone weights that cannot be had: no network, or a missing or mismatched file."""
+
+
+def _resnet50(input_shape, weights):
+    try:
+        return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
+    except Exception as error:  # Keras raises URLError/OSError/ValueError depending on the cause
+        if weights == "imagenet":
+            raise WeightsError(
+                f"could not download the ImageNet weights for ResNet50 ({error}). Offline, download "
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set model.weights "
+                "to its local path, or use model.weights: none") from None
+        raise WeightsError(f"could not load backbone weights from {weights}: {error}") from None
+
+
+def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> keras.Model:
+    """ResNet50 without its top -> model with outputs [C3, C4, C5] (strides 8, 16, 32).
+
+    `weights`: "none", "imagenet" or a path to a Keras ResNet50 (no-top) weights file. With
+    pretrained weights and one input channel, the first convolution's kernel is summed over
+    its three input channels, which gives the same response to a grey image.
+    """
+    if weights not in ("none", "imagenet") and not Path(weights).is_file():
+        raise WeightsError(f"model.weights: file not found: {weights}")
+    keras_weights = None if weights == "none" else weights
+    channels = input_shape[-1]
+    if keras_weights is not None and channels == 1:
+        pretrained = _resnet50((*input_shape[:2], 3), keras_weights)
+        trunk = _resnet50(input_shape, None)
+        for source, target in zip(pretrained.layers, trunk.layers):
+            values = source.get_weights()
+            if source.name == "conv1_conv":
+                values[0] = np.sum(values[0], axis=2, keepdims=True)
+            target.set_weights(values)
+    else:
+        trunk = _resnet50(input_shape, keras_weights)
+    outputs = [trunk.get_layer(name).output for name in FEATURE_LAYERS]
+    return keras.Model(trunk.inputs, outputs, name="resnet50")
+
+
+def freeze(backbone: keras.Model, *, batch_norm: bool, up_to_stage: int) -> None:
+    """Freeze batch-norm layers and/or every layer of stages conv1..conv<up_to_stage>."""
+    for layer in backbone.layers:
+        stage = layer.name.split("_")[0]
+        if stage.startswith("conv") and stage[4:].isdigit() and int(stage[4:]) <= up_to_stage:
+            layer.trainable = False
+        if batch_norm and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False

@@ -1,0 +1,31 @@
+"""Classification and box subnets, shared across pyramid levels."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+
+def build_head(output_channels: int, *, channels: int = 256, num_convs: int = 4, group_norm: bool = False,
+               bias_init: float = 0.0, name: str) -> keras.Sequential:
+    """num_convs x (3x3 conv + [GroupNorm] + ReLU), then a 3x3 conv to `output_channels`.
+
+    Kernels start from N(0, 0.01), biases from 0 except the last one (`bias_init`).
+    """
+    normal = keras.initializers.RandomNormal(stddev=0.01)
+    stack = [keras.Input((None, None, channels))]
+    for i in range(num_convs):
+        stack.append(layers.Conv2D(channels, 3, padding="same", kernel_initializer=normal, name=f"{name}_conv{i}"))
+        if group_norm:
+            stack.append(layers.GroupNormalization(groups=32, name=f"{name}_gn{i}"))
+        stack.append(layers.ReLU(name=f"{name}_relu{i}"))
+    stack.append(layers.Conv2D(output_channels, 3, padding="same", kernel_initializer=normal,
+                               bias_initializer=keras.initializers.Constant(bias_init), name=f"{name}_output"))
+    return keras.Sequential(stack, name=name)
+
+
+def prior_bias(prior_probability: float) -> float:
+    """Classification bias so that every anchor starts at `prior_probability`: -log((1 - p) / p)."""
+    return -math.log((1.0 - prior_probability) / prior_probability)

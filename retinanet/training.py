@@ -1,0 +1,293 @@
+"""Build everything from a config and train: custom loop, checkpoints, validation, TensorBoard.
+
+A run directory holds `config.yaml` (resolved), `split.csv` (the folds it used),
+`checkpoints/` (latest, atomic, with optimizer state and step), `best.weights.h5` (best
+validation RSNA metric), `final.weights.h5`, `log.jsonl` and `tensorboard/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from retinanet.anchors import generate_anchors, level_sizes
+from retinanet.config import Config, TrainingConfig, load_config, save_config
+from retinanet.data.pipeline import build_dataset, prepare_split
+from retinanet.data.rsna import Record
+from retinanet.losses import image_loss, loss_from_config
+from retinanet.model.retinanet import build_model_from_config
+from retinanet.postprocess import postprocessor_from_config
+from retinanet.validation import Validator
+from retinanet.visualize import grid, save_rgb
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, missing run directory to resume...)."""
+
+
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0, then cosine, step or constant decay; a pure function of the step."""
+
+    def __init__(self, base: float, total_steps: int, warmup_steps: int, kind: str,
+                 boundaries: tuple[float, ...] = (), factor: float = 0.1):
+        self.base, self.total_steps, self.warmup_steps = base, total_steps, warmup_steps
+        self.kind, self.boundaries, self.factor = kind, tuple(boundaries), factor
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = self.base * tf.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
+        progress = tf.clip_by_value((step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0)
+        if self.kind == "cosine":
+            decayed = self.base * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.kind == "step":
+            passed = tf.add_n([tf.cast(step >= b * self.total_steps, tf.float32) for b in self.boundaries] + [0.0])
+            decayed = self.base * tf.pow(self.factor, passed)
+        else:
+            decayed = tf.constant(self.base, tf.float32)
+        return tf.where(step < self.warmup_steps, warmup, decayed)
+
+    def get_config(self):
+        return {"base": self.base, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "kind": self.kind, "boundaries": self.boundaries, "factor": self.factor}
+
+
+def schedule_from_config(training: TrainingConfig) -> WarmupDecay:
+    return WarmupDecay(training.learning_rate, training.steps, training.warmup_steps, training.schedule,
+                       training.step_boundaries, training.step_factor)
+
+
+def build_optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
+    schedule = schedule_from_config(training)
+    if training.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=training.weight_decay)
+    if training.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+@contextmanager
+def dtype_policy(name: str):
+    """Build layers under a Keras dtype policy, then restore the previous one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def set_seeds(seed: int, deterministic: bool) -> None:
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def default_run_dir(config: Config, config_path: str | Path | None) -> Path:
+    name = Path(config_path).stem if config_path else "run"
+    return Path(config.training.run_root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _atomic_save_weights(model: keras.Model, path: Path) -> None:
+    temporary = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
+    model.save_weights(temporary)
+    temporary.replace(path)
+
+
+class Trainer:
+    """Owns the model, optimizer, data and logs of one run directory."""
+
+    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        if resume:
+            if not (self.run_dir / "config.yaml").is_file():
+                raise TrainingError(f"--resume: {self.run_dir} holds no config.yaml; is it a run directory?")
+            config = load_config(self.run_dir / "config.yaml")
+        self.config = config
+        training = config.training
+        set_seeds(training.seed, training.deterministic)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        split_path = self.run_dir / "split.csv"
+        prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
+        if not split_path.is_file():
+            shutil.copyfile(prepared.split_file, split_path)
+        save_config(replace(config, data=replace(config.data, split_file=str(split_path.resolve()))),
+                    self.run_dir / "config.yaml")
+        self.train_records, self.validation_records = prepared.train, prepared.validation
+        if not self.train_records or not self.validation_records:
+            raise TrainingError(f"empty split: {len(self.train_records)} training and "
+                                f"{len(self.validation_records)} validation patients")
+
+        self.strategy = make_strategy(training.strategy)
+        replicas = self.strategy.num_replicas_in_sync
+        if training.batch_size % replicas:
+            raise TrainingError(f"training.batch_size {training.batch_size} is not divisible by {replicas} replicas")
+        image_size = tuple(config.preprocessing.image_size)
+        self.anchors = generate_anchors(image_size, config.anchors)
+        with self.strategy.scope(), dtype_policy(training.mixed_precision):
+            self.model = build_model_from_config(config)
+            self.optimizer = build_optimizer(training)
+            self.optimizer.build(self.model.trainable_variables)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.loss = loss_from_config(config, self.anchors)
+        self.postprocessor = postprocessor_from_config(config, self.anchors, level_sizes(image_size, config.anchors))
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints", max_to_keep=2)
+        if resume:
+            if self.manager.latest_checkpoint is None:
+                raise TrainingError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            print(f"Resumed from {self.manager.latest_checkpoint} at step {self.step}")
+        self.train_dataset = build_dataset(config, "train", records=self.train_records, progress=progress)
+        self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
+                                   progress=progress)
+        self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
+                        for name in ("train", "validation")}
+        best_path = self.run_dir / "best.json"
+        self.best_metric = json.loads(best_path.read_text())["rsna_metric"] if best_path.is_file() else -1.0
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def _train_step_fn(self):
+        config, model, optimizer, loss = self.config, self.model, self.optimizer, self.loss
+        replicas = self.strategy.num_replicas_in_sync
+        global_batch = config.training.batch_size
+        image_weight = config.loss.image_weight if config.model.image_head else 0.0
+        clip_norm = config.training.gradient_clip_norm
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+        def replica_step(batch):
+            context = tf.distribute.get_replica_context()
+            with tf.GradientTape() as tape:
+                outputs = model(batch["images"], training=True)
+                sums = loss.components(batch["targets"], outputs["predictions"])
+                # The normaliser is the positive count of the whole global batch, not this replica's.
+                num_positive = context.all_reduce("sum", sums["num_positive"])
+                terms = loss.normalize(sums, num_positive)
+                image_term = 0.0
+                if image_weight:
+                    image_term = tf.reduce_sum(image_loss(batch["image_labels"], outputs["image_logits"])) / global_batch
+                total = terms["total"] + image_weight * image_term
+                total_for_gradient = optimizer.scale_loss(total) if scaled else total
+            gradients = tape.gradient(total_for_gradient, model.trainable_variables)
+            gradients = context.all_reduce("sum", gradients)
+            if scaled:
+                gradients = [g / optimizer.dynamic_scale for g in gradients]
+            norm = tf.linalg.global_norm(gradients)
+            if clip_norm:
+                gradients, _ = tf.clip_by_global_norm(gradients, clip_norm, use_norm=norm)
+            # The optimizer sums gradients over replicas again: hand each replica its share.
+            share = (optimizer.dynamic_scale if scaled else 1.0) / replicas
+            optimizer.apply_gradients(zip([g * share for g in gradients], model.trainable_variables))
+            return {"loss/total": total, "loss/classification": terms["classification"], "loss/box": terms["box"],
+                    "loss/image": image_term, "gradient_norm": norm, "positive_anchors": num_positive}
+
+        def step(batch):
+            results = self.strategy.run(replica_step, args=(batch,))
+            # Loss terms are already global per replica (global normaliser): sum of shares.
+            return {key: self.strategy.reduce("sum", value, axis=None) / (replicas if key in
+                    ("gradient_norm", "positive_anchors") else 1.0) for key, value in results.items()}
+
+        return tf.function(step, jit_compile=config.training.jit_compile or None, reduce_retracing=True)
+
+    def _log(self, name: str, step: int, scalars: dict) -> None:
+        with self.writers[name].as_default(step=step):
+            for key, value in scalars.items():
+                tf.summary.scalar(key, value)
+        with open(self.run_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps({"split": name, "step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+    def _save_latest(self) -> None:
+        self.manager.save(checkpoint_number=self.step)
+
+    def validate(self) -> dict:
+        results = self.validator.run()
+        step = self.step
+        self._log("validation", step, results["scalars"])
+        with self.writers["validation"].as_default(step=step):
+            tf.summary.image("predictions", np.stack(results["overlays"]) / 255.0, max_outputs=len(results["overlays"]))
+        if results["scalars"]["rsna_metric"] > self.best_metric:
+            self.best_metric = results["scalars"]["rsna_metric"]
+            _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")
+            (self.run_dir / "best.json").write_text(json.dumps({"step": step, **results["scalars"]}, indent=2))
+        return results
+
+    def fit(self) -> dict:
+        training = self.config.training
+        per_replica = self.strategy.experimental_distribute_dataset(self.train_dataset)
+        train_step = self._train_step_fn()
+        iterator = iter(per_replica)
+        steps_per_epoch = max(1, len(self.train_records) // training.batch_size)
+        start = self.step
+        bar = tqdm(total=training.steps, initial=start, desc="training", unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        window_start, window_images = time.perf_counter(), 0
+        results = None
+        for _ in range(start, training.steps):
+            scalars = train_step(next(iterator))
+            step = self.step
+            window_images += training.batch_size
+            total = float(scalars["loss/total"])
+            if not math.isfinite(total):
+                raise TrainingError(f"non-finite loss ({total}) at step {step}; the latest good checkpoint is "
+                                    f"{self.manager.latest_checkpoint}. Lower training.learning_rate or check the data.")
+            if step % steps_per_epoch == 0:
+                self.epoch.assign_add(1)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.3f}", cls=f"{float(scalars['loss/classification']):.3f}",
+                            box=f"{float(scalars['loss/box']):.3f}")
+            if step % training.log_every == 0 or step == training.steps:
+                elapsed = time.perf_counter() - window_start
+                scalars = {**{k: float(v) for k, v in scalars.items()},
+                           "learning_rate": float(self.optimizer.learning_rate),
+                           "images_per_second": window_images / max(elapsed, 1e-9), "epoch": int(self.epoch.numpy())}
+                self._log("train", step, scalars)
+                window_start, window_images = time.perf_counter(), 0
+            if step % training.checkpoint_every == 0 or step == training.steps:
+                self._save_latest()
+            if step % training.validate_every == 0 or step == training.steps:
+                bar.clear()
+                results = self.validate()
+                bar.write(f"step {step}: validation " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in results["scalars"].items()))
+        bar.close()
+        _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
+        if results is None:  # resumed a finished run
+            results = self.validate()
+        save_rgb(self.run_dir / "validation_predictions.png", grid(results["overlays"]))
+        for writer in self.writers.values():
+            writer.flush()
+        return results
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) a run; returns the last validation results."""
+    return Trainer(config, run_dir, resume=resume, progress=progress).fit()
+
+
+def split_records_of_run(run_dir: str | Path) -> tuple[Config, list[Record]]:
+    """A run's config and its held-out records, from the split file saved with it."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    prepared = prepare_split(config, run_dir / "split.csv", progress=False)
+    return config, prepared.validation

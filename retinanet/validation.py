@@ -1,0 +1,93 @@
+"""Validation on the held-out split: loss components, RSNA metric, AP, image-level AUC, overlays."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from retinanet.data.pipeline import build_dataset_and_records
+from retinanet.data.preprocess import IMAGENET_BGR_MEAN
+from retinanet.data.rsna import Record
+from retinanet.losses import image_loss
+from retinanet.metrics import average_precision, image_level_metrics, rsna_metric
+from retinanet.visualize import draw_boxes
+
+
+def predict_dataset(model, postprocessor, dataset, loss=None, progress: bool = False, desc: str = "predicting"):
+    """Run model + post-processing over an unshuffled dataset.
+
+    Returns (detections: list of (boxes [D, 4] original pixels, scores [D]) in dataset order,
+    image probabilities [N] or None, loss sums dict or None, and the first batch's network-size
+    grey images uint8 [B, H, W] with their scales [B], for pictures).
+    """
+    has_image_head = "image_logits" in model.output
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch):
+        outputs = model(batch["images"], training=False)
+        detections = postprocessor(outputs["predictions"], batch["scales"])
+        extras = {}
+        if has_image_head:
+            extras["image_probabilities"] = tf.sigmoid(tf.reshape(outputs["image_logits"], [-1]))
+            extras["image_loss"] = tf.reduce_sum(image_loss(batch["image_labels"], outputs["image_logits"]))
+        if loss is not None:
+            extras.update(loss.components(batch["targets"], outputs["predictions"]))
+        return detections, extras
+
+    detections, probabilities, sums, first_batch = [], [], {}, None
+    for batch in tqdm(dataset, desc=desc, disable=not progress, unit="batch", leave=False):
+        result, extras = forward(batch)
+        if first_batch is None:
+            # The first channel holds the grey image minus its ImageNet mean.
+            grey = np.clip(batch["images"][..., 0].numpy() + IMAGENET_BGR_MEAN[0], 0, 255).astype(np.uint8)
+            first_batch = (grey, batch["scales"].numpy())
+        for boxes, scores, count in zip(result["boxes"].numpy(), result["scores"].numpy(),
+                                        result["num_detections"].numpy()):
+            detections.append((boxes[:count], scores[:count]))
+        if has_image_head:
+            probabilities.append(extras.pop("image_probabilities").numpy())
+        for key, value in extras.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    return (detections, np.concatenate(probabilities) if probabilities else None,
+            sums if loss is not None else None, first_batch)
+
+
+def keep_above(detections: dict, threshold: float) -> dict:
+    """{patient_id: (boxes, scores)} without the boxes scoring below `threshold`."""
+    return {pid: (boxes[scores >= threshold], scores[scores >= threshold]) for pid, (boxes, scores) in detections.items()}
+
+
+class Validator:
+    """Evaluates a model on fixed held-out records; `run()` -> {"scalars", "overlays", "detections"}."""
+
+    def __init__(self, config, model, postprocessor, loss, records: list[Record], progress: bool = True):
+        self.config = config
+        self.model = model
+        self.postprocessor = postprocessor
+        self.loss = loss
+        self.dataset, self.records = build_dataset_and_records(config, "validation", records=records,
+                                                               training=False, progress=progress)
+        self.progress = progress
+
+    def run(self) -> dict:
+        detections, probabilities, sums, (first_images, first_scales) = predict_dataset(
+            self.model, self.postprocessor, self.dataset, self.loss, self.progress, "validating")
+        ground_truth = {r.patient_id: r.boxes for r in self.records}
+        by_patient = {r.patient_id: d for r, d in zip(self.records, detections)}
+        threshold = self.config.evaluation.score_threshold
+        metric = rsna_metric(ground_truth, keep_above(by_patient, threshold))
+        normalizer = max(1.0, sums["num_positive"])
+        scalars = {"rsna_metric": metric["score"], "ap50": average_precision(ground_truth, by_patient, 0.5),
+                   "loss/classification": sums["classification"] / normalizer, "loss/box": sums["box"] / normalizer}
+        if probabilities is not None:
+            labels = np.array([r.target for r in self.records])
+            scalars["loss/image"] = sums["image_loss"] / len(self.records)
+            scalars["image_auc"] = image_level_metrics(labels, probabilities)["roc_auc"]
+        overlays = []
+        for record, image, scale in zip(self.records, first_images, first_scales):
+            boxes, scores = keep_above({0: by_patient[record.patient_id]}, threshold)[0]
+            overlays.append(draw_boxes(image, record.boxes * scale, boxes * scale, scores, title=record.patient_id[:8]))
+            if len(overlays) == self.config.training.num_summary_images:
+                break
+        return {"scalars": scalars, "overlays": overlays, "detections": by_patient, "probabilities": probabilities}
