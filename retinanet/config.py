@@ -268,25 +268,28 @@ def _check(config: Config) -> None:
         require(0 < low <= high, f"augmentation.{name}", "needs 0 < low <= high")
     require(0 <= aug.translate_fraction < 0.5, "augmentation.translate_fraction", "must be in [0, 0.5)")
     require(0 <= aug.rotation_degrees <= 45, "augmentation.rotation_degrees", "must be in [0, 45]")
-    require(aug.brightness >= 0 and aug.noise_std >= 0, "augmentation.brightness", "and noise_std must be >= 0")
+    require(aug.brightness >= 0, "augmentation.brightness", "must be >= 0")
+    require(aug.noise_std >= 0, "augmentation.noise_std", "must be >= 0")
     require(0 < aug.min_visible_fraction <= 1, "augmentation.min_visible_fraction", "must be in (0, 1]")
     require(len(anchors.levels) == len(anchors.sizes), "anchors.sizes", "needs one size per level")
     require(all(3 <= level <= 7 for level in anchors.levels), "anchors.levels", "must be within 3..7")
     require(list(anchors.levels) == sorted(set(anchors.levels)), "anchors.levels", "must be increasing")
-    require(all(v > 0 for v in anchors.sizes + anchors.aspect_ratios + anchors.scales), "anchors.sizes",
-            "sizes, aspect_ratios and scales must be positive")
+    for name in ("sizes", "aspect_ratios", "scales"):
+        require(all(v > 0 for v in getattr(anchors, name)), f"anchors.{name}", "must be positive")
     require(0 < anchors.negative_iou <= anchors.positive_iou <= 1, "anchors.negative_iou",
             "needs 0 < negative_iou <= positive_iou <= 1")
     model, loss, training = config.model, config.loss, config.training
     require(model.num_classes >= 1, "model.num_classes", "must be at least 1")
     require(0 < model.prior_probability < 1, "model.prior_probability", "must be in (0, 1)")
     require(0 <= model.freeze_backbone_stages <= 5, "model.freeze_backbone_stages", "must be in 0..5")
-    require(model.head_convs >= 0 and model.fpn_channels > 0, "model.head_convs", "must be >= 0")
+    require(model.head_convs >= 0, "model.head_convs", "must be >= 0")
+    require(model.fpn_channels > 0, "model.fpn_channels", "must be positive")
     require(0 <= loss.alpha <= 1, "loss.alpha", "must be in [0, 1]")
     require(loss.gamma >= 0, "loss.gamma", "must be >= 0")
     require(loss.smooth_l1_delta > 0, "loss.smooth_l1_delta", "must be positive")
     require(0 <= loss.label_smoothing < 1, "loss.label_smoothing", "must be in [0, 1)")
-    require(loss.box_weight >= 0 and loss.image_weight >= 0, "loss.image_weight", "weights must be >= 0")
+    require(loss.box_weight >= 0, "loss.box_weight", "must be >= 0")
+    require(loss.image_weight >= 0, "loss.image_weight", "must be >= 0")
     require(training.batch_size >= 1, "training.batch_size", "must be at least 1")
     require(training.steps >= 1, "training.steps", "must be at least 1")
     require(training.learning_rate > 0, "training.learning_rate", "must be positive")
@@ -302,8 +305,8 @@ def _check(config: Config) -> None:
                        ("postprocessing.nms_iou", post.nms_iou),
                        ("evaluation.score_threshold", evaluation.score_threshold)):
         require(0 <= value <= 1, key, "must be in [0, 1]")
-    require(post.max_detections >= 1 and post.pre_nms_top_k >= 1, "postprocessing.max_detections",
-            "and pre_nms_top_k must be at least 1")
+    require(post.max_detections >= 1, "postprocessing.max_detections", "must be at least 1")
+    require(post.pre_nms_top_k >= 1, "postprocessing.pre_nms_top_k", "must be at least 1")
     require(0 < post.box_shrink <= 1, "postprocessing.box_shrink", "must be in (0, 1]")
     start, stop, step = evaluation.sweep
     require(0 <= start < stop <= 1 and step > 0, "evaluation.sweep", "needs 0 <= start < stop <= 1, step > 0")

@@ -52,7 +52,11 @@ def augment_geometry(image, boxes, config: AugmentationConfig, seed):
     height = tf.cast(tf.shape(image)[0], tf.float32)
     width = tf.cast(tf.shape(image)[1], tf.float32)
     matrix = _affine_matrix(config, height, width, seed)
-    inverse = tf.linalg.inv(matrix)  # the image op maps output pixels back to input pixels
+    # Boxes treat pixel i as [i, i + 1]; the image op puts pixel centres on integers.
+    to_centers = tf.constant([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+    from_centers = tf.constant([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    # The image op maps output pixels back to input pixels: invert.
+    inverse = tf.linalg.inv(to_centers @ matrix @ from_centers)
     transform = tf.reshape(inverse, [9])[:8] / inverse[2, 2]
     warped = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None], transforms=transform[None], output_shape=tf.shape(image)[:2],

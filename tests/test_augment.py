@@ -1,0 +1,180 @@
+"""Tests for retinanet.data.augment: image and boxes move together; visibility, determinism, range."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retinanet.config import AugmentationConfig
+from retinanet.data.augment import augment, augment_geometry, augment_intensity, transform_boxes
+
+HEIGHT, WIDTH = 64, 96
+BRIGHT = 200.0
+
+# Geometry switched off except for what a test turns on.
+IDENTITY = AugmentationConfig(horizontal_flip=0.0, scale_range=(1.0, 1.0), translate_fraction=0.0,
+                              rotation_degrees=0.0, min_visible_fraction=0.4)
+
+
+def rectangle_image(box, height=HEIGHT, width=WIDTH):
+    """Black float32 [H, W, 1] image with the pixels inside `box` (x1, y1, x2, y2; integer edges) bright."""
+    image = np.zeros([height, width, 1], np.float32)
+    x1, y1, x2, y2 = (int(v) for v in box)
+    image[y1:y2, x1:x2] = BRIGHT
+    return image
+
+
+def bright_extent(image, threshold=BRIGHT / 2):
+    """[x1, y1, x2, y2] of the pixels above `threshold`, as pixel edges (pixel i spans [i, i + 1])."""
+    rows, cols = np.nonzero(np.asarray(image)[..., 0] > threshold)
+    assert rows.size > 0, "no bright pixels left"
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float64)
+
+
+def seed(a, b=0):
+    return tf.constant([a, b], tf.int64)
+
+
+def test_horizontal_flip_moves_rectangle_and_box():
+    box = [10.0, 20.0, 30.0, 40.0]
+    config = dataclasses.replace(IDENTITY, horizontal_flip=1.0)
+    image, boxes = augment_geometry(tf.constant(rectangle_image(box)), tf.constant([box]), config, seed(3))
+    # Mirror: x -> WIDTH - x.
+    np.testing.assert_allclose(boxes.numpy(), [[WIDTH - 30.0, 20.0, WIDTH - 10.0, 40.0]], atol=1e-3)
+    np.testing.assert_allclose(bright_extent(image.numpy()), boxes.numpy()[0], atol=1.0)
+    assert image.shape == (HEIGHT, WIDTH, 1)
+
+
+def test_identity_geometry_changes_nothing():
+    box = [10.0, 20.0, 30.0, 40.0]
+    source = rectangle_image(box)
+    image, boxes = augment_geometry(tf.constant(source), tf.constant([box]), IDENTITY, seed(4))
+    np.testing.assert_allclose(boxes.numpy(), [box], atol=1e-3)
+    np.testing.assert_allclose(image.numpy(), source, atol=1e-3)
+
+
+def test_horizontal_flip_is_an_exact_mirror():
+    source = np.tile(np.arange(1, WIDTH + 1, dtype=np.float32)[None, :, None], [HEIGHT, 1, 1])
+    config = dataclasses.replace(IDENTITY, horizontal_flip=1.0)
+    image, _ = augment_geometry(tf.constant(source), tf.zeros([0, 4]), config, seed(5))
+    np.testing.assert_allclose(image.numpy(), source[:, ::-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("seed_value", range(6))
+def test_random_affine_keeps_rectangle_inside_its_box(seed_value):
+    box = [36.0, 24.0, 60.0, 42.0]
+    config = dataclasses.replace(IDENTITY, horizontal_flip=0.5, scale_range=(0.8, 1.25), rotation_degrees=10.0,
+                                 translate_fraction=0.1)
+    image, boxes = augment_geometry(tf.constant(rectangle_image(box)), tf.constant([box]), config, seed(seed_value))
+    assert boxes.shape == (1, 4)
+    transformed = boxes.numpy()[0]
+    extent = bright_extent(image.numpy())
+    tolerance = 2.0
+    # The bright rectangle lies within the transformed box ...
+    assert extent[0] >= transformed[0] - tolerance and extent[1] >= transformed[1] - tolerance
+    assert extent[2] <= transformed[2] + tolerance and extent[3] <= transformed[3] + tolerance
+    # ... and fills it (the enclosing box of a rotated rectangle touches its corners).
+    assert extent[0] <= transformed[0] + tolerance and extent[1] <= transformed[1] + tolerance
+    assert extent[2] >= transformed[2] - tolerance and extent[3] >= transformed[3] - tolerance
+
+
+def test_random_affine_actually_moves_the_box():
+    box = [36.0, 24.0, 60.0, 42.0]
+    config = dataclasses.replace(IDENTITY, scale_range=(0.8, 1.25), rotation_degrees=10.0, translate_fraction=0.1)
+    moved = [augment_geometry(tf.constant(rectangle_image(box)), tf.constant([box]), config, seed(s))[1].numpy()
+             for s in range(4)]
+    assert any(np.abs(m[0] - box).max() > 1.0 for m in moved)
+
+
+def test_scale_two_about_centre_drops_and_clips_boxes():
+    # 64 x 64 image, scale 2 about (32, 32): x -> 2x - 32.
+    config = dataclasses.replace(IDENTITY, scale_range=(2.0, 2.0), min_visible_fraction=0.4)
+    boxes = tf.constant([
+        [0.0, 0.0, 16.0, 16.0],  # -> [-32, -32, 0, 0]: entirely outside, dropped
+        [24.0, 24.0, 40.0, 40.0],  # -> [16, 16, 48, 48]: inside
+        [4.0, 24.0, 20.0, 40.0],  # -> x [-24, 8]: 25 % visible, dropped
+        [12.0, 24.0, 28.0, 40.0],  # -> x [-8, 24]: 75 % visible, clipped to x [0, 24]
+    ])
+    image = tf.zeros([64, 64, 1])
+    _, result = augment_geometry(image, boxes, config, seed(0))
+    np.testing.assert_allclose(result.numpy(), [[16.0, 16.0, 48.0, 48.0], [0.0, 16.0, 24.0, 48.0]], atol=1e-3)
+
+
+def test_transform_boxes_visibility_and_clipping():
+    shift = tf.constant([[1.0, 0.0, 50.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # 50 px to the right
+    boxes = tf.constant([
+        [10.0, 10.0, 40.0, 30.0],  # -> [60, 90]: inside
+        [40.0, 10.0, 80.0, 30.0],  # -> [90, 130]: 6 / 40 visible, dropped
+        [20.0, 10.0, 60.0, 30.0],  # -> [70, 110]: 26 / 40 visible, clipped at 96
+    ])
+    kept, keep = transform_boxes(boxes, shift, float(HEIGHT), float(WIDTH), 0.4)
+    assert keep.numpy().tolist() == [True, False, True]
+    np.testing.assert_allclose(kept.numpy(), [[60.0, 10.0, 90.0, 30.0], [70.0, 10.0, 96.0, 30.0]], atol=1e-4)
+    # A stricter policy drops the clipped one too (26 / 40 = 0.65).
+    _, strict = transform_boxes(boxes, shift, float(HEIGHT), float(WIDTH), 0.7)
+    assert strict.numpy().tolist() == [True, False, False]
+
+
+def test_transform_boxes_rotation_gives_enclosing_box():
+    angle = math.radians(90)
+    # Rotate by 90 degrees about (48, 32): (x, y) -> (48 - (y - 32), 32 + (x - 48)).
+    matrix = tf.constant([[math.cos(angle), -math.sin(angle), 48 + 32],
+                          [math.sin(angle), math.cos(angle), 32 - 48],
+                          [0.0, 0.0, 1.0]], tf.float32)
+    kept, keep = transform_boxes(tf.constant([[40.0, 28.0, 56.0, 36.0]]), matrix, float(HEIGHT), float(WIDTH), 0.4)
+    assert keep.numpy().tolist() == [True]
+    np.testing.assert_allclose(kept.numpy(), [[44.0, 24.0, 52.0, 40.0]], atol=1e-3)
+
+
+def test_no_boxes_passes_through():
+    config = dataclasses.replace(IDENTITY, horizontal_flip=0.5, rotation_degrees=5.0)
+    image, boxes = augment(tf.constant(rectangle_image([10, 10, 20, 20])), tf.zeros([0, 4]), config, seed(1))
+    assert boxes.shape == (0, 4)
+    assert image.shape == (HEIGHT, WIDTH, 1)
+
+
+def test_same_seed_same_output_different_seed_different():
+    box = [36.0, 24.0, 60.0, 42.0]
+    source = tf.constant(rectangle_image(box) + 20.0)
+    config = AugmentationConfig()  # every jitter on
+    image_a, boxes_a = augment(source, tf.constant([box]), config, seed(7, 1))
+    image_b, boxes_b = augment(source, tf.constant([box]), config, seed(7, 1))
+    np.testing.assert_array_equal(image_a.numpy(), image_b.numpy())
+    np.testing.assert_array_equal(boxes_a.numpy(), boxes_b.numpy())
+    image_c, boxes_c = augment(source, tf.constant([box]), config, seed(8, 1))
+    assert not np.array_equal(image_a.numpy(), image_c.numpy())
+    assert not np.array_equal(boxes_a.numpy(), boxes_c.numpy())
+
+
+def test_augment_inside_tf_function():
+    box = [36.0, 24.0, 60.0, 42.0]
+    config = AugmentationConfig()
+    compiled = tf.function(lambda image, boxes, s: augment(image, boxes, config, s))
+    eager_image, eager_boxes = augment(tf.constant(rectangle_image(box)), tf.constant([box]), config, seed(2))
+    graph_image, graph_boxes = compiled(tf.constant(rectangle_image(box)), tf.constant([box]), seed(2))
+    np.testing.assert_allclose(graph_image.numpy(), eager_image.numpy(), atol=0.05)  # float reordering in graphs
+    np.testing.assert_allclose(graph_boxes.numpy(), eager_boxes.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("seed_value", range(4))
+def test_intensity_stays_in_range(seed_value):
+    rng = np.random.default_rng(seed_value)
+    source = rng.uniform(0, 255, size=[HEIGHT, WIDTH, 1]).astype(np.float32)
+    source[0, 0], source[0, 1] = 0.0, 255.0
+    config = AugmentationConfig(brightness=0.5, contrast_range=(0.5, 2.0), gamma_range=(0.5, 2.0), noise_std=0.3)
+    result = augment_intensity(tf.constant(source), config, seed(seed_value)).numpy()
+    assert result.shape == source.shape and result.dtype == np.float32
+    assert result.min() >= 0.0 and result.max() <= 255.0
+    assert not np.allclose(result, source, atol=1.0)
+
+
+def test_intensity_identity_settings_keep_the_image():
+    rng = np.random.default_rng(9)
+    source = rng.uniform(0, 255, size=[HEIGHT, WIDTH, 1]).astype(np.float32)
+    config = AugmentationConfig(brightness=0.0, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), noise_std=0.0)
+    result = augment_intensity(tf.constant(source), config, seed(0)).numpy()
+    np.testing.assert_allclose(result, source, atol=1e-2)

@@ -1,0 +1,294 @@
+"""Tests for retinanet.config: every shipped config loads; strict keys, types and values; overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retinanet.config import (
+    AnchorConfig,
+    Config,
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    PostprocessingConfig,
+    config_from_dict,
+    load_config,
+    save_config,
+    to_dict,
+)
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted((REPOSITORY / "configs").glob("*.yaml"))
+
+
+def _write(tmp_path, mapping, name="experiment.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def _error_for(tmp_path, mapping) -> str:
+    path = _write(tmp_path, mapping)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message, f"error does not name the file: {message}"
+    return message
+
+
+# --- the shipped configs ----------------------------------------------------------------------
+
+
+def test_there_are_shipped_configs():
+    names = {path.name for path in CONFIG_FILES}
+    assert {"demo.yaml", "rsna.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda path: path.name)
+def test_shipped_config_loads(path):
+    config = load_config(path)
+    assert isinstance(config, Config)
+    assert all(isinstance(side, int) for side in config.preprocessing.image_size)
+    assert all(side % 32 == 0 for side in config.preprocessing.image_size)
+    # Every hyperparameter is spelled out (DESIGN.md: configs/).
+    mapping = yaml.safe_load(path.read_text())
+    for section, values in to_dict(config).items():
+        assert section in mapping, f"{path.name} does not spell out section {section}"
+        assert set(mapping[section]) == set(values), f"{path.name}: {section} keys differ from the schema"
+
+
+# --- unknown keys -----------------------------------------------------------------------------
+
+
+def test_unknown_top_level_key_names_key_and_file(tmp_path):
+    message = _error_for(tmp_path, {"trainig": {"steps": 5}})
+    assert "trainig" in message
+
+
+def test_unknown_nested_key_names_dotted_key(tmp_path):
+    message = _error_for(tmp_path, {"training": {"stepz": 5}})
+    assert "training.stepz" in message
+
+
+def test_unknown_key_two_levels_deep(tmp_path):
+    message = _error_for(tmp_path, {"data": {"synthetic": {"num_train": 20, "colour": "red"}}})
+    assert "data.synthetic.colour" in message
+
+
+# --- wrong types ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mapping, key",
+    [
+        ({"training": {"steps": "many"}}, "training.steps"),  # string for int
+        ({"training": {"steps": True}}, "training.steps"),  # bool for int
+        ({"training": {"steps": 7.5}}, "training.steps"),  # float for int
+        ({"training": {"learning_rate": "fast"}}, "training.learning_rate"),  # string for float
+        ({"augmentation": {"enabled": 1}}, "augmentation.enabled"),  # int for bool
+        ({"preprocessing": {"image_size": [256]}}, "preprocessing.image_size"),  # list too short
+        ({"preprocessing": {"image_size": [256, 256, 256]}}, "preprocessing.image_size"),  # too long
+        ({"preprocessing": {"image_size": 256}}, "preprocessing.image_size"),  # scalar for list
+        ({"preprocessing": {"image_size": [256, "x"]}}, "preprocessing.image_size[1]"),  # bad item
+        ({"model": {"weights": 3}}, "model.weights"),  # int for string
+        ({"training": 5}, "training"),  # scalar for a section
+    ],
+)
+def test_wrong_type_names_key(tmp_path, mapping, key):
+    message = _error_for(tmp_path, mapping)
+    assert key in message
+
+
+def test_int_is_accepted_for_float_and_becomes_float(tmp_path):
+    config = load_config(_write(tmp_path, {"training": {"learning_rate": 1}}))
+    assert isinstance(config.training.learning_rate, float)
+    assert config.training.learning_rate == 1.0
+
+
+# --- impossible values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mapping, key",
+    [
+        ({"anchors": {"positive_iou": 0.4, "negative_iou": 0.5}}, "anchors.negative_iou"),
+        ({"preprocessing": {"image_size": [500, 512]}}, "preprocessing.image_size"),
+        ({"preprocessing": {"image_size": [512, 100]}}, "preprocessing.image_size"),
+        ({"data": {"num_folds": 5, "validation_fold": 5}}, "data.validation_fold"),
+        ({"data": {"validation_fold": -1}}, "data.validation_fold"),
+        ({"training": {"batch_size": -8}}, "training.batch_size"),
+        ({"training": {"batch_size": 0}}, "training.batch_size"),
+        ({"training": {"optimizer": "rmsprop"}}, "training.optimizer"),
+        ({"loss": {"box_loss": "l2"}}, "loss.box_loss"),
+        ({"postprocessing": {"image_gating": "sometimes"}}, "postprocessing.image_gating"),
+        ({"augmentation": {"horizontal_flip": 1.5}}, "augmentation.horizontal_flip"),
+        ({"augmentation": {"scale_range": [1.2, 0.8]}}, "augmentation.scale_range"),
+        ({"model": {"prior_probability": 0.0}}, "model.prior_probability"),
+        ({"loss": {"gamma": -1.0}}, "loss.gamma"),
+        ({"postprocessing": {"box_shrink": 1.5}}, "postprocessing.box_shrink"),
+        ({"training": {"steps": 10, "warmup_steps": 10}}, "training.warmup_steps"),
+        ({"anchors": {"levels": [3, 4], "sizes": [32.0, 64.0, 128.0]}}, "anchors.sizes"),
+    ],
+)
+def test_impossible_value_names_key(tmp_path, mapping, key):
+    message = _error_for(tmp_path, mapping)
+    assert key in message
+
+
+def test_negative_noise_std_names_noise_std(tmp_path):
+    message = _error_for(tmp_path, {"augmentation": {"noise_std": -0.1}})
+    assert "augmentation.noise_std" in message
+
+
+def test_zero_pre_nms_top_k_names_pre_nms_top_k(tmp_path):
+    message = _error_for(tmp_path, {"postprocessing": {"pre_nms_top_k": 0}})
+    assert "postprocessing.pre_nms_top_k" in message
+
+
+def test_config_from_dict_names_source():
+    with pytest.raises(ConfigError, match="my-source"):
+        config_from_dict({"training": {"optimizer": "rmsprop"}}, source="my-source")
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+def test_overrides_are_typed_by_the_schema(tmp_path):
+    path = _write(tmp_path, {"training": {"steps": 100, "warmup_steps": 0}})
+    config = load_config(path, ["training.steps=7", "preprocessing.image_size=[64,96]"])
+    assert config.training.steps == 7
+    assert isinstance(config.training.steps, int)
+    assert config.preprocessing.image_size == (64, 96)
+    assert isinstance(config.preprocessing.image_size, tuple)
+    assert all(type(side) is int for side in config.preprocessing.image_size)
+
+
+def test_override_of_float_tuple_and_string(tmp_path):
+    path = _write(tmp_path, {})
+    config = load_config(path, ["augmentation.scale_range=[1, 2]", "training.optimizer=adamw"])
+    assert config.augmentation.scale_range == (1.0, 2.0)
+    assert all(type(value) is float for value in config.augmentation.scale_range)
+    assert config.training.optimizer == "adamw"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda path: path.name)
+def test_override_on_shipped_config(path):
+    # warmup_steps must stay below steps, so a short smoke run overrides both.
+    config = load_config(path, ["training.steps=7", "training.warmup_steps=2"])
+    assert config.training.steps == 7 and config.training.warmup_steps == 2
+    original = load_config(path)
+    expected = dataclasses.replace(original, training=dataclasses.replace(original.training, steps=7, warmup_steps=2))
+    assert config == expected
+
+
+def test_short_steps_override_conflicting_with_warmup_names_key(tmp_path):
+    with pytest.raises(ConfigError, match="training.warmup_steps"):
+        load_config(_write(tmp_path, {"training": {"warmup_steps": 50}}), ["training.steps=7"])
+
+
+@pytest.mark.parametrize("override, key", [("training.stepz=7", "training.stepz"), ("trainig.steps=7", "trainig")])
+def test_override_of_unknown_key_errors(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(_write(tmp_path, {}), [override])
+
+
+def test_override_with_wrong_type_errors(tmp_path):
+    with pytest.raises(ConfigError, match="training.steps"):
+        load_config(_write(tmp_path, {}), ["training.steps=[1, 2]"])
+
+
+def test_override_without_equals_errors(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(_write(tmp_path, {}), ["training.steps"])
+
+
+def test_override_impossible_value_errors(tmp_path):
+    with pytest.raises(ConfigError, match="training.optimizer"):
+        load_config(_write(tmp_path, {}), ["training.optimizer=rmsprop"])
+
+
+# --- save / load round trip --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda path: path.name)
+def test_save_load_round_trip(tmp_path, path):
+    config = load_config(path, ["preprocessing.image_size=[64,96]"])
+    saved = tmp_path / "resolved.yaml"
+    save_config(config, saved)
+    assert load_config(saved) == config
+
+
+def test_round_trip_of_defaults_with_synthetic_section(tmp_path):
+    config = config_from_dict({"data": {"synthetic": {"num_train": 12, "seed": 3}}})
+    saved = tmp_path / "resolved.yaml"
+    save_config(config, saved)
+    reloaded = load_config(saved)
+    assert reloaded == config
+    assert reloaded.data.synthetic.num_train == 12
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(Exception):
+        config.training.steps = 3  # type: ignore[misc]
+
+
+# --- documented defaults (DESIGN.md section 2) --------------------------------------------------
+
+
+def test_anchor_defaults_match_design():
+    anchors = AnchorConfig()
+    assert anchors.positive_iou == 0.5
+    assert anchors.negative_iou == 0.4
+    assert anchors.levels == (3, 4, 5, 6, 7)
+    assert anchors.sizes == (32.0, 64.0, 128.0, 256.0, 512.0)
+    assert anchors.aspect_ratios == (0.5, 1.0, 2.0)
+    expected_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    assert len(anchors.scales) == 3
+    for value, expected in zip(anchors.scales, expected_scales):
+        assert math.isclose(value, expected, rel_tol=1e-9)
+
+
+def test_loss_and_model_defaults_match_design():
+    loss = LossConfig()
+    assert loss.alpha == 0.25
+    assert loss.gamma == 2.0
+    assert loss.image_weight == 0.1
+    assert loss.box_loss == "smooth_l1"
+    model = ModelConfig()
+    assert model.prior_probability == 0.01
+
+
+def test_postprocessing_defaults_match_design():
+    post = PostprocessingConfig()
+    assert post.score_threshold == 0.05
+    assert post.nms_iou == 0.5
+    assert post.max_detections == 100
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda path: path.name)
+def test_shipped_anchor_and_loss_settings_match_design(path):
+    config = load_config(path)
+    assert config.anchors.positive_iou == 0.5
+    assert config.anchors.negative_iou == 0.4
+    assert config.anchors.sizes == (32.0, 64.0, 128.0, 256.0, 512.0)
+    assert config.loss.alpha == 0.25 and config.loss.gamma == 2.0
+    assert config.model.prior_probability == 0.01
+    for value, expected in zip(config.anchors.scales, (1.0, 2 ** (1 / 3), 2 ** (2 / 3))):
+        assert math.isclose(value, expected, rel_tol=1e-4)
