@@ -172,11 +172,14 @@ def make_folds(records: list[Record], num_folds: int, seed: int) -> pd.DataFrame
     """Patient-level folds stratified by Target: DataFrame `patientId, Target, fold`."""
     rng = np.random.default_rng(seed)
     rows = []
+    # Deal each stratum round-robin, the count carrying over between strata: every fold gets
+    # its share of positives and the fold sizes differ by at most one.
+    dealt = 0
     for target in (0, 1):
         patients = sorted(r.patient_id for r in records if r.target == target)
-        order = rng.permutation(len(patients))
-        offset = rng.integers(num_folds)  # so that small strata do not always fill fold 0 first
-        rows += [(patients[i], target, (rank + offset) % num_folds) for rank, i in enumerate(order)]
+        for i in rng.permutation(len(patients)):
+            rows.append((patients[i], target, dealt % num_folds))
+            dealt += 1
     return pd.DataFrame(rows, columns=["patientId", "Target", "fold"]).sort_values("patientId", ignore_index=True)
 
 

@@ -1,0 +1,150 @@
+"""The tf.data pipeline and the preprocessed-image cache on a tiny synthetic set."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from retinanet.anchors import generate_anchors_numpy
+from retinanet.config import config_from_dict
+from retinanet.data.cache import build_cache, settings_key
+from retinanet.data.dicom import DicomReadError
+from retinanet.data.pipeline import build_dataset, build_dataset_and_records, prepare_split
+from retinanet.data.synthetic import generate_synthetic_rsna
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rsna")
+    generate_synthetic_rsna(root, num_train=24, num_test=0, size=256, seed=3, progress=False)
+    return root
+
+
+def make_config(root, cache_dir, **data):
+    return config_from_dict({
+        "data": {"root": str(root), "cache_dir": str(cache_dir), "original_size": 256, "num_folds": 4, **data},
+        "preprocessing": {"image_size": [SIZE, SIZE]},
+        # Boxes of a 256 px image shrink to 10-40 px at 64 px: anchors scaled down to match.
+        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
+        "training": {"batch_size": 4, "steps": 10, "warmup_steps": 1, "deterministic": True},
+        "evaluation": {"batch_size": 5},
+    })
+
+
+def numpy_iou(anchors, box):
+    top_left = np.maximum(anchors[:, :2], box[:2])
+    bottom_right = np.minimum(anchors[:, 2:], box[2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+    areas = np.prod(anchors[:, 2:] - anchors[:, :2], axis=1)
+    return intersection / (areas + np.prod(box[2:] - box[:2]) - intersection)
+
+
+def test_validation_batches_have_documented_shapes_and_targets(data_root, tmp_path):
+    config = make_config(data_root, tmp_path / "cache")
+    prepared = prepare_split(config, progress=False)
+    assert len(prepared.train) == 18 and len(prepared.validation) == 6
+    dataset, records = build_dataset_and_records(config, "validation", progress=False)
+    batches = list(dataset)
+    assert [b["images"].shape[0] for b in batches] == [5, 1]
+    anchors = generate_anchors_numpy((SIZE, SIZE), config.anchors)
+    first = batches[0]
+    assert first["images"].shape == (5, SIZE, SIZE, 3) and first["images"].dtype.name == "float32"
+    assert first["targets"].shape == (5, len(anchors), 5)
+    for i, record in enumerate(records[:5]):
+        scale = float(first["scales"][i])
+        assert scale == pytest.approx(SIZE / 256)
+        states = first["targets"][i, :, 4].numpy()
+        assert first["image_labels"][i] == float(len(record.boxes) > 0)
+        if len(record.boxes) == 0:
+            assert np.all(states == -1)
+            continue
+        best = np.max([numpy_iou(anchors, box * scale) for box in record.boxes], axis=0)
+        np.testing.assert_array_equal(states >= 0, best >= 0.5)
+        np.testing.assert_array_equal(states == -2, (best >= 0.4) & (best < 0.5))
+
+
+def test_training_dataset_repeats_shuffles_and_is_reproducible(data_root, tmp_path):
+    config = make_config(data_root, tmp_path / "cache")
+    first = [b["images"].numpy() for b in build_dataset(config, "train", progress=False).take(6)]
+    again = [b["images"].numpy() for b in build_dataset(config, "train", progress=False).take(6)]
+    assert len(first) == 6  # 18 images, batch 4: repeats past one epoch
+    assert all(b.shape == (4, SIZE, SIZE, 3) for b in first)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_positive_anchors_follow_augmented_boxes(data_root, tmp_path):
+    config = make_config(data_root, tmp_path / "cache")
+    positives = 0
+    for batch in build_dataset(config, "train", progress=False).take(5):
+        counts = (batch["targets"][..., 4].numpy() >= 0).sum(axis=1)
+        labels = batch["image_labels"].numpy()
+        assert np.all((counts > 0) <= (labels == 1))  # no positive anchor on an image without boxes
+        positives += counts.sum()
+    assert positives > 0
+
+
+def test_cache_matches_direct_reading(data_root, tmp_path):
+    cached = build_dataset(make_config(data_root, tmp_path / "cache"), "validation", progress=False)
+    direct = build_dataset(make_config(data_root, tmp_path / "cache", use_cache=False), "validation",
+                           progress=False)
+    for a, b in zip(cached, direct):
+        np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+        np.testing.assert_array_equal(a["targets"].numpy(), b["targets"].numpy())
+
+
+def test_cache_is_reused_and_rebuilt_when_inputs_or_settings_change(data_root, tmp_path):
+    config = make_config(data_root, tmp_path / "cache")
+    records = prepare_split(config, progress=False).train[:4]
+    cached, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    stamps = {pid: os.stat(item.png_path).st_mtime_ns for pid, item in cached.items()}
+    again, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    assert {pid: os.stat(item.png_path).st_mtime_ns for pid, item in again.items()} == stamps
+
+    # A changed source file is re-read; the others are reused.
+    changed = records[0]
+    os.utime(changed.image_path, ns=(1, 1))
+    third, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    assert os.stat(third[changed.patient_id].png_path).st_mtime_ns != stamps[changed.patient_id]
+    assert all(os.stat(third[r.patient_id].png_path).st_mtime_ns == stamps[r.patient_id] for r in records[1:])
+
+    # Other preprocessing settings live in another cache directory.
+    other = make_config(data_root, tmp_path / "cache").preprocessing.__class__(image_size=(96, 96))
+    assert settings_key(other) != settings_key(config.preprocessing)
+    fourth, _ = build_cache(records, other, tmp_path / "cache", progress=False)
+    assert all(settings_key(other) in item.png_path for item in fourth.values())
+
+
+@pytest.fixture
+def root_with_bad_file(data_root, tmp_path):
+    root = tmp_path / "rsna"
+    shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("splits"))
+    images = sorted((root / "stage_2_train_images").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:300])  # truncated DICOM
+    return root, images[0]
+
+
+def test_unreadable_image_is_an_error_naming_the_file(root_with_bad_file, tmp_path):
+    root, bad = root_with_bad_file
+    config = make_config(root, tmp_path / "cache")
+    records = prepare_split(config, progress=False)
+    with pytest.raises(DicomReadError, match=bad.name):
+        build_dataset(config, "train", records=records.train + records.validation, progress=False)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_skip_policy_leaves_unreadable_images_out_and_lists_them(root_with_bad_file, tmp_path, use_cache, capsys):
+    root, bad = root_with_bad_file
+    config = make_config(root, tmp_path / "cache", bad_file_policy="skip", use_cache=use_cache)
+    prepared = prepare_split(config, progress=False)
+    everything = prepared.train + prepared.validation
+    _, used = build_dataset_and_records(config, "validation", records=everything, progress=False)
+    assert len(used) == len(everything) - 1
+    assert bad.stem not in {r.patient_id for r in used}
+    assert "Skipped 1 unreadable image" in capsys.readouterr().out
+    if use_cache:
+        listed = (tmp_path / "cache" / settings_key(config.preprocessing) / "skipped.csv").read_text()
+        assert bad.name in listed
