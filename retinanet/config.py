@@ -94,6 +94,9 @@ class ModelConfig:
     head_group_norm: bool = False
     prior_probability: float = 0.01
     freeze_batch_norm: bool = False
+    # Keras' ResNet50 uses 0.99; from scratch the weights move fast and 0.99 leaves the
+    # inference-mode statistics far behind them for hundreds of steps.
+    batch_norm_momentum: float = 0.99
     freeze_backbone_stages: int = 0  # 0 = train all; 1..5 freezes conv1..conv<N>
     image_head: bool = True  # global "pneumonia present" logit on C5
 
@@ -281,6 +284,7 @@ def _check(config: Config) -> None:
     model, loss, training = config.model, config.loss, config.training
     require(model.num_classes >= 1, "model.num_classes", "must be at least 1")
     require(0 < model.prior_probability < 1, "model.prior_probability", "must be in (0, 1)")
+    require(0 <= model.batch_norm_momentum < 1, "model.batch_norm_momentum", "must be in [0, 1)")
     require(0 <= model.freeze_backbone_stages <= 5, "model.freeze_backbone_stages", "must be in 0..5")
     require(model.head_convs >= 0, "model.head_convs", "must be >= 0")
     require(model.fpn_channels > 0, "model.fpn_channels", "must be positive")

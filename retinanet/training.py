@@ -111,6 +111,51 @@ def _atomic_save_weights(model: keras.Model, path: Path) -> None:
     temporary.replace(path)
 
 
+def build_train_step(config: Config, strategy: tf.distribute.Strategy, model: keras.Model,
+                     optimizer: keras.optimizers.Optimizer, loss):
+    """A tf.function: one global batch (distributed dataset element) -> dict of scalar metrics."""
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.training.batch_size
+    image_weight = config.loss.image_weight if config.model.image_head else 0.0
+    clip_norm = config.training.gradient_clip_norm
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(batch):
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            outputs = model(batch["images"], training=True)
+            sums = loss.components(batch["targets"], outputs["predictions"])
+            # The normaliser is the positive count of the whole global batch, not this replica's.
+            num_positive = context.all_reduce("sum", sums["num_positive"])
+            terms = loss.normalize(sums, num_positive)
+            image_term = 0.0
+            if image_weight:
+                image_term = tf.reduce_sum(image_loss(batch["image_labels"], outputs["image_logits"])) / global_batch
+            total = terms["total"] + image_weight * image_term
+            total_for_gradient = optimizer.scale_loss(total) if scaled else total
+        gradients = tape.gradient(total_for_gradient, model.trainable_variables)
+        gradients = context.all_reduce("sum", gradients)
+        if scaled:
+            gradients = [g / optimizer.dynamic_scale for g in gradients]
+        norm = tf.linalg.global_norm(gradients)
+        if clip_norm:
+            gradients, _ = tf.clip_by_global_norm(gradients, clip_norm, use_norm=norm)
+        # The optimizer sums gradients over replicas again: hand each replica its share.
+        share = (optimizer.dynamic_scale if scaled else 1.0) / replicas
+        optimizer.apply_gradients(zip([g * share for g in gradients], model.trainable_variables))
+        return {"loss/total": total, "loss/classification": terms["classification"], "loss/box": terms["box"],
+                "loss/image": image_term, "gradient_norm": norm, "positive_anchors": num_positive}
+
+    def step(batch):
+        results = strategy.run(replica_step, args=(batch,))
+        # Each replica's loss terms are its share of the global loss: sum them. The norm and
+        # the positive count are already global, identical on every replica.
+        return {key: strategy.reduce("sum", value, axis=None) / (replicas if key in
+                ("gradient_norm", "positive_anchors") else 1.0) for key, value in results.items()}
+
+    return tf.function(step, jit_compile=config.training.jit_compile or None, reduce_retracing=True)
+
+
 class Trainer:
     """Owns the model, optimizer, data and logs of one run directory."""
 
@@ -168,48 +213,6 @@ class Trainer:
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
-    def _train_step_fn(self):
-        config, model, optimizer, loss = self.config, self.model, self.optimizer, self.loss
-        replicas = self.strategy.num_replicas_in_sync
-        global_batch = config.training.batch_size
-        image_weight = config.loss.image_weight if config.model.image_head else 0.0
-        clip_norm = config.training.gradient_clip_norm
-        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-        def replica_step(batch):
-            context = tf.distribute.get_replica_context()
-            with tf.GradientTape() as tape:
-                outputs = model(batch["images"], training=True)
-                sums = loss.components(batch["targets"], outputs["predictions"])
-                # The normaliser is the positive count of the whole global batch, not this replica's.
-                num_positive = context.all_reduce("sum", sums["num_positive"])
-                terms = loss.normalize(sums, num_positive)
-                image_term = 0.0
-                if image_weight:
-                    image_term = tf.reduce_sum(image_loss(batch["image_labels"], outputs["image_logits"])) / global_batch
-                total = terms["total"] + image_weight * image_term
-                total_for_gradient = optimizer.scale_loss(total) if scaled else total
-            gradients = tape.gradient(total_for_gradient, model.trainable_variables)
-            gradients = context.all_reduce("sum", gradients)
-            if scaled:
-                gradients = [g / optimizer.dynamic_scale for g in gradients]
-            norm = tf.linalg.global_norm(gradients)
-            if clip_norm:
-                gradients, _ = tf.clip_by_global_norm(gradients, clip_norm, use_norm=norm)
-            # The optimizer sums gradients over replicas again: hand each replica its share.
-            share = (optimizer.dynamic_scale if scaled else 1.0) / replicas
-            optimizer.apply_gradients(zip([g * share for g in gradients], model.trainable_variables))
-            return {"loss/total": total, "loss/classification": terms["classification"], "loss/box": terms["box"],
-                    "loss/image": image_term, "gradient_norm": norm, "positive_anchors": num_positive}
-
-        def step(batch):
-            results = self.strategy.run(replica_step, args=(batch,))
-            # Loss terms are already global per replica (global normaliser): sum of shares.
-            return {key: self.strategy.reduce("sum", value, axis=None) / (replicas if key in
-                    ("gradient_norm", "positive_anchors") else 1.0) for key, value in results.items()}
-
-        return tf.function(step, jit_compile=config.training.jit_compile or None, reduce_retracing=True)
-
     def _log(self, name: str, step: int, scalars: dict) -> None:
         with self.writers[name].as_default(step=step):
             for key, value in scalars.items():
@@ -235,7 +238,7 @@ class Trainer:
     def fit(self) -> dict:
         training = self.config.training
         per_replica = self.strategy.experimental_distribute_dataset(self.train_dataset)
-        train_step = self._train_step_fn()
+        train_step = build_train_step(self.config, self.strategy, self.model, self.optimizer, self.loss)
         iterator = iter(per_replica)
         steps_per_epoch = max(1, len(self.train_records) // training.batch_size)
         start = self.step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -12,6 +13,8 @@ from retinanet.data.rsna import Record
 from retinanet.losses import image_loss
 from retinanet.metrics import average_precision, image_level_metrics, rsna_metric
 from retinanet.visualize import draw_boxes
+
+OVERLAY_SIZE = 384  # pixels, at least, of the pictures of validation predictions
 
 
 def predict_dataset(model, postprocessor, dataset, loss=None, progress: bool = False, desc: str = "predicting"):
@@ -87,7 +90,11 @@ class Validator:
         overlays = []
         for record, image, scale in zip(self.records, first_images, first_scales):
             boxes, scores = keep_above({0: by_patient[record.patient_id]}, threshold)[0]
-            overlays.append(draw_boxes(image, record.boxes * scale, boxes * scale, scores, title=record.patient_id[:8]))
+            # Small network inputs are enlarged so that boxes and scores stay legible.
+            zoom = max(1, OVERLAY_SIZE // max(image.shape))
+            image = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
+            overlays.append(draw_boxes(image, record.boxes * scale * zoom, boxes * scale * zoom, scores,
+                                       title=record.patient_id[:8]))
             if len(overlays) == self.config.training.num_summary_images:
                 break
         return {"scalars": scalars, "overlays": overlays, "detections": by_patient, "probabilities": probabilities}

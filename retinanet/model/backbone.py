@@ -51,11 +51,14 @@ def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> 
     return keras.Model(trunk.inputs, outputs, name="resnet50")
 
 
-def freeze(backbone: keras.Model, *, batch_norm: bool, up_to_stage: int) -> None:
-    """Freeze batch-norm layers and/or every layer of stages conv1..conv<up_to_stage>."""
+def configure_layers(backbone: keras.Model, *, freeze_batch_norm: bool, freeze_up_to_stage: int,
+                     batch_norm_momentum: float) -> None:
+    """Freeze batch-norm layers and/or every layer of stages conv1..conv<N>; set the BN momentum."""
     for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = batch_norm_momentum
         stage = layer.name.split("_")[0]
-        if stage.startswith("conv") and stage[4:].isdigit() and int(stage[4:]) <= up_to_stage:
+        if stage.startswith("conv") and stage[4:].isdigit() and int(stage[4:]) <= freeze_up_to_stage:
             layer.trainable = False
-        if batch_norm and isinstance(layer, keras.layers.BatchNormalization):
+        if freeze_batch_norm and isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False

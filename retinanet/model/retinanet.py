@@ -7,7 +7,7 @@ from keras import layers
 
 from retinanet.anchors import anchors_per_location
 from retinanet.config import AnchorConfig, Config, ModelConfig
-from retinanet.model.backbone import build_backbone, freeze
+from retinanet.model.backbone import build_backbone, configure_layers
 from retinanet.model.fpn import build_fpn
 from retinanet.model.heads import build_head, prior_bias
 
@@ -16,7 +16,7 @@ def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = 1, 
                     anchor_config: AnchorConfig = AnchorConfig(), fpn_channels: int = 256, head_convs: int = 4,
                     head_group_norm: bool = False, prior_probability: float = 0.01,
                     freeze_batch_norm: bool = False, freeze_backbone_stages: int = 0,
-                    image_head: bool = True) -> keras.Model:
+                    batch_norm_momentum: float = 0.99, image_head: bool = True) -> keras.Model:
     """A Keras model mapping images [B, H, W, C] to a dict:
 
     - "predictions": float32 [B, A, 4 + num_classes], A = `num_anchors(H, W)`, level-major
@@ -24,7 +24,8 @@ def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = 1, 
     - "image_logits": float32 [B, 1], "pneumonia present" (only with `image_head`).
     """
     backbone = build_backbone(input_shape, weights)
-    freeze(backbone, batch_norm=freeze_batch_norm, up_to_stage=freeze_backbone_stages)
+    configure_layers(backbone, freeze_batch_norm=freeze_batch_norm, freeze_up_to_stage=freeze_backbone_stages,
+                     batch_norm_momentum=batch_norm_momentum)
     images = keras.Input(input_shape, name="images")
     c3, c4, c5 = backbone(images)
     pyramid = build_fpn([c3, c4, c5], fpn_channels, tuple(anchor_config.levels))
@@ -55,4 +56,5 @@ def build_model_from_config(config: Config) -> keras.Model:
                            weights=model.weights, anchor_config=config.anchors, fpn_channels=model.fpn_channels,
                            head_convs=model.head_convs, head_group_norm=model.head_group_norm,
                            prior_probability=model.prior_probability, freeze_batch_norm=model.freeze_batch_norm,
-                           freeze_backbone_stages=model.freeze_backbone_stages, image_head=model.image_head)
+                           freeze_backbone_stages=model.freeze_backbone_stages,
+                           batch_norm_momentum=model.batch_norm_momentum, image_head=model.image_head)

@@ -1,0 +1,216 @@
+"""Model shapes, learning on a fixed batch, schedules, and short end-to-end runs
+(resume, two-replica MirroredStrategy, TensorBoard contents)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retinanet.anchors import num_anchors
+from retinanet.config import AnchorConfig, config_from_dict
+from retinanet.data.synthetic import generate_synthetic_rsna
+from retinanet.losses import RetinaNetLoss
+from retinanet.model.heads import prior_bias
+from retinanet.model.retinanet import build_retinanet
+from retinanet.training import Trainer, WarmupDecay, schedule_from_config, train
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL_ANCHORS = AnchorConfig(sizes=(8.0, 16.0, 32.0, 64.0, 128.0))
+
+
+@pytest.mark.parametrize("height, width, channels", [(64, 64, 3), (96, 160, 1), (128, 64, 3)])
+def test_model_output_matches_anchor_count(height, width, channels):
+    model = build_retinanet((height, width, channels), num_classes=2, fpn_channels=16, head_convs=1)
+    outputs = model(np.zeros((2, height, width, channels), np.float32))
+    assert outputs["predictions"].shape == (2, num_anchors((height, width)), 4 + 2)
+    assert outputs["image_logits"].shape == (2, 1)
+
+
+def test_classification_starts_at_the_prior():
+    model = build_retinanet((64, 64, 3), fpn_channels=16, head_convs=1, prior_probability=0.01, image_head=False)
+    logits = model(np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32))["predictions"][..., 4:]
+    assert prior_bias(0.01) == pytest.approx(-np.log(99))
+    # Kernels N(0, 0.01) keep the logits near the bias.
+    np.testing.assert_allclose(tf.sigmoid(logits).numpy().mean(), 0.01, atol=0.005)
+
+
+def test_frozen_stages_and_batch_norm_are_not_trainable():
+    model = build_retinanet((64, 64, 3), fpn_channels=16, head_convs=1, freeze_backbone_stages=2,
+                            freeze_batch_norm=True)
+    backbone = model.get_layer("resnet50")
+    frozen = {layer.name for layer in backbone.layers if not layer.trainable}
+    assert "conv1_conv" in frozen and "conv2_block1_1_conv" in frozen
+    assert "conv3_block1_1_conv" not in frozen and "conv3_block1_1_bn" in frozen
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    from retinanet.model.backbone import WeightsError
+
+    with pytest.raises(WeightsError, match="file not found"):
+        build_retinanet((64, 64, 3), weights=str(tmp_path / "nope.h5"))
+
+
+def test_warmup_then_cosine_and_step_schedules():
+    cosine = WarmupDecay(0.1, total_steps=110, warmup_steps=10, kind="cosine")
+    assert float(cosine(0)) == pytest.approx(0.01)
+    assert float(cosine(9)) == pytest.approx(0.1)
+    assert float(cosine(60)) == pytest.approx(0.05, abs=1e-6)  # half way through the decay
+    assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
+    step = WarmupDecay(1.0, total_steps=100, warmup_steps=0, kind="step", boundaries=(0.5, 0.8), factor=0.1)
+    assert [round(float(step(s)), 6) for s in (0, 49, 50, 79, 80)] == [1.0, 1.0, 0.1, 0.1, 0.01]
+
+
+def test_a_few_steps_on_one_fixed_batch_drive_the_loss_down():
+    tf.keras.utils.set_random_seed(0)
+    model = build_retinanet((64, 64, 3), fpn_channels=32, head_convs=1, anchor_config=SMALL_ANCHORS,
+                            image_head=False)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
+    images[0, 10:40, 20:44] += 3.0  # the object
+    from retinanet.anchors import generate_anchors
+    from retinanet.targets import LabelEncoder
+
+    encoder = LabelEncoder(generate_anchors((64, 64), SMALL_ANCHORS))
+    targets = tf.stack([encoder(np.array([[20.0, 10.0, 44.0, 40.0]]), [0]), encoder(np.zeros((0, 4)), [])])
+    loss = RetinaNetLoss(1)
+    optimizer = tf.keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            value = loss(targets, model(images, training=True)["predictions"])
+        optimizer.apply_gradients(zip(tape.gradient(value, model.trainable_variables), model.trainable_variables))
+        return value
+
+    losses = [float(step()) for _ in range(25)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# --- end-to-end runs on a tiny synthetic set ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_rsna")
+    generate_synthetic_rsna(root, num_train=16, num_test=0, size=128, seed=1, progress=False)
+    return root
+
+
+def tiny_config(root, cache, **training):
+    return config_from_dict({
+        "data": {"root": str(root), "cache_dir": str(cache), "original_size": 128, "num_folds": 4},
+        "preprocessing": {"image_size": [64, 64]},
+        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
+        "model": {"fpn_channels": 16, "head_convs": 1},
+        "training": {"batch_size": 2, "steps": 6, "warmup_steps": 1, "validate_every": 3, "log_every": 2,
+                     "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw",
+                     "learning_rate": 1e-4, **training},
+        "evaluation": {"batch_size": 4},
+    })
+
+
+def event_tags(directory: Path) -> tuple[set, set]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0, "images": 0})
+    accumulator.Reload()
+    return set(accumulator.Tags()["tensors"]), set(accumulator.Tags()["images"]) | {
+        tag for tag in accumulator.Tags()["tensors"] if tag == "predictions"}
+
+
+@pytest.mark.slow
+def test_run_writes_checkpoints_logs_and_tensorboard(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    results = train(tiny_config(tiny_data, tmp_path / "cache"), run_dir, progress=False)
+    for name in ("config.yaml", "split.csv", "best.weights.h5", "final.weights.h5", "best.json",
+                 "validation_predictions.png"):
+        assert (run_dir / name).is_file(), name
+    assert "rsna_metric" in results["scalars"]
+    train_tags, _ = event_tags(run_dir / "tensorboard" / "train")
+    assert {"loss/total", "loss/classification", "loss/box", "loss/image", "learning_rate", "gradient_norm",
+            "images_per_second"} <= train_tags
+    validation_tags, image_tags = event_tags(run_dir / "tensorboard" / "validation")
+    assert {"rsna_metric", "ap50", "loss/classification", "loss/box", "image_auc"} <= validation_tags
+    assert "predictions" in image_tags
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["split"] == "train"] == [2, 4, 6]
+    assert [line["step"] for line in lines if line["split"] == "validation"] == [3, 6]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_final_step(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, sys
+        from retinanet.config import load_config
+        from retinanet.training import Trainer
+        trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
+        original = trainer._save_latest
+        def save_then_die():
+            original()
+            if trainer.step == 4:
+                os._exit(17)  # killed right after the step-4 checkpoint
+        trainer._save_latest = save_then_die
+        trainer.fit()
+    """)
+    from retinanet.config import save_config
+
+    save_config(config, tmp_path / "config.yaml")
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "config.yaml"), str(run_dir)],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    assert not (run_dir / "final.weights.h5").exists()
+    trainer = Trainer(config, run_dir, resume=True, progress=False)
+    assert trainer.step == 4
+    # The schedule continues where it stopped, not from its warm-up.
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(float(schedule_from_config(config.training)(4)))
+    trainer.fit()
+    assert trainer.step == 6
+    assert (run_dir / "final.weights.h5").is_file()
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_two_replica_mirrored_strategy_trains(tiny_data, tmp_path):
+    from retinanet.config import save_config
+
+    save_config(tiny_config(tiny_data, tmp_path / "cache", strategy="mirrored", steps=2, validate_every=2),
+                tmp_path / "config.yaml")
+    script = textwrap.dedent("""
+        import sys, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from retinanet.config import load_config
+        from retinanet.training import Trainer
+        trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
+        assert trainer.strategy.num_replicas_in_sync == 2, trainer.strategy.num_replicas_in_sync
+        trainer.fit()
+        print("STEP", trainer.step)
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "config.yaml"), str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "STEP 2" in result.stdout
+
+
+def test_replica_split_keeps_the_global_normaliser():
+    """Two replicas with the global positive count give the single-device loss and gradient."""
+    rng = np.random.default_rng(0)
+    predictions = tf.constant(rng.normal(size=(4, 30, 5)).astype(np.float32))
+    states = rng.choice([-2.0, -1.0, 0.0], size=(4, 30), p=[0.1, 0.7, 0.2]).astype(np.float32)
+    states[2:] = np.where(states[2:] == 0.0, -1.0, states[2:])  # second half: no positives
+    targets = tf.constant(np.concatenate([rng.normal(size=(4, 30, 4)), states[..., None]], -1).astype(np.float32))
+    loss = RetinaNetLoss(1)
+    whole = float(loss(targets, predictions))
+    halves = [loss.components(targets[i:i + 2], predictions[i:i + 2]) for i in (0, 2)]
+    num_positive = sum(h["num_positive"] for h in halves)
+    split = sum(float(loss.normalize(h, num_positive)["total"]) for h in halves)
+    assert split == pytest.approx(whole, rel=1e-5)
