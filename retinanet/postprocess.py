@@ -1,7 +1,11 @@
 """Network outputs -> fixed-size detections, in-graph for whole batches.
 
 Sigmoid scores, top-k per pyramid level, decode with the encoder's variance, class-aware NMS,
-clip to the image, then back to original pixels by the letterbox scale.
+clip to the image, then back to original pixels by the letterbox scale. Test-time options
+from the RSNA top solutions: horizontal-flip TTA whose two passes are merged by weighted box
+fusion (`weighted_box_fusion`), box scores gated or rescaled by the image-level probability,
+and boxes shrunk about their centres. `Postprocessor.detect` runs the model pass(es) and all
+of it; `__call__` post-processes predictions that were computed elsewhere.
 """
 
 from __future__ import annotations
@@ -10,17 +14,96 @@ import tensorflow as tf
 
 from retinanet import boxes as box_ops
 
+IMAGE_GATING_CHOICES = ("none", "gate", "multiply")
+# Boxes of the two TTA passes join one cluster above this IoU (the ensemble-boxes default).
+FUSION_IOU = 0.55
+
+
+def _iou_with_box(boxes, box):
+    """IoU of boxes [B, N, 4] with one box per image [B, 4] -> [B, N] (0 where the union is empty)."""
+    top_left = tf.maximum(boxes[..., :2], box[:, None, :2])
+    bottom_right = tf.minimum(boxes[..., 2:], box[:, None, 2:])
+    sizes = tf.maximum(bottom_right - top_left, 0.0)
+    intersection = sizes[..., 0] * sizes[..., 1]
+    union = box_ops.area(boxes) + box_ops.area(box)[:, None] - intersection
+    return tf.math.divide_no_nan(intersection, union)
+
+
+def weighted_box_fusion(boxes, scores, classes, valid, *, iou_threshold: float = FUSION_IOU,
+                        num_passes: int = 2):
+    """Weighted box fusion (Solovyev et al. 2021, as `ensemble_boxes`, conf_type "avg") per image.
+
+    boxes [B, N, 4] `x1, y1, x2, y2`, scores [B, N], classes [B, N] int, valid [B, N] bool: the
+    pooled detections of `num_passes` passes, in any order; rows with valid False are padding.
+
+    In descending score, each box joins the cluster of its class whose fused box overlaps it
+    with IoU > `iou_threshold` (the best such), else it starts a new cluster. A cluster's box
+    is the score-weighted mean of its members, its score the mean member score times
+    min(members, num_passes) / num_passes, so a box seen by one pass only loses weight.
+
+    Returns (boxes [B, N, 4], scores [B, N], classes [B, N] int32, num_clusters [B] int32), the
+    clusters sorted by descending fused score and zero-padded.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    classes = tf.cast(classes, tf.int32)
+    valid = tf.cast(valid, tf.bool)
+    size = tf.shape(scores)[1]
+    # Visit in descending score; padding rows go last and are skipped.
+    order = tf.argsort(tf.where(valid, scores, -1.0), axis=1, direction="DESCENDING", stable=True)
+    boxes, scores = tf.gather(boxes, order, batch_dims=1), tf.gather(scores, order, batch_dims=1)
+    classes, valid = tf.gather(classes, order, batch_dims=1), tf.gather(valid, order, batch_dims=1)
+
+    def body(index, weighted_sum, weight, members, cluster_class, count):
+        box, score, label, active = boxes[:, index], scores[:, index], classes[:, index], valid[:, index]
+        fused = weighted_sum / tf.maximum(weight, 1e-12)[..., None]
+        overlap = _iou_with_box(fused, box)
+        eligible = (tf.range(size)[None] < count[:, None]) & tf.equal(cluster_class, label[:, None])
+        overlap = tf.where(eligible, overlap, -1.0)
+        best = tf.argmax(overlap, axis=1, output_type=tf.int32)
+        matched = tf.reduce_max(overlap, axis=1) > iou_threshold
+        target = tf.where(matched, best, count)
+        update = tf.one_hot(target, size) * tf.cast(active, tf.float32)[:, None]  # [B, N]
+        weighted_sum += update[..., None] * (score[:, None] * box)[:, None, :]
+        weight += update * score[:, None]
+        members += update
+        cluster_class = tf.where(update > 0, label[:, None], cluster_class)
+        count += tf.cast(active & ~matched, tf.int32)
+        return index + 1, weighted_sum, weight, members, cluster_class, count
+
+    batch = tf.shape(scores)[0]
+    zeros = tf.zeros([batch, size])
+    state = (0, tf.zeros([batch, size, 4]), zeros, zeros, tf.zeros([batch, size], tf.int32),
+             tf.zeros([batch], tf.int32))
+    _, weighted_sum, weight, members, cluster_class, count = tf.while_loop(lambda index, *_: index < size, body,
+                                                                           state)
+    exists = members > 0
+    fused_boxes = weighted_sum / tf.maximum(weight, 1e-12)[..., None]
+    fused_scores = tf.math.divide_no_nan(weight, members) * tf.minimum(members, float(num_passes)) / num_passes
+    fused_scores = tf.where(exists, fused_scores, 0.0)
+    order = tf.argsort(tf.where(exists, fused_scores, -1.0), axis=1, direction="DESCENDING", stable=True)
+    fused_boxes = tf.where(exists[..., None], fused_boxes, 0.0)
+    return (tf.gather(fused_boxes, order, batch_dims=1), tf.gather(fused_scores, order, batch_dims=1),
+            tf.gather(cluster_class, order, batch_dims=1), count)
+
 
 class Postprocessor:
     """Callable: (predictions [B, A, 4 + K], scales [B]) -> dict of
 
     "boxes" [B, D, 4] (`x1, y1, x2, y2`, original pixels), "scores" [B, D], "classes" [B, D]
     int32 and "num_detections" [B] int32; D = max_detections, padded with zeros.
+
+    `flip_tta` and `image_gating` need more than one set of predictions: `detect(model, ...)`
+    runs the model on the images (and their mirror images) and applies them; `__call__` applies
+    them only to the `flipped_predictions` and `image_probabilities` it is given.
     """
 
     def __init__(self, anchors, level_sizes: list[int], image_size: tuple[int, int], *, num_classes: int = 1,
                  score_threshold: float = 0.05, pre_nms_top_k: int = 1000, nms_iou: float = 0.5,
-                 max_detections: int = 100, box_shrink: float = 1.0):
+                 max_detections: int = 100, box_shrink: float = 1.0, flip_tta: bool = False,
+                 image_gating: str = "none", image_gate_threshold: float = 0.5, fusion_iou: float = FUSION_IOU):
+        if image_gating not in IMAGE_GATING_CHOICES:
+            raise ValueError(f"image_gating must be one of {', '.join(IMAGE_GATING_CHOICES)}, got {image_gating!r}")
         self.anchors = tf.convert_to_tensor(anchors, tf.float32)
         self.level_sizes = list(level_sizes)
         self.image_size = tuple(image_size)
@@ -30,6 +113,10 @@ class Postprocessor:
         self.nms_iou = nms_iou
         self.max_detections = max_detections
         self.box_shrink = box_shrink
+        self.flip_tta = flip_tta
+        self.image_gating = image_gating
+        self.image_gate_threshold = image_gate_threshold
+        self.fusion_iou = fusion_iou
 
     def candidates(self, predictions):
         """Top-k (anchor, class) pairs per level -> boxes [B, C, 4] input pixels, scores [B, C], classes [B, C]."""
@@ -49,7 +136,9 @@ class Postprocessor:
             offset += size
         return tf.concat(boxes_list, 1), tf.concat(scores_list, 1), tf.concat(classes_list, 1)
 
-    def __call__(self, predictions, scales):
+    def suppress(self, predictions):
+        """predictions [B, A, 4 + K] -> (boxes [B, D, 4] input pixels, scores [B, D], classes [B, D] int32,
+        num_detections [B] int32): decoded, clipped, class-aware NMS, sorted by descending score."""
         boxes, scores, classes = self.candidates(predictions)
         boxes = box_ops.clip(boxes, *self.image_size)
         # Class-aware NMS: each candidate scores only in its own class column.
@@ -58,11 +147,89 @@ class Postprocessor:
             boxes[:, :, None, :], class_scores, max_output_size_per_class=self.max_detections,
             max_total_size=self.max_detections, iou_threshold=self.nms_iou,
             score_threshold=self.score_threshold, clip_boxes=False)
-        final_boxes = box_ops.shrink(nms.nmsed_boxes, self.box_shrink) if self.box_shrink != 1.0 else nms.nmsed_boxes
-        final_boxes = final_boxes / tf.reshape(tf.cast(scales, tf.float32), [-1, 1, 1])
-        valid = tf.sequence_mask(nms.valid_detections, self.max_detections)
-        return {"boxes": tf.where(valid[..., None], final_boxes, 0.0), "scores": nms.nmsed_scores,
-                "classes": tf.cast(nms.nmsed_classes, tf.int32), "num_detections": nms.valid_detections}
+        return nms.nmsed_boxes, nms.nmsed_scores, tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections
+
+    def fuse_flipped(self, detections, flipped_detections):
+        """Two `suppress` results, the second from the mirrored input -> one, by weighted box fusion.
+
+        The second pass's boxes are mirrored back (x -> input width - x) first; the fused
+        detections keep the `suppress` layout and are cut to the D most confident.
+        """
+        boxes, scores, classes, count = detections
+        flipped_boxes, flipped_scores, flipped_classes, flipped_count = flipped_detections
+        width = float(self.image_size[1])
+        x1, y1, x2, y2 = tf.unstack(flipped_boxes, axis=-1)
+        unflipped = tf.stack([width - x2, y1, width - x1, y2], axis=-1)
+        valid = tf.concat([tf.sequence_mask(count, self.max_detections),
+                           tf.sequence_mask(flipped_count, self.max_detections)], axis=1)
+        fused_boxes, fused_scores, fused_classes, fused_count = weighted_box_fusion(
+            tf.concat([boxes, unflipped], 1), tf.concat([scores, flipped_scores], 1),
+            tf.concat([classes, flipped_classes], 1), valid, iou_threshold=self.fusion_iou, num_passes=2)
+        keep = self.max_detections
+        return (fused_boxes[:, :keep], fused_scores[:, :keep], fused_classes[:, :keep],
+                tf.minimum(fused_count, keep))
+
+    def gate(self, scores, num_detections, image_probabilities):
+        """Apply `image_gating` with probabilities [B]: "gate" empties images below the threshold,
+        "multiply" scales their scores by the probability. -> (scores [B, D], num_detections [B])."""
+        probabilities = tf.reshape(tf.cast(image_probabilities, tf.float32), [-1])
+        if self.image_gating == "gate":
+            keep = probabilities >= self.image_gate_threshold
+            return tf.where(keep[:, None], scores, 0.0), tf.where(keep, num_detections, 0)
+        if self.image_gating == "multiply":
+            return scores * probabilities[:, None], num_detections
+        return scores, num_detections
+
+    def __call__(self, predictions, scales, *, flipped_predictions=None, image_probabilities=None):
+        """See the class docstring; `flipped_predictions` [B, A, 4 + K] come from the horizontally
+        mirrored inputs, `image_probabilities` [B] from the image head."""
+        boxes, scores, classes, count = self.suppress(predictions)
+        if flipped_predictions is not None:
+            boxes, scores, classes, count = self.fuse_flipped((boxes, scores, classes, count),
+                                                              self.suppress(flipped_predictions))
+        if image_probabilities is not None:
+            scores, count = self.gate(scores, count, image_probabilities)
+        if self.box_shrink != 1.0:
+            boxes = box_ops.shrink(boxes, self.box_shrink)
+        boxes = boxes / tf.reshape(tf.cast(scales, tf.float32), [-1, 1, 1])
+        valid = tf.sequence_mask(count, self.max_detections)
+        return {"boxes": tf.where(valid[..., None], boxes, 0.0), "scores": tf.where(valid, scores, 0.0),
+                "classes": tf.where(valid, classes, 0), "num_detections": count}
+
+    def run_model(self, model, images):
+        """The model's output dicts for images [B, H, W, C] (normalised) -> (original, mirrored or None).
+
+        With `flip_tta` the mirrored images run in the same batch as the originals.
+        """
+        if not self.flip_tta:
+            return model(images, training=False), None
+        outputs = model(tf.concat([images, tf.reverse(images, axis=[2])], axis=0), training=False)
+        batch = tf.shape(images)[0]
+        return ({key: value[:batch] for key, value in outputs.items()},
+                {key: value[batch:] for key, value in outputs.items()})
+
+    def from_outputs(self, outputs, mirrored_outputs, scales):
+        """`run_model`'s outputs and scales [B] -> the `__call__` dict, plus "image_probabilities" [B]
+        (the mean of both passes with flip TTA) when the model has the image head."""
+        probabilities = None
+        if "image_logits" in outputs:
+            passes = [outputs] + ([mirrored_outputs] if mirrored_outputs is not None else [])
+            probabilities = tf.add_n([tf.sigmoid(tf.reshape(tf.cast(item["image_logits"], tf.float32), [-1]))
+                                      for item in passes]) / len(passes)
+        elif self.image_gating != "none":
+            raise ValueError(f"postprocessing.image_gating={self.image_gating} needs the image head "
+                             "(model.image_head: true)")
+        result = self(outputs["predictions"], scales,
+                      flipped_predictions=None if mirrored_outputs is None else mirrored_outputs["predictions"],
+                      image_probabilities=probabilities)
+        if probabilities is not None:
+            result["image_probabilities"] = probabilities
+        return result
+
+    def detect(self, model, images, scales):
+        """Model pass(es) and post-processing: images [B, H, W, C] (normalised), scales [B] -> the
+        `from_outputs` dict."""
+        return self.from_outputs(*self.run_model(model, images), scales)
 
 
 def postprocessor_from_config(config, anchors, level_sizes) -> Postprocessor:
@@ -70,4 +237,6 @@ def postprocessor_from_config(config, anchors, level_sizes) -> Postprocessor:
     return Postprocessor(anchors, level_sizes, tuple(config.preprocessing.image_size),
                          num_classes=config.model.num_classes, score_threshold=post.score_threshold,
                          pre_nms_top_k=post.pre_nms_top_k, nms_iou=post.nms_iou,
-                         max_detections=post.max_detections, box_shrink=post.box_shrink)
+                         max_detections=post.max_detections, box_shrink=post.box_shrink,
+                         flip_tta=post.flip_tta, image_gating=post.image_gating,
+                         image_gate_threshold=post.image_gate_threshold)

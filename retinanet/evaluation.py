@@ -1,0 +1,276 @@
+"""Evaluate a trained run on its held-out split: `scripts/evaluate.py`.
+
+The run's saved split file decides the patients (its `data.validation_fold`), so evaluation
+never sees training images. Detections come from `Detector` (flip TTA, image gating and box
+shrink as configured) over the cached, preprocessed images. The output directory receives:
+
+- `metrics.json` with the keys
+    rsna_metric, configured_threshold: the RSNA metric at evaluation.score_threshold (a
+        threshold.json of an earlier evaluation is not used here);
+    best_rsna_metric, best_threshold: the best metric of the sweep and its threshold;
+    per_iou_threshold: {"configured": {iou: score}, "best": {iou: score}};
+    ap50, coco_map: pycocotools-style AP at IoU 0.5 and mean over 0.50:0.95 (every detection
+        above postprocessing.score_threshold, no evaluation threshold);
+    image_level: {roc_auc, sensitivity, specificity, threshold, num_positive, num_negative}
+        at postprocessing.image_gate_threshold, or null without the image head;
+    counts: images, positive_images, ground_truth_boxes, predicted_boxes (at the configured
+        threshold), predicted_boxes_best, scored_images, skipped_images;
+    sweep: [{score_threshold, rsna_metric, num_images}];
+    predictions_csv, overlays, source (config, weights, split_file, validation_fold): the
+        files written and used.
+  Non-finite values (e.g. AUC with one class only) are written as null.
+- `predictions.csv`: Kaggle format, the boxes kept at the configured threshold (the one
+  `rsna_metric` describes; `scripts/score.py` on it gives the same number);
+- `threshold_sweep.png`, `precision_recall.png`, and `overlays/{best,worst}_<k>_<patientId>.png`
+  (original image, ground truth green, predictions red).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from retinanet.data.dicom import read_image
+from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split
+from retinanet.data.rsna import Record
+from retinanet.inference import THRESHOLD_FILE, Detector, resolve_source
+from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics,
+                               precision_recall_curve, rsna_image_scores, threshold_sweep)
+from retinanet.submission import write_submission
+from retinanet.visualize import draw_boxes, save_rgb
+
+
+class EvaluationError(ValueError):
+    """Evaluation cannot run (missing split file, nothing to evaluate)."""
+
+
+def held_out_records(config, split_file=None, progress: bool = True) -> tuple[list[Record], Path]:
+    """The validation-fold records of `split_file` (default: the config's, i.e. the run's split)."""
+    split_file = Path(split_file) if split_file is not None else default_split_file(config)
+    if not split_file.is_file():
+        # prepare_split would create a new split, which may overlap the run's training patients.
+        raise EvaluationError(f"split file not found: {split_file}")
+    records = prepare_split(config, split_file, progress=progress).validation
+    if not records:
+        raise EvaluationError(f"{split_file}: no patients in validation fold {config.data.validation_fold}")
+    return records, split_file
+
+
+def predict_records(detector: Detector, records: list[Record], progress: bool = True):
+    """Detections for records -> (records used, {patient_id: (boxes [M, 4], scores [M])}, probabilities [N] or None).
+
+    Boxes are in original pixels; every detection above postprocessing.score_threshold is kept.
+    """
+    dataset, records = build_dataset_and_records(detector.config, "validation", records=records, training=False,
+                                                 progress=progress)
+    detections, probabilities = [], []
+    for batch in tqdm(dataset, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        output = detector.detect_normalized(batch["images"], batch["scales"])
+        for boxes, scores, count in zip(output["boxes"], output["scores"], output["num_detections"]):
+            detections.append((boxes[:count].astype(np.float64), scores[:count].astype(np.float64)))
+        if detector.has_image_head:
+            probabilities.append(output["image_probabilities"])
+    by_patient = {record.patient_id: detection for record, detection in zip(records, detections)}
+    return records, by_patient, (np.concatenate(probabilities) if probabilities else None)
+
+
+def keep_above(detections: dict, threshold: float) -> dict:
+    """{patient_id: (boxes, scores)} without the boxes scoring below `threshold`."""
+    return {patient_id: (boxes[scores >= threshold], scores[scores >= threshold])
+            for patient_id, (boxes, scores) in detections.items()}
+
+
+def sweep_thresholds(sweep: tuple[float, float, float]) -> np.ndarray:
+    """(start, stop, step) -> thresholds start, start + step, ..., stop (inclusive), rounded to 1e-6."""
+    start, stop, step = sweep
+    return np.round(np.arange(start, stop + step / 2, step), 6)
+
+
+def compute_metrics(records: list[Record], detections: dict, probabilities, *, threshold: float, sweep,
+                    image_threshold: float) -> dict:
+    """All measures of the module docstring's metrics.json except "predictions_csv" and "source"."""
+    ground_truth = {record.patient_id: record.boxes for record in records}
+    thresholds = sweep_thresholds(sweep)
+    results = threshold_sweep(ground_truth, detections, list(thresholds) + [threshold])
+    configured, swept = results[-1], results[:-1]
+    sweep_scores = np.array([item["score"] for item in swept])
+    best = swept[int(np.nanargmax(sweep_scores))] if np.isfinite(sweep_scores).any() else configured
+    image_level = None
+    if probabilities is not None:
+        labels = np.array([record.target for record in records])
+        image_level = image_level_metrics(labels, probabilities, threshold=image_threshold)
+
+    def boxes_kept(at: float) -> int:
+        return int(sum(int((scores >= at).sum()) for _, scores in detections.values()))
+
+    return {
+        "rsna_metric": configured["score"],
+        "configured_threshold": float(threshold),
+        "best_rsna_metric": best["score"],
+        "best_threshold": best["score_threshold"],
+        "per_iou_threshold": {"configured": configured["per_threshold"], "best": best["per_threshold"]},
+        "ap50": average_precision(ground_truth, detections, 0.5),
+        "coco_map": coco_map(ground_truth, detections),
+        "image_level": image_level,
+        "counts": {"images": len(records), "positive_images": int(sum(r.target for r in records)),
+                   "ground_truth_boxes": int(sum(len(r.boxes) for r in records)),
+                   "predicted_boxes": boxes_kept(threshold),
+                   "predicted_boxes_best": boxes_kept(best["score_threshold"]),
+                   "scored_images": configured["num_images"], "skipped_images": configured["num_skipped"]},
+        "sweep": [{"score_threshold": item["score_threshold"], "rsna_metric": item["score"],
+                   "num_images": item["num_images"]} for item in swept],
+    }
+
+
+def _json_ready(value):
+    """Nested metrics -> JSON-ready: NaN/inf become None, dict keys strings, numpy scalars Python."""
+    if isinstance(value, dict):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def plot_sweep(metrics: dict, path: Path) -> None:
+    """RSNA metric against score threshold, the configured and best thresholds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    thresholds = [item["score_threshold"] for item in metrics["sweep"]]
+    scores = [item["rsna_metric"] for item in metrics["sweep"]]  # NaN (nothing scored) leaves a gap
+    axis.plot(thresholds, scores, marker="o", markersize=3, label="RSNA metric")
+    axis.axvline(metrics["configured_threshold"], color="grey", linestyle="--",
+                 label=f"configured {metrics['configured_threshold']:.2f}")
+    axis.axvline(metrics["best_threshold"], color="red", linestyle=":", label=f"best {metrics['best_threshold']:.2f}")
+    axis.set(xlabel="score threshold", ylabel="RSNA metric (mAP@0.40:0.75)", title="Score threshold sweep")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_precision_recall(records: list[Record], detections: dict, path: Path, ap50: float) -> None:
+    """Pooled precision-recall curve at IoU 0.5 (raw, not interpolated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ground_truth = {record.patient_id: record.boxes for record in records}
+    precision, recall, _ = precision_recall_curve(ground_truth, detections, 0.5)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    if len(precision) and np.isfinite(recall).all():
+        axis.plot(recall, precision, label=f"IoU 0.5, AP {ap50:.3f}")
+        axis.legend()
+    else:
+        axis.text(0.5, 0.5, "no detections or no ground-truth boxes", ha="center")
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_overlays(records: list[Record], kept: dict, directory: Path, count: int) -> list[str]:
+    """Best and worst scored images (RSNA image score at the kept boxes) drawn on the originals."""
+    scored = []
+    for record in records:
+        boxes, scores = kept[record.patient_id]
+        image_scores = rsna_image_scores(record.boxes, boxes, scores)
+        if image_scores is not None:
+            scored.append((float(image_scores.mean()), record))
+    scored.sort(key=lambda item: -item[0])
+    best = scored[: (count + 1) // 2]
+    worst = scored[len(best):][::-1][: count // 2]
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, chosen in (("best", best), ("worst", worst)):
+        for rank, (score, record) in enumerate(chosen, start=1):
+            boxes, scores = kept[record.patient_id]
+            picture = draw_boxes(read_image(record.image_path), record.boxes, boxes, scores,
+                                 title=f"{record.patient_id[:8]} score {score:.2f}")
+            path = directory / f"{kind}_{rank}_{record.patient_id}.png"
+            save_rgb(path, picture)
+            written.append(str(path))
+    return written
+
+
+def evaluate(detector: Detector, records: list[Record], output_dir, *, progress: bool = True) -> dict:
+    """Predict, measure and write every output of the module docstring; returns the metrics."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = detector.config
+    records, detections, probabilities = predict_records(detector, records, progress)
+    metrics = compute_metrics(records, detections, probabilities, threshold=detector.threshold,
+                              sweep=config.evaluation.sweep,
+                              image_threshold=config.postprocessing.image_gate_threshold)
+    kept = keep_above(detections, detector.threshold)
+    write_submission(output_dir / "predictions.csv", kept, [record.patient_id for record in records])
+    metrics["predictions_csv"] = str(output_dir / "predictions.csv")
+    plot_sweep(metrics, output_dir / "threshold_sweep.png")
+    plot_precision_recall(records, detections, output_dir / "precision_recall.png", metrics["ap50"])
+    metrics["overlays"] = write_overlays(records, kept, output_dir / "overlays", config.evaluation.num_overlays)
+    return metrics
+
+
+def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None, split_file=None,
+                 write_threshold: bool = False, progress: bool = True) -> dict:
+    """`scripts/evaluate.py`: load the run, evaluate its held-out split, write metrics.json.
+
+    The configured threshold is config.evaluation.score_threshold: a threshold.json written
+    by an earlier evaluation is ignored here. With `write_threshold`, the best threshold goes
+    to `<run_dir>/threshold.json` for inference.
+    """
+    source = resolve_source(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
+    records, used_split = held_out_records(source.config, split_file, progress)
+    detector = Detector.from_source(source, threshold=source.config.evaluation.score_threshold)
+    metrics = evaluate(detector, records, output_dir, progress=progress)
+    metrics["source"] = {"config": str(source.config_path), "weights": str(source.weights),
+                         "split_file": str(used_split), "validation_fold": detector.config.data.validation_fold}
+    metrics = _json_ready(metrics)
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if write_threshold:
+        path = source.run_dir / THRESHOLD_FILE
+        path.write_text(json.dumps({"score_threshold": metrics["best_threshold"],
+                                    "rsna_metric": metrics["best_rsna_metric"],
+                                    "metrics": str(Path(output_dir) / "metrics.json")}, indent=2))
+        metrics["threshold_file"] = str(path)
+    return metrics
+
+
+def format_report(metrics: dict) -> str:
+    """metrics.json contents -> a printable summary table."""
+
+    def number(value) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    lines = ["                 threshold  RSNA metric",
+             f"configured       {metrics['configured_threshold']:9.3f}  {number(metrics['rsna_metric'])}",
+             f"best of sweep    {metrics['best_threshold']:9.3f}  {number(metrics['best_rsna_metric'])}",
+             "", "IoU threshold  configured    best"]
+    configured, best = metrics["per_iou_threshold"]["configured"], metrics["per_iou_threshold"]["best"]
+    for iou in IOU_THRESHOLDS:
+        lines.append(f"{iou:13.2f}  {number(configured[str(iou)]):>10}  {number(best[str(iou)]):>6}")
+    lines += ["", f"AP50:     {number(metrics['ap50'])}", f"COCO mAP: {number(metrics['coco_map'])}"]
+    if metrics["image_level"] is not None:
+        image = metrics["image_level"]
+        lines.append(f"image level: AUC {number(image['roc_auc'])}, sensitivity {number(image['sensitivity'])}, "
+                     f"specificity {number(image['specificity'])} at p >= {image['threshold']:.2f}")
+    counts = metrics["counts"]
+    lines += ["", ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items())]
+    lines.append(f"predictions: {metrics['predictions_csv']}")
+    if "threshold_file" in metrics:
+        lines.append(f"best threshold written to {metrics['threshold_file']}")
+    return "\n".join(lines)

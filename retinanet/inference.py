@@ -1,0 +1,347 @@
+"""Inference from a trained run: `Detector` and the `scripts/infer.py` workflow.
+
+A run directory (or a weights file inside one) carries everything inference needs: the
+resolved `config.yaml` (preprocessing, anchors, post-processing), the weights
+(`best.weights.h5`, else `final.weights.h5`, else the latest `checkpoints/` entry) and the
+score threshold chosen by evaluation (`threshold.json`, written by `scripts/evaluate.py
+--write-threshold`; without it `evaluation.score_threshold` of the config).
+
+Images go through exactly the training preprocessing (`read_image`, CLAHE, letterbox with
+OpenCV); boxes come back as `x1, y1, x2, y2` in the original image's pixels, clipped to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from retinanet.anchors import generate_anchors, level_sizes
+from retinanet.config import Config, ConfigError, load_config
+from retinanet.data.dicom import DICOM_SUFFIXES, read_image
+from retinanet.data.preprocess import normalize, preprocess_image
+from retinanet.postprocess import postprocessor_from_config
+
+WEIGHTS_SUFFIX = ".weights.h5"
+RUN_WEIGHTS = ("best.weights.h5", "final.weights.h5")  # in order of preference
+CONFIG_FILE = "config.yaml"
+THRESHOLD_FILE = "threshold.json"
+
+
+class ModelLoadError(ValueError):
+    """A run directory, checkpoint, config or threshold file that cannot be used; names the path."""
+
+
+class InputError(ValueError):
+    """An inference input that cannot be processed (missing path, empty directory)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a Detector's pieces come from.
+
+    weights: a `.weights.h5` file or a tf.train.Checkpoint prefix; run_dir: the directory that
+    holds (or would hold) `threshold.json`.
+    """
+
+    config: Config
+    config_path: Path
+    weights: Path
+    run_dir: Path
+
+
+def _load_config(path: Path) -> Config:
+    if not path.is_file():
+        raise ModelLoadError(f"config file not found: {path}")
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        raise ModelLoadError(f"cannot use config {path}: {error}") from None
+
+
+def _latest_checkpoint(directory: Path) -> Path | None:
+    latest = tf.train.latest_checkpoint(str(directory))
+    return Path(latest) if latest else None
+
+
+def source_from_run_dir(run_dir: str | Path) -> ModelSource:
+    """The config, best available weights and threshold location of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelLoadError(f"run directory not found: {run_dir}")
+    config_path = run_dir / CONFIG_FILE
+    config = _load_config(config_path)
+    for name in RUN_WEIGHTS:
+        if (run_dir / name).is_file():
+            return ModelSource(config, config_path, run_dir / name, run_dir)
+    latest = _latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        raise ModelLoadError(f"no weights in run directory {run_dir} (expected {' or '.join(RUN_WEIGHTS)} "
+                             "or a checkpoint in checkpoints/)")
+    return ModelSource(config, config_path, latest, run_dir)
+
+
+def source_from_checkpoint(checkpoint: str | Path, config_path: str | Path | None = None) -> ModelSource:
+    """A `.weights.h5` file, a tf.train.Checkpoint prefix or a `checkpoints/` directory.
+
+    Without `config_path` the config is the `config.yaml` beside the checkpoint or in its parent.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        latest = _latest_checkpoint(checkpoint)
+        if latest is None:
+            raise ModelLoadError(f"no checkpoint in directory {checkpoint} (for a run directory use --run-dir)")
+        checkpoint = latest
+    elif not (checkpoint.is_file() or Path(f"{checkpoint}.index").is_file()):
+        raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+    elif checkpoint.is_file() and not checkpoint.name.endswith(WEIGHTS_SUFFIX):
+        raise ModelLoadError(f"{checkpoint}: not a {WEIGHTS_SUFFIX} file or a tf.train.Checkpoint prefix")
+    folders = [checkpoint.parent, checkpoint.parent.parent]
+    if config_path is None:
+        found = [folder / CONFIG_FILE for folder in folders if (folder / CONFIG_FILE).is_file()]
+        if not found:
+            raise ModelLoadError(f"no {CONFIG_FILE} beside {checkpoint} or in its parent directory; "
+                                 "pass the config explicitly (--config)")
+        config_path = found[0]
+        run_dir = config_path.parent
+    else:
+        config_path = Path(config_path)
+        run_dir = next((folder for folder in folders if (folder / THRESHOLD_FILE).is_file()), checkpoint.parent)
+    return ModelSource(_load_config(config_path), config_path, checkpoint, run_dir)
+
+
+def resolve_source(*, checkpoint=None, run_dir=None, config_path=None) -> ModelSource:
+    """Exactly one of `checkpoint` and `run_dir`; `config_path` only with a checkpoint."""
+    if (checkpoint is None) == (run_dir is None):
+        raise ModelLoadError("give either a checkpoint or a run directory")
+    if run_dir is not None:
+        if config_path is not None:
+            raise ModelLoadError("a run directory brings its own config; --config goes with --checkpoint")
+        return source_from_run_dir(run_dir)
+    return source_from_checkpoint(checkpoint, config_path)
+
+
+def read_threshold(run_dir: Path, default: float) -> tuple[float, str]:
+    """(score threshold, where it came from): `<run_dir>/threshold.json` if present, else `default`."""
+    path = Path(run_dir) / THRESHOLD_FILE
+    if not path.is_file():
+        return float(default), "config evaluation.score_threshold"
+    try:
+        threshold = json.loads(path.read_text())["score_threshold"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{path}: expected JSON with a score_threshold ({error})") from None
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ModelLoadError(f"{path}: score_threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold), str(path)
+
+
+def build_untrained_model(config: Config):
+    """The config's model under its training dtype policy, randomly initialised (no backbone download)."""
+    from retinanet.model.retinanet import build_model_from_config
+    from retinanet.training import dtype_policy
+
+    # A run's own weights replace any pretrained backbone: never fetch ImageNet weights here.
+    config = replace(config, model=replace(config.model, weights="none"))
+    with dtype_policy(config.training.mixed_precision):
+        return build_model_from_config(config)
+
+
+def build_inference_model(config: Config, weights: Path):
+    """The config's model (see `build_untrained_model`) with `weights` loaded."""
+    model = build_untrained_model(config)
+    try:
+        if weights.name.endswith(WEIGHTS_SUFFIX):
+            model.load_weights(str(weights))
+        else:
+            tf.train.Checkpoint(model=model).read(str(weights)).expect_partial().assert_existing_objects_matched()
+    except Exception as error:  # h5py, Keras and TF raise many types for a bad or mismatched file
+        raise ModelLoadError(f"cannot load weights {weights} into the model of its config: "
+                             f"{type(error).__name__}: {error}") from None
+    return model
+
+
+class Detector:
+    """A trained model plus everything inference needs; see the module docstring.
+
+    Results are dicts {"boxes": float64 [N, 4] `x1, y1, x2, y2` original pixels, "scores": [N]
+    (descending, >= the threshold), "image_probability": float, or None without the image head}.
+    Boxes scoring below postprocessing.score_threshold never reach the threshold: it acts as
+    the larger of the two.
+    """
+
+    def __init__(self, config: Config, model, *, threshold: float, source: ModelSource | None = None,
+                 threshold_origin: str = "argument"):
+        if config.postprocessing.image_gating != "none" and not config.model.image_head:
+            raise ModelLoadError(f"postprocessing.image_gating={config.postprocessing.image_gating} needs "
+                                 "model.image_head: true")
+        self.config, self.model, self.source = config, model, source
+        self.threshold, self.threshold_origin = float(threshold), threshold_origin
+        self.image_size = tuple(config.preprocessing.image_size)
+        self.has_image_head = "image_logits" in model.output
+        self.postprocessor = postprocessor_from_config(config, generate_anchors(self.image_size, config.anchors),
+                                                       level_sizes(self.image_size, config.anchors))
+        spec = tf.TensorSpec([None, *self.image_size, config.preprocessing.channels], tf.float32)
+        self._detect = tf.function(lambda images, scales: self.postprocessor.detect(self.model, images, scales),
+                                   input_signature=[spec, tf.TensorSpec([None], tf.float32)])
+
+    @classmethod
+    def load(cls, *, checkpoint=None, run_dir=None, config_path=None, threshold: float | None = None) -> "Detector":
+        """From a run directory, or a checkpoint (+ optional config); `threshold` overrides the run's."""
+        return cls.from_source(resolve_source(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path),
+                               threshold=threshold)
+
+    @classmethod
+    def from_source(cls, source: ModelSource, threshold: float | None = None) -> "Detector":
+        """Build the model of `source` and load its weights; threshold: argument > threshold.json > config."""
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise InputError(f"threshold must be in [0, 1], got {threshold}")
+        if threshold is None:
+            chosen, origin = read_threshold(source.run_dir, source.config.evaluation.score_threshold)
+        else:
+            chosen, origin = float(threshold), "argument"
+        model = build_inference_model(source.config, source.weights)
+        return cls(source.config, model, threshold=chosen, source=source, threshold_origin=origin)
+
+    def detect_normalized(self, images, scales) -> dict:
+        """Normalised network inputs [B, H, W, C] float32 and scales [B] -> the Postprocessor dict
+        (all detections above postprocessing.score_threshold, padded), as numpy arrays."""
+        result = self._detect(tf.convert_to_tensor(images, tf.float32), tf.convert_to_tensor(scales, tf.float32))
+        return {key: value.numpy() for key, value in result.items()}
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Original uint8 [h, w] -> (network-size uint8 [H, W], scale), as for training."""
+        return preprocess_image(image, self.config.preprocessing)
+
+    def detect_preprocessed(self, images, scales, original_sizes, threshold: float | None = None) -> list[dict]:
+        """Preprocessed uint8 [B, H, W], scales [B] and original (h, w) sizes -> B results."""
+        threshold = self.threshold if threshold is None else threshold
+        images = normalize(np.asarray(images, np.uint8)[..., None], self.config.preprocessing.channels)
+        output = self.detect_normalized(images, np.asarray(scales, np.float32))
+        results = []
+        for index, (height, width) in enumerate(original_sizes):
+            count = int(output["num_detections"][index])
+            boxes = output["boxes"][index, :count].astype(np.float64)
+            scores = output["scores"][index, :count].astype(np.float64)
+            boxes = np.clip(boxes, 0.0, [width, height, width, height])
+            keep = scores >= threshold
+            probability = float(output["image_probabilities"][index]) if self.has_image_head else None
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "image_probability": probability})
+        return results
+
+    def detect_array(self, image: np.ndarray, threshold: float | None = None) -> dict:
+        """Original grey uint8 [h, w] -> one result."""
+        processed, scale = self.preprocess(image)
+        return self.detect_preprocessed([processed], [scale], [image.shape[:2]], threshold)[0]
+
+    def detect_image(self, path, threshold: float | None = None) -> dict:
+        """A DICOM, PNG or JPEG file -> one result (DicomReadError if it cannot be read)."""
+        return self.detect_array(read_image(path), threshold)
+
+    def _load(self, path) -> tuple[np.ndarray, float, tuple[int, int]]:
+        image = read_image(path)
+        processed, scale = self.preprocess(image)
+        return processed, scale, image.shape[:2]
+
+    def detect_paths(self, paths, *, batch_size: int | None = None, progress: bool = True,
+                     threshold: float | None = None):
+        """Yield (path, result) for image files in order; up to two batches are read ahead in
+        data.num_parallel_calls threads while the network runs."""
+        paths = list(paths)
+        batch_size = batch_size or self.config.evaluation.batch_size
+        batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+        with ThreadPoolExecutor(self.config.data.num_parallel_calls) as pool, \
+                tqdm(total=len(paths), desc="detecting", unit="img", disable=not progress) as bar:
+            pending = deque()
+            for batch in batches[:2]:  # never more than two batches in memory
+                pending.append((batch, [pool.submit(self._load, path) for path in batch]))
+            for index in range(len(batches)):
+                batch, futures = pending.popleft()
+                if index + 2 < len(batches):
+                    pending.append((batches[index + 2], [pool.submit(self._load, path) for path in batches[index + 2]]))
+                loaded = [future.result() for future in futures]
+                results = self.detect_preprocessed([item[0] for item in loaded], [item[1] for item in loaded],
+                                                   [item[2] for item in loaded], threshold)
+                bar.update(len(batch))
+                yield from zip(batch, results)
+
+
+def dicom_files(directory: str | Path) -> list[Path]:
+    """The DICOM files (by suffix) directly in `directory`, sorted; InputError if there are none."""
+    directory = Path(directory)
+    files = sorted(path for path in directory.iterdir() if path.is_file() and path.suffix.lower() in DICOM_SUFFIXES)
+    if not files:
+        raise InputError(f"no DICOM files ({', '.join(DICOM_SUFFIXES)}) in directory {directory}")
+    stems = [path.stem for path in files]
+    duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if duplicates:
+        raise InputError(f"{directory}: several files for patient {duplicates[0]} (the patientId is the file name)")
+    return files
+
+
+def result_to_json(result: dict, image_path, image_shape, threshold: float) -> dict:
+    """One result -> JSON-ready dict; boxes as x, y, width, height in original pixels with scores."""
+    boxes = [{"x": float(x1), "y": float(y1), "width": float(x2 - x1), "height": float(y2 - y1), "score": float(score)}
+             for (x1, y1, x2, y2), score in zip(result["boxes"], result["scores"])]
+    document = {"image": str(image_path), "image_height": int(image_shape[0]), "image_width": int(image_shape[1]),
+                "score_threshold": threshold, "boxes": boxes}
+    if result["image_probability"] is not None and math.isfinite(result["image_probability"]):
+        document["image_probability"] = result["image_probability"]
+    return document
+
+
+def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndarray | None = None) -> dict:
+    """One image (read from `path` unless given) -> `<output_dir>/<stem>.json` and `<stem>.png`
+    (boxes drawn in red); returns the JSON document plus the "outputs" written."""
+    from retinanet.visualize import draw_boxes, save_rgb
+
+    image = read_image(path) if image is None else image
+    result = detector.detect_array(image)
+    document = result_to_json(result, path, image.shape, detector.threshold)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{path.stem}.json").write_text(json.dumps(document, indent=2))
+    save_rgb(output_dir / f"{path.stem}.png", draw_boxes(image, None, result["boxes"], result["scores"]))
+    document["outputs"] = [str(output_dir / f"{path.stem}.json"), str(output_dir / f"{path.stem}.png")]
+    return document
+
+
+def infer_directory(detector: Detector, directory: Path, output_dir: Path, progress: bool = True) -> dict:
+    """Every DICOM in `directory` -> `<output_dir>/submission.csv` (Kaggle format, one row per file)."""
+    from retinanet.submission import write_submission
+
+    files = dicom_files(directory)
+    predictions = {Path(path).stem: (result["boxes"], result["scores"])
+                   for path, result in detector.detect_paths(files, progress=progress)}
+    output = output_dir / "submission.csv"
+    write_submission(output, predictions, [path.stem for path in files])
+    num_boxes = sum(len(scores) for _, scores in predictions.values())
+    return {"submission": str(output), "num_images": len(files), "num_boxes": num_boxes,
+            "num_positive_images": sum(1 for _, scores in predictions.values() if len(scores)),
+            "score_threshold": detector.threshold, "outputs": [str(output)]}
+
+
+def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None, config_path=None,
+                  threshold: float | None = None, progress: bool = True) -> dict:
+    """`scripts/infer.py`: a single image -> JSON + overlay; a directory of DICOMs -> submission.csv.
+
+    `output_dir` defaults to the current directory. Returns a summary whose "outputs" lists the
+    files written.
+    """
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise InputError(f"input not found: {input_path}")
+    # Fail on an empty directory or an unreadable image before spending time on the model.
+    image = None if input_path.is_dir() else read_image(input_path)
+    if input_path.is_dir():
+        dicom_files(input_path)
+    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
+    output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
+    if input_path.is_dir():
+        return infer_directory(detector, input_path, output_dir, progress)
+    return infer_image(detector, input_path, output_dir, image)

@@ -1,0 +1,44 @@
+"""Export a trained run as a TensorFlow SavedModel (one uint8 grey image of any size -> boxes).
+
+    python scripts/export.py --run-dir runs/demo-... --output exported/
+    python scripts/export.py --checkpoint runs/x/best.weights.h5 --output exported/ [--config CFG]
+
+Load it anywhere with tf.saved_model.load alone; see retinanet/export.py for the signature
+and the CLAHE step the caller applies first when the run used CLAHE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from retinanet.config import ConfigError
+from retinanet.export import export_saved_model
+from retinanet.inference import InputError, ModelLoadError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="run directory written by scripts/train.py")
+    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
+    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
+    parser.add_argument("--output", required=True, help="SavedModel directory to write")
+    parser.add_argument("--threshold", type=float, help="score threshold baked in (default: the run's chosen one)")
+    args = parser.parse_args(argv)
+    if args.config and not args.checkpoint:
+        parser.error("--config goes with --checkpoint")
+    try:
+        info = export_saved_model(output_dir=args.output, checkpoint=args.checkpoint, run_dir=args.run_dir,
+                                  config_path=args.config, threshold=args.threshold)
+    except (ConfigError, InputError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2))
+    print(f"SavedModel written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Detect pneumonia boxes with a trained run.
+
+    python scripts/infer.py --run-dir runs/demo-... --input image.dcm [--output DIR] [--threshold T]
+    python scripts/infer.py --checkpoint runs/x/best.weights.h5 --input dicom_dir/ --output out/
+
+A single DICOM, PNG or JPEG gives <output>/<name>.json (boxes as x, y, width, height in the
+original pixels with their scores, and the image-level probability when the model has one)
+and <output>/<name>.png with the boxes drawn; a directory of DICOMs gives
+<output>/submission.csv in the Kaggle format. The threshold defaults to the run's
+threshold.json (scripts/evaluate.py --write-threshold), else its evaluation.score_threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from retinanet.config import ConfigError
+from retinanet.data.dicom import DicomReadError
+from retinanet.inference import InputError, ModelLoadError, run_inference
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="run directory written by scripts/train.py")
+    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
+    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
+    parser.add_argument("--input", required=True, help="a DICOM/PNG/JPEG file or a directory of DICOMs")
+    parser.add_argument("--output", help="output directory (default: the current directory)")
+    parser.add_argument("--threshold", type=float, help="score threshold (default: the run's chosen one)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.config and not args.checkpoint:
+        parser.error("--config goes with --checkpoint")
+    try:
+        summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
+                                run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,
+                                progress=not args.no_progress)
+    except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    outputs = summary.pop("outputs")
+    print(json.dumps(summary, indent=2))
+    for path in outputs:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Shared fixtures: a tiny trained run on synthetic data, and its evaluation and inference outputs.
+
+The run is trained once per session (about a minute on two cores): 20 training and 4 test
+images of 256 px, 64 px network input, a slim head, 4 steps. It learns nothing useful;
+the end-to-end tests check plumbing, file formats and agreement between code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import pytest
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = REPOSITORY_ROOT / "scripts"
+SYNTHETIC_SIZE = 256
+
+TINY_OVERRIDES = (
+    "preprocessing.image_size=[64, 64]",
+    "anchors.sizes=[8, 16, 32, 64, 128]",  # boxes of 256 px images are 10-20 px at 64 px input
+    "model.fpn_channels=32",
+    "model.head_convs=1",
+    # Thresholds of 0 keep the max_detections best boxes of every image whatever the barely
+    # trained model scores, so that every output has boxes to check.
+    "postprocessing.score_threshold=0.0",
+    "postprocessing.max_detections=10",
+    "training.steps=4",
+    "training.batch_size=2",
+    "training.warmup_steps=1",
+    "training.validate_every=4",
+    "training.log_every=2",
+    "training.checkpoint_every=4",
+    "training.mixed_precision=float32",
+    "training.num_summary_images=2",
+    "evaluation.batch_size=4",
+    "evaluation.score_threshold=0.0",
+    "evaluation.num_overlays=4",
+)
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    run_dir: Path
+    data_dir: Path
+    config: object
+    image_size: int = SYNTHETIC_SIZE  # side of the synthetic originals
+
+    @property
+    def test_dicoms(self) -> list[Path]:
+        return sorted((self.data_dir / "stage_2_test_images").glob("*.dcm"))
+
+
+def run_script(name: str, *arguments, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run scripts/<name> with this interpreter, as a user would."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, arguments)], capture_output=True,
+                          text=True, cwd=REPOSITORY_ROOT, timeout=timeout, env=environment)
+
+
+def assert_clean_error(completed: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, `error: ...` on stderr naming every fragment, and no traceback."""
+    assert completed.returncode == 2, (completed.stdout, completed.stderr)
+    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
+    assert error_lines, completed.stderr
+    for fragment in fragments:
+        assert fragment in error_lines[-1], completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.fixture(scope="session")
+def script():
+    """`script(name, *arguments)` runs scripts/<name> in a subprocess (see `run_script`)."""
+    return run_script
+
+
+@pytest.fixture(scope="session")
+def clean_error():
+    """`clean_error(completed, *fragments)`: see `assert_clean_error`."""
+    return assert_clean_error
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    from retinanet.config import load_config
+    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.training import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    data_dir = generate_synthetic_rsna(root / "data", num_train=20, num_test=4, size=SYNTHETIC_SIZE, seed=0,
+                                       progress=False)
+    overrides = [f"data.root={data_dir}", f"data.cache_dir={root / 'cache'}", "data.synthetic=null",
+                 f"data.original_size={SYNTHETIC_SIZE}", f"training.run_root={root}", *TINY_OVERRIDES]
+    config = load_config(REPOSITORY_ROOT / "configs" / "demo.yaml", overrides)
+    train(config, root / "run", progress=False)
+    return TinyRun(root / "run", data_dir, config)
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tiny_run, tmp_path_factory) -> dict:
+    """scripts/evaluate.py --write-threshold on the tiny run. Every test that loads the run's
+    Detector depends on this, so that all of them see the same threshold.json."""
+    output = tmp_path_factory.mktemp("evaluation")
+    completed = run_script("evaluate.py", "--run-dir", tiny_run.run_dir, "--output", output, "--write-threshold",
+                           "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    return {"output": output, "stdout": completed.stdout, "metrics": json.loads((output / "metrics.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def png_image(tiny_run, tmp_path_factory) -> Path:
+    """A test image as a 240 x 200 PNG: not square, not an integer multiple of the input size."""
+    from retinanet.data.dicom import read_image
+
+    path = tmp_path_factory.mktemp("png") / "chest.png"
+    cv2.imwrite(str(path), cv2.resize(read_image(tiny_run.test_dicoms[0]), (240, 200), interpolation=cv2.INTER_AREA))
+    return path
+
+
+@pytest.fixture(scope="session")
+def inferred_dicom(tiny_run, evaluated_run, tmp_path_factory) -> dict:
+    """scripts/infer.py on one test DICOM at threshold 0: {"path", "output", "stdout", "json"}."""
+    output = tmp_path_factory.mktemp("infer_dicom")
+    path = tiny_run.test_dicoms[0]
+    completed = run_script("infer.py", "--run-dir", tiny_run.run_dir, "--input", path, "--output", output,
+                           "--threshold", "0")
+    assert completed.returncode == 0, completed.stderr
+    return {"path": path, "output": output, "stdout": completed.stdout,
+            "json": json.loads((output / f"{path.stem}.json").read_text())}
