@@ -287,7 +287,11 @@ def test_shipped_anchor_and_loss_settings_match_design(path):
     config = load_config(path)
     assert config.anchors.positive_iou == 0.5
     assert config.anchors.negative_iou == 0.4
-    assert config.anchors.sizes == (32.0, 64.0, 128.0, 256.0, 512.0)
+    # rsna.yaml keeps the paper's 32..512 px; the 128 px demo halves them for its smaller boxes.
+    # Either way the sizes double from level to level, like the strides.
+    paper = (32.0, 64.0, 128.0, 256.0, 512.0)
+    expected = paper if path.name != "demo.yaml" else tuple(size / 2 for size in paper)
+    assert config.anchors.sizes == expected
     assert config.loss.alpha == 0.25 and config.loss.gamma == 2.0
     assert config.model.prior_probability == 0.01
     for value, expected in zip(config.anchors.scales, (1.0, 2 ** (1 / 3), 2 ** (2 / 3))):
