@@ -214,3 +214,30 @@ def test_replica_split_keeps_the_global_normaliser():
     num_positive = sum(h["num_positive"] for h in halves)
     split = sum(float(loss.normalize(h, num_positive)["total"]) for h in halves)
     assert split == pytest.approx(whole, rel=1e-5)
+
+
+def test_pretrained_weights_file_is_loaded_and_folded_for_one_channel(tmp_path):
+    import keras
+
+    source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
+    path = tmp_path / "resnet50_notop.weights.h5"
+    source.save_weights(path)
+    grey = build_retinanet((64, 64, 1), weights=str(path), fpn_channels=16, head_convs=1).get_layer("resnet50")
+    kernel = source.get_layer("conv1_conv").get_weights()[0]
+    np.testing.assert_allclose(grey.get_layer("conv1_conv").get_weights()[0], kernel.sum(axis=2, keepdims=True),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(grey.get_layer("conv5_block3_3_conv").get_weights()[0],
+                                  source.get_layer("conv5_block3_3_conv").get_weights()[0])
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_a_clear_message(tiny_data, tmp_path):
+    from retinanet.training import TrainingError
+
+    config = tiny_config(tiny_data, tmp_path / "cache", optimizer="sgd", learning_rate=1e30,
+                         gradient_clip_norm=0.0, steps=6, checkpoint_every=1)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingError, match="non-finite loss") as error:
+        train(config, run_dir, progress=False)
+    assert "latest good checkpoint" in str(error.value)
+    assert not (run_dir / "final.weights.h5").exists()
