@@ -28,11 +28,12 @@ def predict_dataset(model, postprocessor, dataset, loss=None, progress: bool = F
 
     @tf.function(reduce_retracing=True)
     def forward(batch):
-        outputs = model(batch["images"], training=False)
-        detections = postprocessor(outputs["predictions"], batch["scales"])
+        # The same passes (flip TTA) and gating as evaluation and inference.
+        outputs, mirrored_outputs = postprocessor.run_model(model, batch["images"])
+        detections = postprocessor.from_outputs(outputs, mirrored_outputs, batch["scales"])
         extras = {}
         if has_image_head:
-            extras["image_probabilities"] = tf.sigmoid(tf.reshape(outputs["image_logits"], [-1]))
+            extras["image_probabilities"] = detections.pop("image_probabilities")
             extras["image_loss"] = tf.reduce_sum(image_loss(batch["image_labels"], outputs["image_logits"]))
         if loss is not None:
             extras.update(loss.components(batch["targets"], outputs["predictions"]))
