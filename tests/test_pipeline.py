@@ -87,6 +87,15 @@ def test_positive_anchors_follow_augmented_boxes(data_root, tmp_path):
     assert positives > 0
 
 
+def test_training_from_dicoms_without_cache_matches_the_cached_stream(data_root, tmp_path):
+    cached = build_dataset(make_config(data_root, tmp_path / "cache"), "train", progress=False).take(2)
+    direct = build_dataset(make_config(data_root, tmp_path / "cache", use_cache=False), "train",
+                           progress=False).take(2)
+    for a, b in zip(cached, direct):
+        np.testing.assert_allclose(a["images"].numpy(), b["images"].numpy(), atol=1e-3)
+        np.testing.assert_array_equal(a["targets"].numpy(), b["targets"].numpy())
+
+
 def test_cache_matches_direct_reading(data_root, tmp_path):
     cached = build_dataset(make_config(data_root, tmp_path / "cache"), "validation", progress=False)
     direct = build_dataset(make_config(data_root, tmp_path / "cache", use_cache=False), "validation",

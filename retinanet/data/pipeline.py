@@ -149,8 +149,9 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True)
 
             image, scale = tf.numpy_function(read, [source], (tf.uint8, tf.float32))
             image = tf.reshape(image, image_size)[..., None]
+            scale = tf.reshape(scale, [])
         image = tf.ensure_shape(image, (*image_size, 1))
-        return image, boxes[:count] * scale, tf.reshape(scale, [])
+        return image, boxes[:count] * scale, scale
 
     dataset = tf.data.Dataset.from_tensor_slices((sources, padded, counts, scales))
     return dataset, records, load
