@@ -43,14 +43,18 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=200, help="synthetic images to generate")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="benchmark_data_"))
+    with tempfile.TemporaryDirectory(prefix="benchmark_data_") as scratch:
+        run(args, Path(scratch))
+
+
+def run(args, workdir: Path) -> None:
     data_root = Path(args.data) if args.data else workdir / "rsna"
     if not args.data:
         generate_synthetic_rsna(data_root, num_train=args.images, num_test=0, size=1024, seed=0)
     overrides = [f"data.root={data_root}", f"data.cache_dir={workdir / 'cache'}", "data.synthetic=null",
                  f"data.split_file={workdir / 'split.csv'}", "preprocessing.image_size=[512,512]",
                  f"training.batch_size={args.batch_size}"]
-    config = load_config(REPO / "configs" / "demo.yaml", overrides)
+    config = load_config(REPO / "configs" / "rsna.yaml", overrides)
     records = prepare_split(config, progress=False).train
     workers = config.data.num_parallel_calls
     batches = max(1, len(records) // args.batch_size - 1)
@@ -61,7 +65,7 @@ def main(argv=None) -> None:
         list(pool.map(read_dicom, [r.image_path for r in records]))
         read_rate = rate(len(records), time.perf_counter() - start)
 
-    direct = build_dataset(load_config(REPO / "configs" / "demo.yaml", overrides + ["data.use_cache=false"]),
+    direct = build_dataset(load_config(REPO / "configs" / "rsna.yaml", overrides + ["data.use_cache=false"]),
                            "train", records=records, progress=False)
     direct_rate = time_dataset(direct, batches, args.batch_size)
     cached = build_dataset(config, "train", records=records, progress=False)  # builds the cache first

@@ -109,22 +109,22 @@ def test_cache_is_reused_and_rebuilt_when_inputs_or_settings_change(data_root, t
     config = make_config(data_root, tmp_path / "cache")
     records = prepare_split(config, progress=False).train[:4]
     cached, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
-    stamps = {pid: os.stat(item.png_path).st_mtime_ns for pid, item in cached.items()}
+    stamps = {pid: os.stat(item.path).st_mtime_ns for pid, item in cached.items()}
     again, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
-    assert {pid: os.stat(item.png_path).st_mtime_ns for pid, item in again.items()} == stamps
+    assert {pid: os.stat(item.path).st_mtime_ns for pid, item in again.items()} == stamps
 
     # A changed source file is re-read; the others are reused.
     changed = records[0]
     os.utime(changed.image_path, ns=(1, 1))
     third, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
-    assert os.stat(third[changed.patient_id].png_path).st_mtime_ns != stamps[changed.patient_id]
-    assert all(os.stat(third[r.patient_id].png_path).st_mtime_ns == stamps[r.patient_id] for r in records[1:])
+    assert os.stat(third[changed.patient_id].path).st_mtime_ns != stamps[changed.patient_id]
+    assert all(os.stat(third[r.patient_id].path).st_mtime_ns == stamps[r.patient_id] for r in records[1:])
 
     # Other preprocessing settings live in another cache directory.
     other = make_config(data_root, tmp_path / "cache").preprocessing.__class__(image_size=(96, 96))
     assert settings_key(other) != settings_key(config.preprocessing)
     fourth, _ = build_cache(records, other, tmp_path / "cache", progress=False)
-    assert all(settings_key(other) in item.png_path for item in fourth.values())
+    assert all(settings_key(other) in item.path for item in fourth.values())
 
 
 @pytest.fixture
