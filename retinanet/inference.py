@@ -128,6 +128,19 @@ def resolve_source(*, checkpoint=None, run_dir=None, config_path=None) -> ModelS
     return source_from_checkpoint(checkpoint, config_path)
 
 
+def add_source_arguments(parser) -> None:
+    """The `--run-dir | --checkpoint [--config]` arguments shared by the model-using scripts."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="run directory written by scripts/train.py")
+    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
+    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
+
+
+def check_source_arguments(parser, args) -> None:
+    if args.config and not args.checkpoint:
+        parser.error("--config goes with --checkpoint")
+
+
 def read_threshold(run_dir: Path, default: float) -> tuple[float, str]:
     """(score threshold, where it came from): `<run_dir>/threshold.json` if present, else `default`."""
     path = Path(run_dir) / THRESHOLD_FILE

@@ -12,7 +12,7 @@ import math
 import tensorflow as tf
 
 from retinanet import boxes as box_ops
-from retinanet.targets import IGNORE, NEGATIVE
+from retinanet.targets import NEGATIVE
 
 
 def focal_loss(labels, logits, *, alpha: float = 0.25, gamma: float = 2.0):

@@ -16,23 +16,19 @@ from retinanet.config import ConfigError
 from retinanet.data.dicom import DicomReadError
 from retinanet.data.rsna import LabelError
 from retinanet.evaluation import EvaluationError, evaluate_run, format_report
-from retinanet.inference import InputError, ModelLoadError
+from retinanet.inference import InputError, ModelLoadError, add_source_arguments, check_source_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", help="run directory written by scripts/train.py")
-    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
-    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
+    add_source_arguments(parser)
     parser.add_argument("--split", help="split file patientId,Target,fold (default: the run's split.csv)")
     parser.add_argument("--output", required=True, help="directory for metrics.json, predictions.csv and plots")
     parser.add_argument("--write-threshold", action="store_true",
                         help="write the best threshold to <run_dir>/threshold.json for inference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.config and not args.checkpoint:
-        parser.error("--config goes with --checkpoint")
+    check_source_arguments(parser, args)
     try:
         metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,
                                config_path=args.config, split_file=args.split, write_threshold=args.write_threshold,

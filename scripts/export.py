@@ -15,20 +15,16 @@ import sys
 
 from retinanet.config import ConfigError
 from retinanet.export import export_saved_model
-from retinanet.inference import InputError, ModelLoadError
+from retinanet.inference import InputError, ModelLoadError, add_source_arguments, check_source_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", help="run directory written by scripts/train.py")
-    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
-    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
+    add_source_arguments(parser)
     parser.add_argument("--output", required=True, help="SavedModel directory to write")
     parser.add_argument("--threshold", type=float, help="score threshold baked in (default: the run's chosen one)")
     args = parser.parse_args(argv)
-    if args.config and not args.checkpoint:
-        parser.error("--config goes with --checkpoint")
+    check_source_arguments(parser, args)
     try:
         info = export_saved_model(output_dir=args.output, checkpoint=args.checkpoint, run_dir=args.run_dir,
                                   config_path=args.config, threshold=args.threshold)

@@ -18,22 +18,19 @@ import sys
 
 from retinanet.config import ConfigError
 from retinanet.data.dicom import DicomReadError
-from retinanet.inference import InputError, ModelLoadError, run_inference
+from retinanet.inference import (InputError, ModelLoadError, add_source_arguments, check_source_arguments,
+                                 run_inference)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", help="run directory written by scripts/train.py")
-    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
-    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
+    add_source_arguments(parser)
     parser.add_argument("--input", required=True, help="a DICOM/PNG/JPEG file or a directory of DICOMs")
     parser.add_argument("--output", help="output directory (default: the current directory)")
     parser.add_argument("--threshold", type=float, help="score threshold (default: the run's chosen one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.config and not args.checkpoint:
-        parser.error("--config goes with --checkpoint")
+    check_source_arguments(parser, args)
     try:
         summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
                                 run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,

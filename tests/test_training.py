@@ -146,7 +146,7 @@ def test_run_writes_checkpoints_logs_and_tensorboard(tiny_data, tmp_path):
 def test_killed_run_resumes_to_the_same_final_step(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path / "cache")
     run_dir = tmp_path / "run"
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import os, sys
         from retinanet.config import load_config
         from retinanet.training import Trainer
