@@ -62,7 +62,8 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "rsna.yaml"))
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
-    rows = []
+    print("| input | batch | precision | XLA | s/step | images/s | speed-up vs float32 |")
+    print("|---|---|---|---|---|---|---|")
     for size, batch in ((512, 2), (256, 4)):
         baseline = None
         for precision in ("float32", "mixed_bfloat16"):
@@ -71,23 +72,14 @@ def main(argv=None) -> None:
                              f"training.mixed_precision={precision}", f"training.jit_compile={str(jit).lower()}",
                              "model.weights=none"]
                 config = load_config(args.config, overrides)
+                setting = f"| {size} | {batch} | {precision} | {'on' if jit else 'off'} |"
                 try:
                     seconds = seconds_per_step(config, args.steps)
                 except Exception as error:  # XLA compile failures are a result, not a crash
-                    rows.append((size, batch, precision, jit, None, f"failed: {type(error).__name__}"))
-                    print(rows[-1])
+                    print(f"{setting} - | - | failed: {type(error).__name__} |", flush=True)
                     continue
                 baseline = baseline or seconds
-                rows.append((size, batch, precision, jit, seconds, f"{baseline / seconds:.2f}x"))
-                print(rows[-1], flush=True)
-    print("\n| input | batch | precision | XLA | s/step | images/s | speed-up vs float32 |")
-    print("|---|---|---|---|---|---|---|")
-    for size, batch, precision, jit, seconds, note in rows:
-        if seconds is None:
-            print(f"| {size} | {batch} | {precision} | {'on' if jit else 'off'} | - | - | {note} |")
-        else:
-            print(f"| {size} | {batch} | {precision} | {'on' if jit else 'off'} | {seconds:.3f} | "
-                  f"{batch / seconds:.2f} | {note} |")
+                print(f"{setting} {seconds:.3f} | {batch / seconds:.2f} | {baseline / seconds:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
