@@ -12,16 +12,20 @@ from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import get_encoder
+from pydicom.pixels import get_decoder, get_encoder
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
     JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
     SecondaryCaptureImageStorage,
 )
@@ -192,6 +196,14 @@ def test_jpeg_baseline_is_close_to_the_source(tmp_path):
     image = read_dicom(_jpeg_baseline_dicom(tmp_path / "jpeg.dcm", pixels))
     error = np.abs(image.astype(int) - pixels)
     assert error.max() <= 12 and error.mean() < 2.0
+
+
+@pytest.mark.parametrize("transfer_syntax", [JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
+                                             JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless],
+                         ids=lambda uid: uid.keyword)
+def test_runtime_plugins_decode_the_compressed_syntaxes(transfer_syntax):
+    # The test extra adds pyjpegls only to write JPEG-LS files; reading must not depend on it.
+    assert "pylibjpeg" in get_decoder(transfer_syntax).available_plugins
 
 
 @pytest.mark.parametrize("transfer_syntax", TRANSFER_SYNTAXES, ids=lambda uid: uid.keyword)
