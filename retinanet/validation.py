@@ -62,6 +62,16 @@ def keep_above(detections: dict, threshold: float) -> dict:
     return {pid: (boxes[scores >= threshold], scores[scores >= threshold]) for pid, (boxes, scores) in detections.items()}
 
 
+def overlays_first(records: list[Record], count: int) -> list[Record]:
+    """The records reordered so that the first `count` (drawn as overlays) are half positive where possible."""
+    positives = [r for r in records if r.target]
+    negatives = [r for r in records if not r.target]
+    first = positives[:max((count + 1) // 2, count - len(negatives))]
+    first += negatives[:count - len(first)]
+    chosen = {r.patient_id for r in first}
+    return first + [r for r in records if r.patient_id not in chosen]
+
+
 class Validator:
     """Evaluates a model on fixed held-out records; `run()` -> {"scalars", "overlays", "detections"}."""
 
@@ -70,6 +80,7 @@ class Validator:
         self.model = model
         self.postprocessor = postprocessor
         self.loss = loss
+        records = overlays_first(records, config.training.num_summary_images)
         self.dataset, self.records = build_dataset_and_records(config, "validation", records=records,
                                                                training=False, progress=progress)
         self.progress = progress

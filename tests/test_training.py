@@ -13,11 +13,13 @@ import tensorflow as tf
 
 from retinanet.anchors import num_anchors
 from retinanet.config import AnchorConfig, config_from_dict
+from retinanet.data.rsna import Record
 from retinanet.data.synthetic import generate_synthetic_rsna
 from retinanet.losses import RetinaNetLoss
 from retinanet.model.heads import prior_bias
 from retinanet.model.retinanet import build_retinanet
 from retinanet.training import Trainer, WarmupDecay, schedule_from_config, train
+from retinanet.validation import overlays_first
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_ANCHORS = AnchorConfig(sizes=(8.0, 16.0, 32.0, 64.0, 128.0))
@@ -63,6 +65,16 @@ def test_warmup_then_cosine_and_step_schedules():
     assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
     step = WarmupDecay(1.0, total_steps=100, warmup_steps=0, kind="step", boundaries=(0.5, 0.8), factor=0.1)
     assert [round(float(step(s)), 6) for s in (0, 49, 50, 79, 80)] == [1.0, 1.0, 0.1, 0.1, 0.01]
+
+
+def test_overlays_show_positives_and_negatives_and_keep_every_record():
+    records = [Record(f"p{i}", "", np.zeros((0, 4)), int(i in (5, 7, 8, 9))) for i in range(10)]
+    ordered = overlays_first(records, 4)
+    assert [r.patient_id for r in ordered[:4]] == ["p5", "p7", "p0", "p1"]
+    assert sorted(r.patient_id for r in ordered) == sorted(r.patient_id for r in records)
+    few_negatives = overlays_first(records[5:], 4)  # one negative: the rest of the first four are positive
+    assert [r.patient_id for r in few_negatives[:4]] == ["p5", "p7", "p8", "p6"]
+    assert [r.patient_id for r in overlays_first(records[:3], 6)] == ["p0", "p1", "p2"]
 
 
 def test_a_few_steps_on_one_fixed_batch_drive_the_loss_down():
