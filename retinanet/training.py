@@ -111,6 +111,11 @@ def _atomic_save_weights(model: keras.Model, path: Path) -> None:
     temporary.replace(path)
 
 
+def _ranked(metric: float) -> float:
+    """The RSNA metric is NaN when no image is scored (no positives, no boxes): rank it lowest."""
+    return metric if math.isfinite(metric) else -1.0
+
+
 def build_train_step(config: Config, strategy: tf.distribute.Strategy, model: keras.Model,
                      optimizer: keras.optimizers.Optimizer, loss):
     """A tf.function: one global batch (distributed dataset element) -> dict of scalar metrics."""
@@ -207,7 +212,7 @@ class Trainer:
         self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
                         for name in ("train", "validation")}
         best_path = self.run_dir / "best.json"
-        self.best_metric = json.loads(best_path.read_text())["rsna_metric"] if best_path.is_file() else -1.0
+        self.best_metric = _ranked(json.loads(best_path.read_text())["rsna_metric"]) if best_path.is_file() else None
 
     @property
     def step(self) -> int:
@@ -224,13 +229,14 @@ class Trainer:
         self.manager.save(checkpoint_number=self.step)
 
     def validate(self) -> dict:
-        results = self.validator.run()
         step = self.step
+        results = {**self.validator.run(), "step": step}
         self._log("validation", step, results["scalars"])
         with self.writers["validation"].as_default(step=step):
             tf.summary.image("predictions", np.stack(results["overlays"]) / 255.0, max_outputs=len(results["overlays"]))
-        if results["scalars"]["rsna_metric"] > self.best_metric:
-            self.best_metric = results["scalars"]["rsna_metric"]
+        metric = _ranked(results["scalars"]["rsna_metric"])
+        if self.best_metric is None or metric > self.best_metric:
+            self.best_metric = metric
             _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")
             (self.run_dir / "best.json").write_text(json.dumps({"step": step, **results["scalars"]}, indent=2))
         return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,11 +34,12 @@ def main(argv=None) -> int:
     except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("\nHeld-out validation:")
+    print(f"\nHeld-out validation at step {results['step']}:")
     for key, value in results["scalars"].items():
         print(f"  {key:22s} {value:.4f}")
+    best = json.loads((run_dir / "best.json").read_text())
     print(f"\nRun directory:    {run_dir}")
-    print(f"Best weights:     {run_dir / 'best.weights.h5'}")
+    print(f"Best weights:     {run_dir / 'best.weights.h5'} (rsna_metric {best['rsna_metric']:.4f} at step {best['step']})")
     print(f"Predictions:      {run_dir / 'validation_predictions.png'}")
     print(f"TensorBoard:      tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"Evaluate:         python scripts/evaluate.py --run-dir {run_dir} --output {run_dir / 'evaluation'}")

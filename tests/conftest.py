@@ -49,6 +49,7 @@ class TinyRun:
     run_dir: Path
     data_dir: Path
     config: object
+    train_stdout: str  # what scripts/train.py printed
     image_size: int = SYNTHETIC_SIZE  # side of the synthetic originals
 
     @property
@@ -89,16 +90,17 @@ def clean_error():
 def tiny_run(tmp_path_factory) -> TinyRun:
     from retinanet.config import load_config
     from retinanet.data.synthetic import generate_synthetic_rsna
-    from retinanet.training import train
 
     root = tmp_path_factory.mktemp("tiny")
     data_dir = generate_synthetic_rsna(root / "data", num_train=20, num_test=4, size=SYNTHETIC_SIZE, seed=0,
                                        progress=False)
     overrides = [f"data.root={data_dir}", f"data.cache_dir={root / 'cache'}", "data.synthetic=null",
                  f"data.original_size={SYNTHETIC_SIZE}", f"training.run_root={root}", *TINY_OVERRIDES]
-    config = load_config(REPOSITORY_ROOT / "configs" / "demo.yaml", overrides)
-    train(config, root / "run", progress=False)
-    return TinyRun(root / "run", data_dir, config)
+    config_path = REPOSITORY_ROOT / "configs" / "demo.yaml"
+    completed = run_script("train.py", "--config", config_path, *(f"--set={o}" for o in overrides),
+                           "--run-dir", root / "run", "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    return TinyRun(root / "run", data_dir, load_config(config_path, overrides), completed.stdout)
 
 
 @pytest.fixture(scope="session")

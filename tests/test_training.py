@@ -155,6 +155,30 @@ def test_run_writes_checkpoints_logs_and_tensorboard(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_script_reports_held_out_metrics_and_where_the_outputs_are(tiny_run):
+    stdout, run_dir = tiny_run.train_stdout, tiny_run.run_dir
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["step"] == 4 and "Held-out validation at step 4:" in stdout
+    assert f"rsna_metric            {best['rsna_metric']:.4f}" in stdout
+    assert f"{run_dir / 'best.weights.h5'} (rsna_metric {best['rsna_metric']:.4f} at step 4)" in stdout
+    for path in (run_dir / "validation_predictions.png", run_dir / "tensorboard"):
+        assert path.exists() and str(path) in stdout
+
+
+@pytest.mark.slow
+def test_unscorable_validation_still_keeps_best_weights(tiny_data, tmp_path, monkeypatch):
+    import retinanet.validation
+
+    # No image scored (no positives held out, no boxes predicted): the RSNA metric is NaN.
+    monkeypatch.setattr(retinanet.validation, "rsna_metric", lambda truth, predictions: {"score": float("nan")})
+    run_dir = tmp_path / "run"
+    results = train(tiny_config(tiny_data, tmp_path / "cache", steps=3, validate_every=3), run_dir, progress=False)
+    assert results["step"] == 3 and np.isnan(results["scalars"]["rsna_metric"])
+    assert (run_dir / "best.weights.h5").is_file()
+    assert json.loads((run_dir / "best.json").read_text())["step"] == 3
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_final_step(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path / "cache")
     run_dir = tmp_path / "run"
