@@ -13,14 +13,8 @@ import pytest
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
 from retinanet.data.dicom import read_dicom
-from retinanet.data.synthetic import (
-    LUNG_OPACITY,
-    NORMAL,
-    NOT_NORMAL,
-    _class_counts,
-    generate_synthetic_rsna,
-    render_chest_radiograph,
-)
+from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
+from retinanet.data.synthetic import _class_counts, generate_synthetic_rsna
 
 NUM_TRAIN, NUM_TEST, SIZE, SEED = 20, 4, 256, 3
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
