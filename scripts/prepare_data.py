@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         config = load_config(args.config, args.set)
         prepared = prepare_split(config)
         for name, records in (("train", prepared.train), ("validation", prepared.validation)):
-            _, used, _ = source_dataset(config, records)
+            _, used, _ = source_dataset(config, records, split=name)
             positives = sum(r.target for r in used)
             print(f"{name:10s} {len(used):6d} images ({positives} with boxes, "
                   f"{sum(len(r.boxes) for r in used)} boxes); {len(records) - len(used)} unreadable skipped")

@@ -1,5 +1,6 @@
 """The tf.data pipeline and the preprocessed-image cache on a tiny synthetic set."""
 
+import json
 import os
 import shutil
 
@@ -153,7 +154,36 @@ def test_skip_policy_leaves_unreadable_images_out_and_lists_them(root_with_bad_f
     _, used = build_dataset_and_records(config, "validation", records=everything, progress=False)
     assert len(used) == len(everything) - 1
     assert bad.stem not in {r.patient_id for r in used}
-    assert "Skipped 1 unreadable image" in capsys.readouterr().out
-    if use_cache:
-        listed = (tmp_path / "cache" / settings_key(config.preprocessing) / "skipped.csv").read_text()
-        assert bad.name in listed
+    listing = tmp_path / "cache" / "skipped_images_validation.csv"
+    printed = capsys.readouterr().out
+    assert "Skipped 1 unreadable image" in printed and str(listing) in printed and bad.name in printed
+    assert bad.name in listing.read_text()
+
+
+def test_an_error_keeps_the_images_cached_before_it(root_with_bad_file, tmp_path):
+    root, bad = root_with_bad_file
+    config = make_config(root, tmp_path / "cache")
+    prepared = prepare_split(config, progress=False)
+    good = [r for r in prepared.train + prepared.validation if r.patient_id != bad.stem]
+    bad_last = good + [r for r in prepared.train + prepared.validation if r.patient_id == bad.stem]
+    with pytest.raises(DicomReadError, match=bad.name):
+        build_cache(bad_last, config.preprocessing, tmp_path / "cache", progress=False)
+    index = json.loads((tmp_path / "cache" / settings_key(config.preprocessing) / "index.json").read_text())
+    assert set(index) == {r.patient_id for r in good}
+
+
+def test_skipped_label_rows_are_listed_with_their_reason(data_root, tmp_path, capsys):
+    root = tmp_path / "rsna"
+    shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("splits"))
+    labels = root / "stage_2_train_labels.csv"
+    lines = labels.read_text().splitlines()
+    patient = lines[1].split(",")[0]
+    lines[1] = f"{patient},10.0,10.0,-5.0,20.0,1"  # a negative width
+    labels.write_text("\n".join(lines) + "\n")
+    config = make_config(root, tmp_path / "cache", bad_file_policy="skip")
+    prepared = prepare_split(config, progress=False)
+    assert patient not in {r.patient_id for r in prepared.train + prepared.validation}
+    listing = tmp_path / "cache" / "skipped_labels.csv"
+    assert str(listing) in capsys.readouterr().out
+    listed = listing.read_text()
+    assert f"{labels}:2," in listed and "width -5.0" in listed  # file:line, then the reason

@@ -58,8 +58,8 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
                 ) -> tuple[dict[str, CachedImage], SkipReport]:
     """Make sure every record's image is cached; return {patient_id: CachedImage} and the skips.
 
-    An unreadable image raises DicomReadError under policy "error"; under "skip" it is left
-    out, counted in the report and listed in `<cache>/skipped.csv`.
+    An unreadable image raises DicomReadError under policy "error" (the images cached before it
+    stay in the index); under "skip" it is left out and counted in the report.
     """
     directory = Path(cache_dir) / settings_key(config)
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,9 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
         temporary.replace(path)
         return record, CachedImage(str(path), scale, tuple(original_size)), None
 
-    if todo:
+    if not todo:
+        return cached, report
+    try:
         with ThreadPoolExecutor(num_workers) as pool:
             results = pool.map(work, todo)
             for record, item, error in tqdm(results, total=len(todo), desc=f"caching images in {directory}",
@@ -101,9 +103,8 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
                 cached[record.patient_id] = item
                 index[record.patient_id] = {"source": _source_signature(record.image_path), "scale": item.scale,
                                             "original_size": list(item.original_size)}
+    finally:
         temporary = index_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(index))
         temporary.replace(index_path)
-    if len(report):
-        report.write(directory / "skipped.csv")
     return cached, report

@@ -68,14 +68,24 @@ def prepare_split(config: Config, split_file: str | Path | None = None, progress
     records, skipped = read_labels(root / data.labels_csv, root / data.train_images,
                                    class_info_csv=root / data.class_info_csv, image_size=data.original_size,
                                    policy=data.bad_file_policy)
-    if len(skipped):
-        print(f"Skipped {len(skipped)} label row(s) or patient(s) under data.bad_file_policy=skip")
+    report_skips(skipped, "label row(s) or patient(s)", Path(data.cache_dir) / "skipped_labels.csv")
     split_file = Path(split_file) if split_file is not None else default_split_file(config)
     folds = load_or_create_folds(records, split_file, data.num_folds, data.split_seed)
     train, validation = split_records(records, folds, data.validation_fold)
     if data.max_images:
         train, validation = train[: data.max_images], validation[: data.max_images]
     return PreparedSplit(train, validation, split_file, skipped)
+
+
+def report_skips(report: SkipReport, what: str, path: Path) -> None:
+    """Under the skip policy: write the full list to `path`, print the count, the first reason and the path."""
+    if not len(report):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report.write(path)
+    where, reason = report.skipped[0]
+    print(f"Skipped {len(report)} {what} under data.bad_file_policy=skip; the first: {where}: {reason}; "
+          f"all of them: {path}")
 
 
 def validate_images(records: list[Record], *, policy: str, num_workers: int = 2, progress: bool = True
@@ -113,12 +123,12 @@ def _padded_boxes(records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
     return padded, counts
 
 
-def source_dataset(config: Config, records: list[Record], progress: bool = True):
+def source_dataset(config: Config, records: list[Record], progress: bool = True, split: str = "train"):
     """(dataset of sources, records used, `load`), in record order.
 
     `load(*element)` gives `(image uint8 [H, W, 1], boxes [N, 4] in input pixels, scale)`.
-    The records used can be fewer: under bad_file_policy=skip, unreadable images are
-    left out here (and reported), before any epoch starts.
+    The records used can be fewer: under bad_file_policy=skip, unreadable images are left out
+    here, before any epoch starts, and listed in `<data.cache_dir>/skipped_images_<split>.csv`.
     """
     data, pre = config.data, config.preprocessing
     image_size = tuple(pre.image_size)
@@ -133,8 +143,7 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True)
                                           num_workers=data.num_parallel_calls, progress=progress)
         sources = [r.image_path for r in records]
         scales = np.zeros(len(records), np.float32)  # computed while reading
-    if len(report):
-        print(f"Skipped {len(report)} unreadable image(s) under data.bad_file_policy=skip")
+    report_skips(report, "unreadable image(s)", Path(data.cache_dir) / f"skipped_images_{split}.csv")
     if not records:
         raise ValueError("no readable images to build a dataset from")
     padded, counts = _padded_boxes(records)
@@ -181,7 +190,7 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
     if records is None:
         prepared = prepare_split(config, progress=progress)
         records = prepared.train if split == "train" else prepared.validation
-    dataset, records, load = source_dataset(config, records, progress)
+    dataset, records, load = source_dataset(config, records, progress, split)
     image_size = tuple(config.preprocessing.image_size)
     encoder = LabelEncoder(generate_anchors(image_size, config.anchors),
                            positive_iou=config.anchors.positive_iou, negative_iou=config.anchors.negative_iou)
