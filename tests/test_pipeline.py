@@ -158,6 +158,9 @@ def test_skip_policy_leaves_unreadable_images_out_and_lists_them(root_with_bad_f
     printed = capsys.readouterr().out
     assert "Skipped 1 unreadable image" in printed and str(listing) in printed and bad.name in printed
     assert bad.name in listing.read_text()
+    build_dataset_and_records(config, "validation", records=[r for r in everything if r.patient_id != bad.stem],
+                              progress=False)
+    assert not listing.exists()  # the list describes the last build only
 
 
 def test_an_error_keeps_the_images_cached_before_it(root_with_bad_file, tmp_path):

@@ -78,8 +78,10 @@ def prepare_split(config: Config, split_file: str | Path | None = None, progress
 
 
 def report_skips(report: SkipReport, what: str, path: Path) -> None:
-    """Under the skip policy: write the full list to `path`, print the count, the first reason and the path."""
+    """Under the skip policy: write the full list to `path`, print the count, the first reason and the path.
+    Without skips an earlier list at `path` is removed, so that it always describes the last build."""
     if not len(report):
+        path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     report.write(path)
