@@ -212,7 +212,7 @@ class Trainer:
         self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
                         for name in ("train", "validation")}
         best_path = self.run_dir / "best.json"
-        self.best_metric = _ranked(json.loads(best_path.read_text())["rsna_metric"]) if best_path.is_file() else None
+        self.best_metric = _ranked(json.loads(best_path.read_text())["rsna_metric"]) if best_path.is_file() else -math.inf
 
     @property
     def step(self) -> int:
@@ -235,7 +235,7 @@ class Trainer:
         with self.writers["validation"].as_default(step=step):
             tf.summary.image("predictions", np.stack(results["overlays"]) / 255.0, max_outputs=len(results["overlays"]))
         metric = _ranked(results["scalars"]["rsna_metric"])
-        if self.best_metric is None or metric > self.best_metric:
+        if metric > self.best_metric:
             self.best_metric = metric
             _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")
             (self.run_dir / "best.json").write_text(json.dumps({"step": step, **results["scalars"]}, indent=2))
