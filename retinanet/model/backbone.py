@@ -7,6 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from retinanet.model.batch_norm import fuse_batch_norms
+
 FEATURE_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")  # C3, C4, C5
 
 
@@ -27,7 +29,8 @@ def _resnet50(input_shape, weights):
 
 
 def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> keras.Model:
-    """ResNet50 without its top -> model with outputs [C3, C4, C5] (strides 8, 16, 32).
+    """ResNet50 without its top -> model with outputs [C3, C4, C5] (strides 8, 16, 32), its
+    batch normalisation on the fused kernel (`retinanet.model.batch_norm`).
 
     `weights`: "none", "imagenet" or a path to a Keras ResNet50 (no-top) weights file. With
     pretrained weights and one input channel, the first convolution's kernel is summed over
@@ -48,7 +51,7 @@ def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> 
     else:
         trunk = _resnet50(input_shape, keras_weights)
     outputs = [trunk.get_layer(name).output for name in FEATURE_LAYERS]
-    return keras.Model(trunk.inputs, outputs, name="resnet50")
+    return fuse_batch_norms(keras.Model(trunk.inputs, outputs, name="resnet50"))
 
 
 def configure_layers(backbone: keras.Model, *, freeze_batch_norm: bool, freeze_up_to_stage: int,
