@@ -48,7 +48,7 @@ class DataConfig:
     cache_dir: str = "data/cache"
     use_cache: bool = True
     bad_file_policy: str = "error"  # "error" or "skip" (counted, listed in a file)
-    num_parallel_calls: int = 2
+    num_parallel_calls: int = 0  # image readers and augmenters at once; 0 = one per available core
     max_images: int = 0  # 0 = all; otherwise the first N patients of each split
 
 
@@ -125,7 +125,14 @@ class TrainingConfig:
     step_boundaries: tuple[float, ...] = (0.67, 0.89)  # fractions of `steps`
     step_factor: float = 0.1
     gradient_clip_norm: float = 10.0
-    mixed_precision: str = "float32"  # "float32", "mixed_bfloat16" or "mixed_float16"
+    # "auto" (bfloat16 where the CPU/GPU computes it natively, float16 on GPUs of compute
+    # capability 7.x, else float32), "float32", "mixed_bfloat16" or "mixed_float16".
+    mixed_precision: str = "auto"
+    intra_op_threads: int = 0  # threads inside one op; 0 = one per available core
+    inter_op_threads: int = 0  # ops run at once; 0 = min(2, cores)
+    # > 0: time the first steps and one validation, then fit `steps` (the maximum), the warm-up,
+    # validation and checkpoint intervals so that the whole command ends within this budget.
+    time_budget_minutes: float = 0.0
     jit_compile: bool = False
     strategy: str = "default"  # "default" or "mirrored"
     seed: int = 0
@@ -176,7 +183,7 @@ CHOICES = {
     "loss.box_loss": ("smooth_l1", "giou", "ciou"),
     "training.optimizer": ("sgd", "adamw"),
     "training.schedule": ("cosine", "step", "constant"),
-    "training.mixed_precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "training.mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "training.strategy": ("default", "mirrored"),
     "postprocessing.image_gating": ("none", "gate", "multiply"),
 }
@@ -253,7 +260,7 @@ def _check(config: Config) -> None:
     require(data.num_folds >= 2, "data.num_folds", "must be at least 2")
     require(0 <= data.validation_fold < data.num_folds, "data.validation_fold", "must be in [0, num_folds)")
     require(data.original_size > 0, "data.original_size", "must be positive")
-    require(data.num_parallel_calls >= 1, "data.num_parallel_calls", "must be at least 1")
+    require(data.num_parallel_calls >= 0, "data.num_parallel_calls", "must be >= 0 (0 = one per core)")
     require(data.max_images >= 0, "data.max_images", "must be >= 0")
     if data.synthetic is not None:
         s = data.synthetic
@@ -301,6 +308,9 @@ def _check(config: Config) -> None:
     require(list(training.step_boundaries) == sorted(training.step_boundaries)
             and all(0 < b < 1 for b in training.step_boundaries),
             "training.step_boundaries", "must be increasing fractions in (0, 1)")
+    for name in ("intra_op_threads", "inter_op_threads"):
+        require(getattr(training, name) >= 0, f"training.{name}", "must be >= 0 (0 = auto)")
+    require(training.time_budget_minutes >= 0, "training.time_budget_minutes", "must be >= 0 (0 = no budget)")
     require(training.gradient_clip_norm >= 0, "training.gradient_clip_norm", "must be >= 0 (0 = off)")
     for name in ("validate_every", "log_every", "checkpoint_every"):
         require(getattr(training, name) >= 1, f"training.{name}", "must be at least 1")

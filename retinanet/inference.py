@@ -27,6 +27,7 @@ from retinanet.anchors import generate_anchors, level_sizes
 from retinanet.config import Config, ConfigError, load_config
 from retinanet.data.dicom import DICOM_SUFFIXES, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
+from retinanet.hardware import dtype_policy, inference_precision, workers
 from retinanet.postprocess import postprocessor_from_config
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -156,13 +157,13 @@ def read_threshold(run_dir: Path, default: float) -> tuple[float, str]:
 
 
 def build_untrained_model(config: Config):
-    """The config's model under its training dtype policy, randomly initialised (no backbone download)."""
+    """The config's model, randomly initialised (no backbone download), under the run's dtype
+    policy where this machine computes it natively, else under the one `auto` picks here."""
     from retinanet.model.retinanet import build_model_from_config
-    from retinanet.training import dtype_policy
 
     # A run's own weights replace any pretrained backbone: never fetch ImageNet weights here.
     config = replace(config, model=replace(config.model, weights="none"))
-    with dtype_policy(config.training.mixed_precision):
+    with dtype_policy(inference_precision(config.training.mixed_precision)):
         return build_model_from_config(config)
 
 
@@ -265,11 +266,11 @@ class Detector:
     def detect_paths(self, paths, *, batch_size: int | None = None, progress: bool = True,
                      threshold: float | None = None):
         """Yield (path, result) for image files in order; up to two batches are read ahead in
-        data.num_parallel_calls threads while the network runs."""
+        data.num_parallel_calls threads (0: one per core) while the network runs."""
         paths = list(paths)
         batch_size = batch_size or self.config.evaluation.batch_size
         batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
-        with ThreadPoolExecutor(self.config.data.num_parallel_calls) as pool, \
+        with ThreadPoolExecutor(workers(self.config.data.num_parallel_calls)) as pool, \
                 tqdm(total=len(paths), desc="detecting", unit="img", disable=not progress) as bar:
             pending = deque()
             for batch in batches[:2]:  # never more than two batches in memory

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,9 +21,11 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from retinanet.anchors import generate_anchors, level_sizes
+from retinanet.budget import CALIBRATION_STEPS, Timing, fit_schedule
 from retinanet.config import Config, TrainingConfig, load_config, save_config
 from retinanet.data.pipeline import build_dataset, prepare_split
 from retinanet.data.rsna import Record
+from retinanet.hardware import dtype_policy, prepare_runtime
 from retinanet.losses import image_loss, loss_from_config
 from retinanet.model.retinanet import build_model_from_config
 from retinanet.postprocess import postprocessor_from_config
@@ -36,29 +38,40 @@ class TrainingError(RuntimeError):
 
 
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0, then cosine, step or constant decay; a pure function of the step."""
+    """Linear warm-up from 0, then cosine, step or constant decay; a pure function of the step.
+
+    The lengths are variables, so that `fit` can shorten a run (`training.time_budget_minutes`)
+    without tracing the training step again.
+    """
 
     def __init__(self, base: float, total_steps: int, warmup_steps: int, kind: str,
                  boundaries: tuple[float, ...] = (), factor: float = 0.1):
-        self.base, self.total_steps, self.warmup_steps = base, total_steps, warmup_steps
-        self.kind, self.boundaries, self.factor = kind, tuple(boundaries), factor
+        self.base, self.kind, self.boundaries, self.factor = base, kind, tuple(boundaries), factor
+        self.total_steps = tf.Variable(float(total_steps), trainable=False, name="schedule_steps")
+        self.warmup_steps = tf.Variable(float(warmup_steps), trainable=False, name="schedule_warmup")
+
+    def fit(self, total_steps: int, warmup_steps: int) -> None:
+        self.total_steps.assign(float(total_steps))
+        self.warmup_steps.assign(float(warmup_steps))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        warmup = self.base * tf.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
-        progress = tf.clip_by_value((step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0)
+        total, warmup_steps = tf.convert_to_tensor(self.total_steps), tf.convert_to_tensor(self.warmup_steps)
+        warmup = self.base * tf.minimum(1.0, (step + 1.0) / tf.maximum(1.0, warmup_steps))
+        progress = tf.clip_by_value((step - warmup_steps) / tf.maximum(1.0, total - warmup_steps), 0.0, 1.0)
         if self.kind == "cosine":
             decayed = self.base * 0.5 * (1.0 + tf.cos(math.pi * progress))
         elif self.kind == "step":
-            passed = tf.add_n([tf.cast(step >= b * self.total_steps, tf.float32) for b in self.boundaries] + [0.0])
+            passed = tf.add_n([tf.cast(step >= b * total, tf.float32) for b in self.boundaries] + [0.0])
             decayed = self.base * tf.pow(self.factor, passed)
         else:
             decayed = tf.constant(self.base, tf.float32)
-        return tf.where(step < self.warmup_steps, warmup, decayed)
+        return tf.where(step < warmup_steps, warmup, decayed)
 
     def get_config(self):
-        return {"base": self.base, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "kind": self.kind, "boundaries": self.boundaries, "factor": self.factor}
+        return {"base": self.base, "total_steps": int(self.total_steps.numpy()),
+                "warmup_steps": int(self.warmup_steps.numpy()), "kind": self.kind, "boundaries": self.boundaries,
+                "factor": self.factor}
 
 
 def schedule_from_config(training: TrainingConfig) -> WarmupDecay:
@@ -66,8 +79,8 @@ def schedule_from_config(training: TrainingConfig) -> WarmupDecay:
                        training.step_boundaries, training.step_factor)
 
 
-def build_optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
-    schedule = schedule_from_config(training)
+def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = None) -> keras.optimizers.Optimizer:
+    schedule = schedule or schedule_from_config(training)
     if training.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay)
     else:
@@ -75,17 +88,6 @@ def build_optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
     if training.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
-
-
-@contextmanager
-def dtype_policy(name: str):
-    """Build layers under a Keras dtype policy, then restore the previous one."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -171,16 +173,23 @@ class Trainer:
             if not (self.run_dir / "config.yaml").is_file():
                 raise TrainingError(f"--resume: {self.run_dir} holds no config.yaml; is it a run directory?")
             config = load_config(self.run_dir / "config.yaml")
-        self.config = config
+        self.started = time.monotonic()  # the time budget counts from here
         training = config.training
+        precision, device_line = prepare_runtime(training.mixed_precision, training.intra_op_threads,
+                                                 training.inter_op_threads)
+        print(device_line)
+        if precision.warning:
+            print(f"warning: {precision.warning}", file=sys.stderr)
+        self.config = config = replace(config, training=replace(training, mixed_precision=precision.policy))
+        training = config.training
+        self.device_line = device_line
         set_seeds(training.seed, training.deterministic)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         split_path = self.run_dir / "split.csv"
         prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
         if not split_path.is_file():
             shutil.copyfile(prepared.split_file, split_path)
-        save_config(replace(config, data=replace(config.data, split_file=str(split_path.resolve()))),
-                    self.run_dir / "config.yaml")
+        self._save_config()
         self.train_records, self.validation_records = prepared.train, prepared.validation
         if not self.train_records or not self.validation_records:
             raise TrainingError(f"empty split: {len(self.train_records)} training and "
@@ -194,7 +203,8 @@ class Trainer:
         self.anchors = generate_anchors(image_size, config.anchors)
         with self.strategy.scope(), dtype_policy(training.mixed_precision):
             self.model = build_model_from_config(config)
-            self.optimizer = build_optimizer(training)
+            self.schedule = schedule_from_config(training)
+            self.optimizer = build_optimizer(training, self.schedule)
             self.optimizer.build(self.model.trainable_variables)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.loss = loss_from_config(config, self.anchors)
@@ -225,6 +235,40 @@ class Trainer:
         with open(self.run_dir / "log.jsonl", "a") as log:
             log.write(json.dumps({"split": name, "step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
 
+    def _save_config(self) -> None:
+        split_file = str((self.run_dir / "split.csv").resolve())
+        save_config(replace(self.config, data=replace(self.config.data, split_file=split_file)),
+                    self.run_dir / "config.yaml")
+
+    def _fit_to_budget(self, step_seconds: float) -> dict:
+        """Time a checkpoint and a validation, shorten the run to `training.time_budget_minutes`,
+        and save the fitted schedule with the run (its config and `budget.json`), so that
+        `--resume` and evaluation see it. Returns the validation results."""
+        training = self.config.training
+        started = time.perf_counter()
+        self._save_latest()
+        checkpoint_seconds = time.perf_counter() - started
+        self.validator.warm_up()  # tracing is a one-off: keep it out of the time per validation
+        started = time.perf_counter()
+        results = self.validate()
+        timing = Timing(elapsed=time.monotonic() - self.started, step=step_seconds,
+                        validation=time.perf_counter() - started, checkpoint=checkpoint_seconds)
+        fitted = fit_schedule(training, self.step, timing, training.time_budget_minutes * 60)
+        self.schedule.fit(fitted.steps, fitted.warmup_steps)
+        self.config = replace(self.config, training=fitted)
+        self._save_config()
+        record = {"time_budget_minutes": training.time_budget_minutes, "configured_steps": training.steps,
+                  "fitted_steps": fitted.steps, "warmup_steps": fitted.warmup_steps,
+                  "validate_every": fitted.validate_every, "checkpoint_every": fitted.checkpoint_every,
+                  "fitted_at_step": self.step, **{f"seconds_{key}": value for key, value in vars(timing).items()},
+                  "device": self.device_line}
+        (self.run_dir / "budget.json").write_text(json.dumps(record, indent=2))
+        print(f"Time budget {training.time_budget_minutes:g} min: {fitted.steps} of {training.steps} steps fit "
+              f"({timing.step:.2f} s/step, {timing.validation:.1f} s per validation, {timing.checkpoint:.1f} s per "
+              f"checkpoint, {timing.elapsed:.0f} s spent); warm-up {fitted.warmup_steps}, validation every "
+              f"{fitted.validate_every}, checkpoint every {fitted.checkpoint_every} steps", flush=True)
+        return results
+
     def _save_latest(self) -> None:
         self.manager.save(checkpoint_number=self.step)
 
@@ -248,13 +292,20 @@ class Trainer:
         iterator = iter(per_replica)
         steps_per_epoch = max(1, len(self.train_records) // training.batch_size)
         start = self.step
+        # The first step traces the graph: the budget is fitted on the steps after it.
+        calibration_end = start + 1 + CALIBRATION_STEPS
+        if not training.time_budget_minutes or calibration_end >= training.steps:
+            calibration_end = None
         bar = tqdm(total=training.steps, initial=start, desc="training", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
         window_start, window_images = time.perf_counter(), 0
         results = None
-        for _ in range(start, training.steps):
+        while self.step < self.config.training.steps:
+            training = self.config.training
             scalars = train_step(next(iterator))
             step = self.step
+            if step == start + 1:
+                calibration_start = time.perf_counter()
             window_images += training.batch_size
             total = float(scalars["loss/total"])
             if not math.isfinite(total):
@@ -272,6 +323,12 @@ class Trainer:
                            "images_per_second": window_images / max(elapsed, 1e-9), "epoch": int(self.epoch.numpy())}
                 self._log("train", step, scalars)
                 window_start, window_images = time.perf_counter(), 0
+            if step == calibration_end:
+                bar.clear()
+                results = self._fit_to_budget((time.perf_counter() - calibration_start) / CALIBRATION_STEPS)
+                bar.total = self.config.training.steps
+                bar.refresh()
+                continue
             if step % training.checkpoint_every == 0 or step == training.steps:
                 self._save_latest()
             if step % training.validate_every == 0 or step == training.steps:

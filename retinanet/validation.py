@@ -17,16 +17,11 @@ from retinanet.visualize import draw_boxes
 OVERLAY_SIZE = 384  # pixels, at least, of the pictures of validation predictions
 
 
-def predict_dataset(model, postprocessor, dataset, loss=None, progress: bool = False, desc: str = "predicting"):
-    """Run model + post-processing over an unshuffled dataset.
-
-    Returns (detections: list of (boxes [D, 4] original pixels, scores [D]) in dataset order,
-    image probabilities [N] or None, loss sums dict or None, and the first batch's network-size
-    grey images uint8 [B, H, W] with their scales [B], for pictures).
-    """
+def forward_function(model, postprocessor, loss=None):
+    """A tf.function: batch -> (detections, extras: image probabilities and loss sums). Built
+    once and reused, so that the graph is traced once, not at every validation."""
     has_image_head = "image_logits" in model.output
 
-    @tf.function(reduce_retracing=True)
     def forward(batch):
         # The same passes (flip TTA) and gating as evaluation and inference.
         outputs, mirrored_outputs = postprocessor.run_model(model, batch["images"])
@@ -39,6 +34,16 @@ def predict_dataset(model, postprocessor, dataset, loss=None, progress: bool = F
             extras.update(loss.components(batch["targets"], outputs["predictions"]))
         return detections, extras
 
+    return tf.function(forward, reduce_retracing=True)
+
+
+def predict_dataset(forward, dataset, progress: bool = False, desc: str = "predicting"):
+    """Run `forward` (see `forward_function`) over an unshuffled dataset.
+
+    Returns (detections: list of (boxes [D, 4] original pixels, scores [D]) in dataset order,
+    image probabilities [N] or None, loss sums dict, and the first batch's network-size grey
+    images uint8 [B, H, W] with their scales [B], for pictures).
+    """
     detections, probabilities, sums, first_batch = [], [], {}, None
     for batch in tqdm(dataset, desc=desc, disable=not progress, unit="batch", leave=False):
         result, extras = forward(batch)
@@ -49,12 +54,11 @@ def predict_dataset(model, postprocessor, dataset, loss=None, progress: bool = F
         for boxes, scores, count in zip(result["boxes"].numpy(), result["scores"].numpy(),
                                         result["num_detections"].numpy()):
             detections.append((boxes[:count], scores[:count]))
-        if has_image_head:
+        if "image_probabilities" in extras:
             probabilities.append(extras.pop("image_probabilities").numpy())
         for key, value in extras.items():
             sums[key] = sums.get(key, 0.0) + float(value)
-    return (detections, np.concatenate(probabilities) if probabilities else None,
-            sums if loss is not None else None, first_batch)
+    return detections, np.concatenate(probabilities) if probabilities else None, sums, first_batch
 
 
 def keep_above(detections: dict, threshold: float) -> dict:
@@ -84,10 +88,15 @@ class Validator:
         self.dataset, self.records = build_dataset_and_records(config, "validation", records=records,
                                                                training=False, progress=progress)
         self.progress = progress
+        self.forward = forward_function(model, postprocessor, loss)
+
+    def warm_up(self) -> None:
+        """Trace the forward pass on one batch, so that the next `run` takes its usual time."""
+        self.forward(next(iter(self.dataset)))
 
     def run(self) -> dict:
         detections, probabilities, sums, (first_images, first_scales) = predict_dataset(
-            self.model, self.postprocessor, self.dataset, self.loss, self.progress, "validating")
+            self.forward, self.dataset, self.progress, "validating")
         ground_truth = {r.patient_id: r.boxes for r in self.records}
         by_patient = {r.patient_id: d for r, d in zip(self.records, detections)}
         threshold = self.config.evaluation.score_threshold

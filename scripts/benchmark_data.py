@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from retinanet import hardware
 from retinanet.config import load_config
 from retinanet.data.dicom import read_dicom
 from retinanet.data.pipeline import build_dataset, prepare_split
@@ -56,7 +57,7 @@ def run(args, workdir: Path) -> None:
                  f"training.batch_size={args.batch_size}"]
     config = load_config(REPO / "configs" / "rsna.yaml", overrides)
     records = prepare_split(config, progress=False).train
-    workers = config.data.num_parallel_calls
+    workers = hardware.workers(config.data.num_parallel_calls)
     batches = max(1, len(records) // args.batch_size - 1)
 
     with ThreadPoolExecutor(workers) as pool:

@@ -277,3 +277,74 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_data, tmp_path):
         train(config, run_dir, progress=False)
     assert "latest good checkpoint" in str(error.value)
     assert not (run_dir / "final.weights.h5").exists()
+
+
+@pytest.mark.slow
+def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp_path):
+    from retinanet.config import load_config, save_config
+    from retinanet.hardware import choose_precision, detect_device
+
+    config = tiny_config(tiny_data, tmp_path / "cache", steps=40, warmup_steps=4, validate_every=20,
+                         checkpoint_every=8, time_budget_minutes=5.0, mixed_precision="auto")
+    save_config(config, tmp_path / "config.yaml")
+    run_dir = tmp_path / "run"
+    # The budget fits 20 of the 40 steps: 1 s a step, 9 s left after the 11 calibration steps.
+    script = textwrap.dedent("""
+        import os, sys
+        import retinanet.training as training
+        from retinanet.budget import Timing, fit_schedule
+        from retinanet.config import load_config
+        training.fit_schedule = lambda config, done, timing, budget: fit_schedule(
+            config, done, Timing(elapsed=0.0, step=1.0, validation=0.0, checkpoint=0.0), 9.0)
+        trainer = training.Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
+        original = trainer._save_latest
+        def save_then_die():
+            original()
+            if trainer.step == 16:
+                os._exit(17)
+        trainer._save_latest = save_then_die
+        trainer.fit()
+    """)
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "config.yaml"), str(run_dir)],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    assert "Time budget 5 min: 20 of 40 steps fit" in killed.stdout
+    assert "Device: " in killed.stdout
+    saved = load_config(run_dir / "config.yaml").training
+    assert (saved.steps, saved.warmup_steps, saved.validate_every, saved.checkpoint_every) == (20, 2, 10, 4)
+    assert saved.time_budget_minutes == 0
+    # `auto` is resolved for this machine and saved with the run.
+    assert saved.mixed_precision == choose_precision("auto", detect_device()).policy != "auto"
+    budget = json.loads((run_dir / "budget.json").read_text())
+    assert (budget["configured_steps"], budget["fitted_steps"], budget["fitted_at_step"]) == (40, 20, 11)
+
+    trainer = Trainer(config, run_dir, resume=True, progress=False)
+    assert trainer.step == 16 and trainer.config.training.steps == 20
+    fitted_schedule = WarmupDecay(config.training.learning_rate, total_steps=20, warmup_steps=2, kind="cosine")
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(float(fitted_schedule(16)))
+    trainer.fit()
+    assert trainer.step == 20
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["split"] == "validation"] == [11, 20]
+    last = [line for line in lines if line["split"] == "train"][-1]
+    assert last["step"] == 20 and last["learning_rate"] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(tiny_data, tmp_path, monkeypatch,
+                                                                             capsys):
+    import retinanet.hardware
+
+    monkeypatch.setattr(retinanet.hardware, "read_cpu", lambda: ("AMD EPYC 7R13 Processor", frozenset({"avx2"})))
+    monkeypatch.setattr(retinanet.hardware, "gpu_capabilities", lambda: ())
+    explicit = Trainer(tiny_config(tiny_data, tmp_path / "cache", mixed_precision="mixed_bfloat16"),
+                       tmp_path / "explicit", progress=False)
+    captured = capsys.readouterr()
+    assert "warning: mixed_bfloat16 on a CPU without amx_bf16 or avx512_bf16 is emulated" in captured.err
+    assert "Device: CPU AMD EPYC 7R13 Processor, avx2" in captured.out
+    assert explicit.config.training.mixed_precision == "mixed_bfloat16"
+    automatic = Trainer(tiny_config(tiny_data, tmp_path / "cache", mixed_precision="auto"), tmp_path / "auto",
+                        progress=False)
+    assert "precision float32 (auto: the CPU has no bfloat16 instructions" in capsys.readouterr().out
+    assert automatic.config.training.mixed_precision == "float32"
+    assert "mixed_precision: float32" in (tmp_path / "auto" / "config.yaml").read_text()

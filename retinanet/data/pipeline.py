@@ -22,6 +22,7 @@ from retinanet.data.augment import Augmenter
 from retinanet.data.cache import build_cache, load_preprocessed
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import normalize
+from retinanet.hardware import workers
 from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
 from retinanet.targets import LabelEncoder
 
@@ -136,13 +137,13 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
     image_size = tuple(pre.image_size)
     if data.use_cache:
         cached, report = build_cache(records, pre, data.cache_dir, policy=data.bad_file_policy,
-                                     num_workers=data.num_parallel_calls, progress=progress)
+                                     num_workers=workers(data.num_parallel_calls), progress=progress)
         records = [r for r in records if r.patient_id in cached]
         sources = [cached[r.patient_id].path for r in records]
         scales = np.array([cached[r.patient_id].scale for r in records], np.float32)
     else:
         records, report = validate_images(records, policy=data.bad_file_policy,
-                                          num_workers=data.num_parallel_calls, progress=progress)
+                                          num_workers=workers(data.num_parallel_calls), progress=progress)
         sources = [r.image_path for r in records]
         scales = np.zeros(len(records), np.float32)  # computed while reading
     report_skips(report, "unreadable image(s)", Path(data.cache_dir) / f"skipped_images_{split}.csv")
@@ -201,7 +202,7 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
     augmenter = Augmenter(augmentation, image_size, config.training.seed)
     # XLA fuses the per-pixel arithmetic into one pass; unfused it cost several ms per image.
     normalize_fused = tf.function(normalize, jit_compile=True)
-    parallel = config.data.num_parallel_calls
+    parallel = workers(config.data.num_parallel_calls)
 
     if training:
         dataset = dataset.shuffle(min(len(records), config.training.shuffle_buffer),
