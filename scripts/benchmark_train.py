@@ -1,85 +1,118 @@
-"""Training-step speed on this machine: 512 px batch 2 and 256 px batch 4, float32 vs
-mixed_bfloat16, with and without XLA (jit_compile).
+"""Training-step speed: the project beside the keras-io RetinaNet example (Keras 3, and Keras 2
+through tf_keras when the `peers` extra is installed), same network size, batch and precision.
 
-python scripts/benchmark_train.py [--steps 5] [--config configs/rsna.yaml]
+python scripts/benchmark_train.py [--size 512 --batch 2] [--rounds 3 --steps 2] [--precisions float32,auto]
+python scripts/benchmark_train.py --threads      # the project's step under several thread settings
 
-Each setting builds the model from the config (random weights), runs the real training step
-(`retinanet.training.build_train_step`) on a fixed batch with encoded targets, warms up, and
-reports the median seconds per step. Settings that fail (XLA cannot compile some ops on CPU)
-are reported as such.
+Models have random weights (`configs/rsna.yaml` model). Precisions default to float32 plus the one
+`auto` picks on this machine; bfloat16 on a CPU without it is emulated and left out unless asked.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import importlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
-
-from retinanet.anchors import generate_anchors
-from retinanet.config import load_config
-from retinanet.losses import loss_from_config
-from retinanet.model.retinanet import build_model_from_config
-from retinanet.targets import LabelEncoder
-from retinanet.training import build_optimizer, build_train_step, dtype_policy
+from retinanet import hardware
 
 REPO = Path(__file__).resolve().parent.parent
+THREAD_SETTINGS = ((2, 2), (2, 1), (1, 1), (1, 2))
 
 
-def fixed_batch(config, batch_size: int, rng) -> dict:
-    height, width = config.preprocessing.image_size
-    encoder = LabelEncoder(generate_anchors((height, width), config.anchors))
-    boxes = np.array([[0.2 * width, 0.2 * height, 0.45 * width, 0.6 * height]], np.float32)
-    targets = [encoder(boxes if i % 2 == 0 else np.zeros((0, 4)), np.zeros(1 if i % 2 == 0 else 0))
-               for i in range(batch_size)]
-    return {"images": tf.constant(rng.normal(size=(batch_size, height, width, config.preprocessing.channels)),
-                                  tf.float32),
-            "targets": tf.stack(targets), "image_labels": tf.constant([1.0, 0.0] * (batch_size // 2))}
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "rsna.yaml"))
+    parser.add_argument("--size", type=int, default=512, help="square input side (default 512)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--precisions", default="float32,auto",
+                        help="comma-separated: float32, mixed_bfloat16, mixed_float16 or auto (this machine's)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each implementation takes")
+    parser.add_argument("--steps", type=int, default=2, help="steps per turn")
+    parser.add_argument("--no-peers", action="store_true", help="the project's step alone")
+    parser.add_argument("--threads", action="store_true", help="sweep intra-/inter-op threads (one process each)")
+    parser.add_argument("--intra-op", type=int, default=0, help="intra-op threads (0 = auto)")
+    parser.add_argument("--inter-op", type=int, default=0, help="inter-op threads (0 = auto)")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
 
-def seconds_per_step(config, steps: int) -> float:
-    strategy = tf.distribute.get_strategy()
-    with dtype_policy(config.training.mixed_precision):
-        model = build_model_from_config(config)
-    optimizer = build_optimizer(config.training)
-    step = build_train_step(config, strategy, model, optimizer, loss_from_config(config))
-    batch = fixed_batch(config, config.training.batch_size, np.random.default_rng(0))
-    for _ in range(2):
-        step(batch)["loss/total"].numpy()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step(batch)["loss/total"].numpy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def precisions(requested: str, auto_choice: str) -> list[str]:
+    chosen = [auto_choice if name == "auto" else name for name in requested.split(",")]
+    return list(dict.fromkeys(chosen))
+
+
+def peers() -> dict:
+    """{label: keras module} of the peers importable here."""
+    found = {"keras-io example, Keras 3": importlib.import_module("keras")}
+    try:
+        found["keras-io example, tf_keras"] = importlib.import_module("tf_keras")
+    except ImportError:
+        pass
+    return found
+
+
+def measure(args) -> list[dict]:
+    import numpy as np
+
+    from retinanet.benchmark_training import fixed_batch, peer_runner, project_runner, time_in_turns
+    from retinanet.config import load_config
+
+    rows = []
+    auto = hardware.choose_precision("auto", hardware.detect_device()).policy
+    for precision in precisions(args.precisions, auto):
+        config = load_config(args.config, [f"preprocessing.image_size=[{args.size},{args.size}]",
+                                           f"training.batch_size={args.batch}", "model.weights=none",
+                                           f"training.mixed_precision={precision}"])
+        batch = fixed_batch(config, np.random.default_rng(0))
+        runners = {"project": project_runner(config, batch)}
+        if not args.no_peers:
+            runners.update({label: peer_runner(config, batch, module) for label, module in peers().items()})
+        seconds = time_in_turns(runners, rounds=args.rounds, steps=args.steps)
+        best_peer = min((value for name, value in seconds.items() if name != "project"), default=None)
+        for name, value in seconds.items():
+            rows.append({"precision": precision, "implementation": name, "seconds": value,
+                         "images_per_second": args.batch / value,
+                         "speedup_vs_best_peer": best_peer / value if best_peer else None})
+    return rows
+
+
+def thread_sweep(args) -> None:
+    print("| intra-op | inter-op | s/step | images/s |")
+    print("|---|---|---|---|")
+    for intra, inter in THREAD_SETTINGS:
+        command = [sys.executable, __file__, "--config", args.config, "--size", str(args.size), "--batch",
+                   str(args.batch), "--precisions", args.precisions.split(",")[-1], "--rounds", str(args.rounds),
+                   "--steps", str(args.steps), "--no-peers", "--intra-op", str(intra), "--inter-op", str(inter),
+                   "--json"]
+        completed = subprocess.run(command, capture_output=True, text=True, check=True)
+        row = json.loads(completed.stdout.strip().splitlines()[-1])[0]
+        print(f"| {intra} | {inter} | {row['seconds']:.3f} | {row['images_per_second']:.2f} |", flush=True)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "configs" / "rsna.yaml"))
-    parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args(argv)
-    print("| input | batch | precision | XLA | s/step | images/s | speed-up vs float32 |")
-    print("|---|---|---|---|---|---|---|")
-    for size, batch in ((512, 2), (256, 4)):
-        baseline = None
-        for precision in ("float32", "mixed_bfloat16"):
-            for jit in (False, True):
-                overrides = [f"preprocessing.image_size=[{size},{size}]", f"training.batch_size={batch}",
-                             f"training.mixed_precision={precision}", f"training.jit_compile={str(jit).lower()}",
-                             "model.weights=none"]
-                config = load_config(args.config, overrides)
-                setting = f"| {size} | {batch} | {precision} | {'on' if jit else 'off'} |"
-                try:
-                    seconds = seconds_per_step(config, args.steps)
-                except Exception as error:  # XLA compile failures are a result, not a crash
-                    print(f"{setting} - | - | failed: {type(error).__name__} |", flush=True)
-                    continue
-                baseline = baseline or seconds
-                print(f"{setting} {seconds:.3f} | {batch / seconds:.2f} | {baseline / seconds:.2f}x |", flush=True)
+    args = parse_args(argv)
+    threads = hardware.configure_threads(*hardware.resolve_threads(args.intra_op, args.inter_op,
+                                                                   hardware.available_cores()))
+    if args.threads:
+        thread_sweep(args)
+        return
+    rows = measure(args)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    device = hardware.detect_device()
+    print(hardware.describe(device, hardware.choose_precision("auto", device), threads))
+    print(f"{args.size} px, batch {args.batch}, median of {args.rounds} x {args.steps} steps in turns\n")
+    print("| precision | implementation | s/step | images/s | speed-up vs best peer |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        ratio = f"{row['speedup_vs_best_peer']:.2f}x" if row["speedup_vs_best_peer"] else "-"
+        print(f"| {row['precision']} | {row['implementation']} | {row['seconds']:.3f} | "
+              f"{row['images_per_second']:.2f} | {ratio} |")
 
 
 if __name__ == "__main__":

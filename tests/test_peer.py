@@ -1,0 +1,62 @@
+"""The benchmark's peer (the keras-io RetinaNet example): the same network as the project's,
+its loss against a loop, and its training step."""
+
+import keras
+import numpy as np
+import pytest
+
+from retinanet.anchors import num_anchors
+from retinanet.model.retinanet import build_retinanet
+from retinanet.peer import build_peer_model, peer_loss, peer_train_step
+
+
+def test_the_peer_network_has_the_projects_size_and_outputs():
+    peer = build_peer_model(keras, (64, 64, 3))
+    ours = build_retinanet((64, 64, 3), fpn_channels=256, head_convs=4, image_head=False)
+    assert peer.count_params() == ours.count_params()
+    outputs = peer(np.zeros((2, 64, 64, 3), np.float32))
+    assert outputs.shape == (2, num_anchors((64, 64)), 5)
+    # The classification bias starts every anchor at the 0.01 prior.
+    assert np.allclose(1 / (1 + np.exp(-outputs.numpy()[..., 4].mean())), 0.01, atol=0.005)
+
+
+def test_the_peer_loss_matches_a_loop_over_anchors():
+    rng = np.random.default_rng(0)
+    states = np.array([[0, -1, -2, -1, 0, -1], [-1, -1, -2, -1, -1, -1]], np.float32)
+    y_true = np.concatenate([rng.normal(size=(2, 6, 4)), states[..., None]], -1).astype(np.float32)
+    y_pred = rng.normal(size=(2, 6, 5)).astype(np.float32) * 2
+    expected = []
+    for image in range(2):
+        classification = box = 0.0
+        positives = 0
+        for anchor in range(6):
+            state, logit = states[image, anchor], y_pred[image, anchor, 4]
+            if state == -2:
+                continue
+            label = 1.0 if state >= 0 else 0.0
+            p = 1 / (1 + np.exp(-logit))
+            p_t = p if label else 1 - p
+            classification += (0.25 if label else 0.75) * (1 - p_t) ** 2 * -np.log(p_t)
+            if state >= 0:
+                positives += 1
+                for d in np.abs(y_true[image, anchor, :4] - y_pred[image, anchor, :4]):
+                    box += 0.5 * d * d if d < 1 else d - 0.5
+        expected.append((classification + box) / positives if positives else 0.0)
+    np.testing.assert_allclose(peer_loss()(y_true, y_pred).numpy(), expected, rtol=1e-5)
+
+
+def test_the_peer_training_step_learns_a_fixed_batch():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
+    states = np.where(rng.random((2, num_anchors((64, 64)))) < 0.02, 0.0, -1.0).astype(np.float32)
+    targets = np.concatenate([rng.normal(size=(*states.shape, 4)) * 0.1, states[..., None]], -1).astype(np.float32)
+    step = peer_train_step(keras, (64, 64, 3))
+    losses = [float(np.asarray(step(images, targets))) for _ in range(4)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16"])
+def test_the_peer_builds_under_mixed_precision_and_restores_the_policy(precision):
+    peer = build_peer_model(keras, (64, 64, 3), precision=precision)
+    assert peer.get_layer("conv1_conv").compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
