@@ -138,6 +138,9 @@ class TrainingConfig:
     seed: int = 0
     deterministic: bool = False
     shuffle_buffer: int = 512
+    # Share of training images with boxes; 0 = as they come (22.5 % in RSNA). Boxes are learned
+    # from positive images only, while negatives are learned fast (see the README's demo notes).
+    positive_fraction: float = 0.0
     validate_every: int = 1000  # steps
     log_every: int = 50  # steps
     checkpoint_every: int = 500  # steps
@@ -310,6 +313,7 @@ def _check(config: Config) -> None:
             "training.step_boundaries", "must be increasing fractions in (0, 1)")
     for name in ("intra_op_threads", "inter_op_threads"):
         require(getattr(training, name) >= 0, f"training.{name}", "must be >= 0 (0 = auto)")
+    require(0 <= training.positive_fraction < 1, "training.positive_fraction", "must be in [0, 1) (0 = as they come)")
     require(training.time_budget_minutes >= 0, "training.time_budget_minutes", "must be >= 0 (0 = no budget)")
     require(training.gradient_clip_norm >= 0, "training.gradient_clip_norm", "must be >= 0 (0 = off)")
     for name in ("validate_every", "log_every", "checkpoint_every"):

@@ -39,7 +39,7 @@ from retinanet.data.pipeline import build_dataset_and_records, default_split_fil
 from retinanet.data.rsna import Record
 from retinanet.inference import THRESHOLD_FILE, Detector, resolve_source
 from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics,
-                               precision_recall_curve, rsna_image_scores, threshold_sweep)
+                               precision_recall_curve, rsna_image_scores, sweep_thresholds, threshold_sweep)
 from retinanet.submission import write_submission
 from retinanet.visualize import draw_boxes, save_rgb
 
@@ -82,12 +82,6 @@ def keep_above(detections: dict, threshold: float) -> dict:
     """{patient_id: (boxes, scores)} without the boxes scoring below `threshold`."""
     return {patient_id: (boxes[scores >= threshold], scores[scores >= threshold])
             for patient_id, (boxes, scores) in detections.items()}
-
-
-def sweep_thresholds(sweep: tuple[float, float, float]) -> np.ndarray:
-    """(start, stop, step) -> thresholds start, start + step, ..., stop (inclusive), rounded to 1e-6."""
-    start, stop, step = sweep
-    return np.round(np.arange(start, stop + step / 2, step), 6)
 
 
 def compute_metrics(records: list[Record], detections: dict, probabilities, *, threshold: float, sweep,

@@ -12,6 +12,8 @@ and images are pooled in the order of `ground_truth`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # The competition's IoU thresholds 0.40, 0.45, ..., 0.75, rounded so that 0.6 is exactly 0.6.
@@ -126,6 +128,22 @@ def rsna_image_scores(gt_boxes, pred_boxes, pred_scores) -> np.ndarray | None:
     _, match_rank = _rsna_match(gt_boxes, pred_boxes, pred_scores)
     scores = _scores_for_kept(len(gt_boxes), match_rank, np.array([len(pred_boxes)]))[:, 0]
     return None if np.isnan(scores[0]) else scores
+
+
+def sweep_thresholds(sweep: tuple[float, float, float]) -> np.ndarray:
+    """(start, stop, step) -> thresholds start, start + step, ..., stop (inclusive), rounded to 1e-6."""
+    start, stop, step = sweep
+    return np.round(np.arange(start, stop + step / 2, step), 6)
+
+
+def best_of_sweep(ground_truth: dict, predictions: dict, thresholds) -> tuple[float, float]:
+    """(best RSNA metric, its score threshold) over `thresholds`; (NaN, NaN) if nothing is scored."""
+    swept = threshold_sweep(ground_truth, predictions, thresholds)
+    scores = np.array([item["score"] for item in swept])
+    if not np.isfinite(scores).any():
+        return math.nan, math.nan
+    best = swept[int(np.nanargmax(scores))]
+    return best["score"], best["score_threshold"]
 
 
 def threshold_sweep(ground_truth: dict, predictions: dict, thresholds) -> list[dict]:

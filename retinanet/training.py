@@ -113,8 +113,11 @@ def _atomic_save_weights(model: keras.Model, path: Path) -> None:
     temporary.replace(path)
 
 
-def _ranked(metric: float) -> float:
-    """The RSNA metric is NaN when no image is scored (no positives, no boxes): rank it lowest."""
+def _selection_metric(scalars: dict) -> float:
+    """What picks the best weights: the RSNA metric at the score threshold that is best on
+    validation (the one evaluation then chooses). It is NaN when no image is scored (no
+    positives, no boxes): rank that lowest."""
+    metric = scalars.get("best_rsna_metric", scalars["rsna_metric"])
     return metric if math.isfinite(metric) else -1.0
 
 
@@ -222,7 +225,7 @@ class Trainer:
         self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
                         for name in ("train", "validation")}
         best_path = self.run_dir / "best.json"
-        self.best_metric = _ranked(json.loads(best_path.read_text())["rsna_metric"]) if best_path.is_file() else -math.inf
+        self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
 
     @property
     def step(self) -> int:
@@ -278,7 +281,7 @@ class Trainer:
         self._log("validation", step, results["scalars"])
         with self.writers["validation"].as_default(step=step):
             tf.summary.image("predictions", np.stack(results["overlays"]) / 255.0, max_outputs=len(results["overlays"]))
-        metric = _ranked(results["scalars"]["rsna_metric"])
+        metric = _selection_metric(results["scalars"])
         if metric > self.best_metric:
             self.best_metric = metric
             _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")

@@ -11,7 +11,8 @@ from retinanet.data.pipeline import build_dataset_and_records
 from retinanet.data.preprocess import IMAGENET_BGR_MEAN
 from retinanet.data.rsna import Record
 from retinanet.losses import image_loss
-from retinanet.metrics import average_precision, image_level_metrics, rsna_metric
+from retinanet.metrics import (average_precision, best_of_sweep, image_level_metrics, rsna_metric,
+                               sweep_thresholds)
 from retinanet.visualize import draw_boxes
 
 OVERLAY_SIZE = 384  # pixels, at least, of the pictures of validation predictions
@@ -102,7 +103,10 @@ class Validator:
         threshold = self.config.evaluation.score_threshold
         metric = rsna_metric(ground_truth, keep_above(by_patient, threshold))
         normalizer = max(1.0, sums["num_positive"])
-        scalars = {"rsna_metric": metric["score"], "ap50": average_precision(ground_truth, by_patient, 0.5),
+        best_metric, best_threshold = best_of_sweep(ground_truth, by_patient,
+                                                    sweep_thresholds(self.config.evaluation.sweep))
+        scalars = {"rsna_metric": metric["score"], "best_rsna_metric": best_metric, "best_threshold": best_threshold,
+                   "ap50": average_precision(ground_truth, by_patient, 0.5),
                    "loss/classification": sums["classification"] / normalizer, "loss/box": sums["box"] / normalizer}
         if probabilities is not None:
             labels = np.array([r.target for r in self.records])

@@ -39,7 +39,9 @@ def main(argv=None) -> int:
         print(f"  {key:22s} {value:.4f}")
     best = json.loads((run_dir / "best.json").read_text())
     print(f"\nRun directory:    {run_dir}")
-    print(f"Best weights:     {run_dir / 'best.weights.h5'} (rsna_metric {best['rsna_metric']:.4f} at step {best['step']})")
+    print(f"Best weights:     {run_dir / 'best.weights.h5'} (step {best['step']}: RSNA metric "
+          f"{best['best_rsna_metric']:.4f} at the score threshold chosen on validation, {best['best_threshold']:.2f}; "
+          f"{best['rsna_metric']:.4f} at the configured one)")
     print(f"Predictions:      {run_dir / 'validation_predictions.png'}")
     print(f"TensorBoard:      tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"Evaluate:         python scripts/evaluate.py --run-dir {run_dir} --output {run_dir / 'evaluation'}")

@@ -322,3 +322,19 @@ def test_roc_auc_is_nan_with_one_class():
     assert np.isnan(image_level_metrics([1, 1], [0.2, 0.8])["roc_auc"])
     with pytest.raises(ValueError, match="0 or 1"):
         image_level_metrics([2, 0], [0.2, 0.8])
+
+
+def test_best_of_sweep_is_the_highest_metric_over_the_thresholds():
+    from retinanet.metrics import best_of_sweep, rsna_metric
+
+    truth = {"a": np.array([[0, 0, 10, 10]], float), "b": np.zeros((0, 4)), "c": np.array([[50, 50, 80, 90]], float)}
+    predictions = {"a": (np.array([[0, 0, 10, 10], [30, 30, 40, 40]], float), np.array([0.9, 0.4])),
+                   "b": (np.array([[5, 5, 9, 9]], float), np.array([0.3])),
+                   "c": (np.array([[50, 50, 80, 90]], float), np.array([0.6]))}
+    thresholds = [0.2, 0.35, 0.5, 0.7]
+    by_loop = [rsna_metric(truth, {k: (b[s >= t], s[s >= t]) for k, (b, s) in predictions.items()})["score"]
+               for t in thresholds]
+    # Hand check at 0.5: a keeps its exact box (1), b has none (skipped), c exact (1) -> 1.0.
+    assert by_loop[2] == 1.0
+    assert best_of_sweep(truth, predictions, thresholds) == (1.0, 0.5)
+    assert np.isnan(best_of_sweep({"b": np.zeros((0, 4))}, {"b": (np.zeros((0, 4)), np.zeros(0))}, [0.5])[0])

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from retinanet.anchors import generate_anchors_numpy
 from retinanet.config import config_from_dict
@@ -190,3 +191,19 @@ def test_skipped_label_rows_are_listed_with_their_reason(data_root, tmp_path, ca
     assert str(listing) in capsys.readouterr().out
     listed = listing.read_text()
     assert f"{labels}:2," in listed and "width -5.0" in listed  # file:line, then the reason
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.0, 0.1), (0.5, 0.5), (0.25, 0.25)])
+def test_positive_fraction_sets_the_share_of_images_with_boxes(fraction, expected):
+    from retinanet.config import TrainingConfig
+    from retinanet.data.pipeline import shuffled_stream
+
+    counts = np.array([1, 2] + [0] * 18, np.int32)
+    sources = tf.constant([f"image{i}" for i in range(20)])
+    dataset = tf.data.Dataset.from_tensor_slices((sources, np.zeros((20, 2, 4), np.float32), counts,
+                                                  np.ones(20, np.float32)))
+    stream = shuffled_stream(dataset, TrainingConfig(positive_fraction=fraction, seed=3), 20)
+    drawn = [(source.numpy().decode(), int(count)) for source, _, count, _ in stream.take(4000)]
+    share = np.mean([count > 0 for _, count in drawn])
+    assert share == pytest.approx(expected, abs=0.03)
+    assert {source for source, _ in drawn} == {f"image{i}" for i in range(20)}  # nothing left out

@@ -121,7 +121,7 @@ def tiny_config(root, cache, **training):
         "model": {"fpn_channels": 16, "head_convs": 1},
         "training": {"batch_size": 2, "steps": 6, "warmup_steps": 1, "validate_every": 3, "log_every": 2,
                      "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw",
-                     "learning_rate": 1e-4, **training},
+                     "learning_rate": 1e-4, "mixed_precision": "float32", **training},
         "evaluation": {"batch_size": 4},
     })
 
@@ -147,7 +147,8 @@ def test_run_writes_checkpoints_logs_and_tensorboard(tiny_data, tmp_path):
     assert {"loss/total", "loss/classification", "loss/box", "loss/image", "learning_rate", "gradient_norm",
             "images_per_second"} <= train_tags
     validation_tags, image_tags = event_tags(run_dir / "tensorboard" / "validation")
-    assert {"rsna_metric", "ap50", "loss/classification", "loss/box", "image_auc"} <= validation_tags
+    assert {"rsna_metric", "best_rsna_metric", "best_threshold", "ap50", "loss/classification", "loss/box",
+            "image_auc"} <= validation_tags
     assert "predictions" in image_tags
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if line["split"] == "train"] == [2, 4, 6]
@@ -160,7 +161,9 @@ def test_train_script_reports_held_out_metrics_and_where_the_outputs_are(tiny_ru
     best = json.loads((run_dir / "best.json").read_text())
     assert best["step"] == 4 and "Held-out validation at step 4:" in stdout
     assert f"rsna_metric            {best['rsna_metric']:.4f}" in stdout
-    assert f"{run_dir / 'best.weights.h5'} (rsna_metric {best['rsna_metric']:.4f} at step 4)" in stdout
+    assert (f"{run_dir / 'best.weights.h5'} (step 4: RSNA metric {best['best_rsna_metric']:.4f} at the score "
+            f"threshold chosen on validation, {best['best_threshold']:.2f}; {best['rsna_metric']:.4f} at the "
+            "configured one)") in stdout
     for path in (run_dir / "validation_predictions.png", run_dir / "tensorboard"):
         assert path.exists() and str(path) in stdout
 
@@ -171,6 +174,7 @@ def test_unscorable_validation_still_keeps_best_weights(tiny_data, tmp_path, mon
 
     # No image scored (no positives held out, no boxes predicted): the RSNA metric is NaN.
     monkeypatch.setattr(retinanet.validation, "rsna_metric", lambda truth, predictions: {"score": float("nan")})
+    monkeypatch.setattr(retinanet.validation, "best_of_sweep", lambda *arguments: (float("nan"), float("nan")))
     run_dir = tmp_path / "run"
     results = train(tiny_config(tiny_data, tmp_path / "cache", steps=3, validate_every=3), run_dir, progress=False)
     assert results["step"] == 3 and np.isnan(results["scalars"]["rsna_metric"])
@@ -282,10 +286,9 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp_path):
     from retinanet.config import load_config, save_config
-    from retinanet.hardware import choose_precision, detect_device
 
     config = tiny_config(tiny_data, tmp_path / "cache", steps=40, warmup_steps=4, validate_every=20,
-                         checkpoint_every=8, time_budget_minutes=5.0, mixed_precision="auto")
+                         checkpoint_every=8, time_budget_minutes=5.0)
     save_config(config, tmp_path / "config.yaml")
     run_dir = tmp_path / "run"
     # The budget fits 20 of the 40 steps: 1 s a step, 9 s left after the 11 calibration steps.
@@ -313,8 +316,6 @@ def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp
     saved = load_config(run_dir / "config.yaml").training
     assert (saved.steps, saved.warmup_steps, saved.validate_every, saved.checkpoint_every) == (20, 2, 10, 4)
     assert saved.time_budget_minutes == 0
-    # `auto` is resolved for this machine and saved with the run.
-    assert saved.mixed_precision == choose_precision("auto", detect_device()).policy != "auto"
     budget = json.loads((run_dir / "budget.json").read_text())
     assert (budget["configured_steps"], budget["fitted_steps"], budget["fitted_at_step"]) == (40, 20, 11)
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from retinanet.anchors import generate_anchors
-from retinanet.config import Config
+from retinanet.config import Config, TrainingConfig
 from retinanet.data.augment import Augmenter
 from retinanet.data.cache import build_cache, load_preprocessed
 from retinanet.data.dicom import DicomReadError, read_image
@@ -169,6 +169,24 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
     return dataset, records, load
 
 
+def shuffled_stream(dataset: tf.data.Dataset, training: TrainingConfig, size: int) -> tf.data.Dataset:
+    """Source elements (source, boxes, count, scale) shuffled and repeated forever; with
+    `training.positive_fraction` > 0, images with boxes make up that share of the stream
+    (drawn from their own shuffled stream) instead of their share of the data set."""
+
+    def shuffle(part: tf.data.Dataset) -> tf.data.Dataset:
+        return part.shuffle(min(size, training.shuffle_buffer), seed=training.seed,
+                            reshuffle_each_iteration=True).repeat()
+
+    if not training.positive_fraction:
+        return shuffle(dataset)
+    positives = shuffle(dataset.filter(lambda source, boxes, count, scale: count > 0))
+    negatives = shuffle(dataset.filter(lambda source, boxes, count, scale: count == 0))
+    fraction = training.positive_fraction
+    return tf.data.Dataset.sample_from_datasets([positives, negatives], [fraction, 1.0 - fraction],
+                                                seed=training.seed, stop_on_empty_dataset=False)
+
+
 def build_dataset(config: Config, split: str, *, records: list[Record] | None = None,
                   training: bool | None = None, deterministic: bool | None = None,
                   progress: bool = True) -> tf.data.Dataset:
@@ -205,8 +223,7 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
     parallel = workers(config.data.num_parallel_calls)
 
     if training:
-        dataset = dataset.shuffle(min(len(records), config.training.shuffle_buffer),
-                                  seed=config.training.seed, reshuffle_each_iteration=True).repeat()
+        dataset = shuffled_stream(dataset, config.training, len(records))
     # One stateless seed per example keeps augmentation reproducible whatever the parallelism.
     dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=config.training.seed).batch(2)))
 
