@@ -4,11 +4,15 @@
 schema below: an unknown key, a wrong type or an impossible value raises `ConfigError` naming
 the dotted key and the file. Overrides are `section.key=value` strings whose value is parsed
 as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size=[256,256]`).
+Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
+infinities are refused for every number key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +23,19 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads exponents without a dot (`1e-3`, `1e6`) as floats, as YAML 1.2
+    does: YAML 1.1 makes them strings, and `learning_rate: 1e-3` would be refused as text."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
 @dataclass(frozen=True)
@@ -225,6 +242,8 @@ def _convert(value, annotation, key: str):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -334,7 +353,7 @@ def _parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    return key.strip().split("."), _parse_yaml(raw)
 
 
 def config_from_dict(mapping: dict, source: str = "<dict>") -> Config:
@@ -352,7 +371,7 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        mapping = yaml.safe_load(path.read_text()) or {}
+        mapping = _parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(mapping, dict):

@@ -110,6 +110,35 @@ def test_int_is_accepted_for_float_and_becomes_float(tmp_path):
     assert config.training.learning_rate == 1.0
 
 
+@pytest.mark.parametrize("text, expected", [("1e-3", 0.001), ("1e6", 1e6), ("2E+2", 200.0), ("+5e-1", 0.5), ("1.5e-4", 1.5e-4)])
+def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path, text, expected):
+    # YAML 1.1 (PyYAML's default) reads `1e-3` as the string '1e-3'.
+    path = tmp_path / "experiment.yaml"
+    path.write_text(f"loss:\n  box_weight: {text}\n")
+    assert load_config(path).loss.box_weight == expected
+    overridden = load_config(_write(tmp_path, {}, "other.yaml"), [f"loss.box_weight={text}"])
+    assert overridden.loss.box_weight == expected and type(overridden.loss.box_weight) is float
+
+
+def test_exponent_for_an_integer_key_is_still_a_type_error(tmp_path):
+    with pytest.raises(ConfigError, match="training.steps: expected an integer"):
+        load_config(_write(tmp_path, {}), ["training.steps=1e6"])
+
+
+@pytest.mark.parametrize("key, text", [("training.learning_rate", ".inf"), ("training.learning_rate", ".nan"),
+                                       ("loss.gamma", ".inf"), ("training.gradient_clip_norm", ".inf"),
+                                       ("augmentation.scale_range", "[0.9, .inf]")])
+def test_non_finite_numbers_are_refused(tmp_path, key, text):
+    section, name = key.split(".")
+    path = tmp_path / "experiment.yaml"
+    path.write_text(f"{section}:\n  {name}: {text}\n")
+    with pytest.raises(ConfigError, match=rf"{key}(\[1\])?: expected a finite number") as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_config(_write(tmp_path, {}, "other.yaml"), [f"{key}={text}"])
+
+
 # --- impossible values ------------------------------------------------------------------------
 
 
