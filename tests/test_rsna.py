@@ -102,6 +102,58 @@ def test_skip_policy_counts_and_reports_instead_of_raising(tmp_path):
     assert len((tmp_path / "skipped.csv").read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize("repeat, first_line", [
+    ("b,100,200,50,80,1", 3),  # the box of line 3 written differently: the same box
+    ("a,,,,,0", 2),  # a second "no box" row
+])
+def test_duplicate_row_is_an_error_naming_both_lines(tmp_path, repeat, first_line):
+    labels, _, images = write_dataset(tmp_path, GOOD_ROWS + [repeat])
+    with pytest.raises(LabelError, match=rf"{labels}:6: duplicate of line {first_line} \(patient {repeat[0]}\)"):
+        read_labels(labels, images)
+
+
+def test_duplicate_row_under_skip_is_left_out_counted_and_listed(tmp_path):
+    labels, _, images = write_dataset(tmp_path, GOOD_ROWS + ["b,100.0,200.0,50.0,80.0,1"])
+    records, report = read_labels(labels, images, policy="skip")
+    by_id = {r.patient_id: r for r in records}
+    assert sorted(by_id) == ["a", "b", "c"]
+    np.testing.assert_array_equal(by_id["b"].boxes, [[100, 200, 150, 280], [300, 210, 340, 300]])  # not 3 boxes
+    assert report.skipped == [(f"{labels}:6", "duplicate of line 3 (patient b); the repeat is left out")]
+
+
+def test_same_box_for_two_patients_is_not_a_duplicate(tmp_path):
+    labels, _, images = write_dataset(tmp_path, ["a,100,200,50,80,1", "b,100,200,50,80,1"])
+    records, report = read_labels(labels, images)
+    assert [len(r.boxes) for r in records] == [1, 1] and len(report) == 0
+
+
+@pytest.mark.parametrize("which", ["labels", "classes"])
+@pytest.mark.parametrize("content, message", [("", "empty file"), (None, "no rows below the header")])
+def test_empty_and_header_only_csvs_are_named_errors(tmp_path, which, content, message):
+    labels, classes, images = write_dataset(tmp_path, GOOD_ROWS, GOOD_CLASSES)
+    path = labels if which == "labels" else classes
+    path.write_text(content if content is not None else path.read_text().splitlines()[0] + "\n")
+    for policy in ("error", "skip"):
+        with pytest.raises(LabelError, match=f"{path}: {message}"):
+            read_labels(labels, images, class_info_csv=classes, policy=policy)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script_name", ["prepare_data.py", "train.py"])
+@pytest.mark.parametrize("content, message", [("", "empty file"), (HEADER, "no rows below the header")])
+def test_scripts_name_an_empty_or_header_only_labels_csv(tmp_path, script, clean_error, script_name, content,
+                                                         message):
+    labels, _, _ = write_dataset(tmp_path, GOOD_ROWS, GOOD_CLASSES)
+    labels.write_text(content)
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    overrides = [f"data.root={tmp_path}", "data.labels_csv=labels.csv", "data.class_info_csv=classes.csv",
+                 "data.train_images=images", "data.synthetic=null", f"data.cache_dir={tmp_path / 'cache'}"]
+    arguments = ["--config", demo, *(f"--set={override}" for override in overrides)]
+    if script_name == "train.py":
+        arguments += ["--run-dir", tmp_path / "run", "--no-progress"]
+    clean_error(script(script_name, *arguments), f"{labels}: {message}")
+
+
 def _records(num_negative: int, num_positive: int):
     from retinanet.data.rsna import Record
 

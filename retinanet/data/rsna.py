@@ -54,11 +54,15 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise LabelError(f"{path}: file not found")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise LabelError(f"{path}: empty file (expected the header {','.join(columns)} and one row per label)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise LabelError(f"{path}: not a readable CSV: {error}") from None
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise LabelError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})")
+    if frame.empty:
+        raise LabelError(f"{path}: no rows below the header")
     return frame
 
 
@@ -102,7 +106,9 @@ def read_labels(
 
     With `images_dir`, each patient's `<patientId>.dcm` must exist. `policy` is "error"
     (raise LabelError on the first problem) or "skip" (leave the patient out, and record
-    the file, line and reason in the returned SkipReport). Records keep the CSV's order.
+    the file, line and reason in the returned SkipReport). A row repeating an earlier row of the
+    same patient (the same box, or a second "no box" row) is a problem too; under "skip" only the
+    repeat is left out. Records keep the CSV's order.
     """
     if policy not in ("error", "skip"):
         raise ValueError(f"policy must be 'error' or 'skip', got {policy!r}")
@@ -119,6 +125,7 @@ def read_labels(
 
     boxes: dict[str, list[np.ndarray]] = {}
     targets: dict[str, set[int]] = {}
+    first_line: dict[tuple, int] = {}  # (patient, target, box values) -> the line that gave it first
     for index, row in enumerate(frame.to_dict("records")):
         where = f"{labels_csv}:{index + 2}"
         patient_id = row["patientId"].strip()
@@ -130,6 +137,15 @@ def read_labels(
         except ValueError as error:
             problem(where, patient_id, str(error))
             continue
+        # A repeated row would count its box twice: the metric then wants two predictions for it.
+        key = (patient_id, target, None if box is None else tuple(box.tolist()))
+        if key in first_line:
+            message = f"duplicate of line {first_line[key]} (patient {patient_id})"
+            if policy == "error":
+                raise LabelError(f"{where}: {message}")
+            report.add(where, f"{message}; the repeat is left out")
+            continue
+        first_line[key] = index + 2
         boxes.setdefault(patient_id, [])
         targets.setdefault(patient_id, set()).add(target)
         if box is not None:
