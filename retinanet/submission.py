@@ -21,6 +21,9 @@ from retinanet.metrics import rsna_metric
 
 HEADER = ("patientId", "PredictionString")
 VALUES_PER_BOX = 5  # confidence, x, y, width, height
+# Coordinates are written with one decimal, each rounded on its own: a box clipped to the image
+# edge can then end a rounding step beyond it. Half a pixel covers that and nothing more.
+EDGE_TOLERANCE = 0.5  # pixels
 
 
 class SubmissionError(ValueError):
@@ -78,8 +81,12 @@ def write_submission(path: str | Path, predictions: dict, patient_ids) -> None:
         raise
 
 
-def _parse_prediction_string(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """"c x y w h ..." -> (boxes [M, 4] `x1, y1, x2, y2`, scores [M]); SubmissionError naming `where`."""
+def _parse_prediction_string(text: str, where: str, image_size: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """"c x y w h ..." -> (boxes [M, 4] `x1, y1, x2, y2`, scores [M]); SubmissionError naming `where`.
+
+    Confidences must lie in [0, 1]; with `image_size`, boxes must lie inside the square image
+    (up to EDGE_TOLERANCE).
+    """
     tokens = text.split()
     if len(tokens) % VALUES_PER_BOX:
         raise SubmissionError(f"{where}: {len(tokens)} values in PredictionString, "
@@ -94,19 +101,26 @@ def _parse_prediction_string(text: str, where: str) -> tuple[np.ndarray, np.ndar
             raise SubmissionError(f"{where}: non-finite value {token!r} in PredictionString")
         values.append(value)
     rows = np.array(values, np.float64).reshape(-1, VALUES_PER_BOX)
-    for box_index, (_, _, _, width, height) in enumerate(rows):
+    for box_index, (confidence, x, y, width, height) in enumerate(rows):
+        if not 0 <= confidence <= 1:
+            raise SubmissionError(f"{where}: box {box_index + 1} has confidence {confidence:g}, outside [0, 1]")
         if width < 0 or height < 0:
             raise SubmissionError(f"{where}: box {box_index + 1} has negative size "
                                   f"(width {width:g}, height {height:g})")
+        if image_size is not None and (min(x, y) < -EDGE_TOLERANCE
+                                       or max(x + width, y + height) > image_size + EDGE_TOLERANCE):
+            raise SubmissionError(f"{where}: box {box_index + 1} ({x:g} {y:g} {width:g} {height:g}) lies outside "
+                                  f"the {image_size:g} px image")
     boxes = np.concatenate([rows[:, 1:3], rows[:, 1:3] + rows[:, 3:5]], axis=1)
     return boxes, rows[:, 0]
 
 
-def read_submission(path: str | Path, expected_patient_ids=None) -> dict:
+def read_submission(path: str | Path, expected_patient_ids=None, image_size: float | None = None) -> dict:
     """Parse and validate a submission -> {patient_id: (boxes [M, 4] float64 `x1, y1, x2, y2`, scores [M])}.
 
     With `expected_patient_ids`, every row's patient must be expected and every expected patient
-    must have a row. Blank lines are ignored; anything else malformed raises SubmissionError.
+    must have a row; with `image_size`, every box must lie inside the square image of that side.
+    Blank lines are ignored; anything else malformed raises SubmissionError.
     """
     path = Path(path)
     if not path.is_file():
@@ -136,7 +150,8 @@ def read_submission(path: str | Path, expected_patient_ids=None) -> dict:
                 if expected is not None and patient_id not in expected:
                     raise SubmissionError(f"{where}: unknown patientId (not among the expected patients)")
                 line_of[patient_id] = line
-                predictions[patient_id] = _parse_prediction_string(row[1] if len(row) > 1 else "", where)
+                predictions[patient_id] = _parse_prediction_string(row[1] if len(row) > 1 else "", where,
+                                                                   image_size)
     except (csv.Error, UnicodeDecodeError) as error:
         raise SubmissionError(f"{path}: not a readable CSV: {error}") from None
     if expected is not None:
@@ -155,7 +170,7 @@ def score_submission(labels_csv: str | Path, submission_csv: str | Path, image_s
     """
     records, _ = read_labels(labels_csv, image_size=image_size)  # policy "error": nothing skipped
     ground_truth = {record.patient_id: record.boxes for record in records}
-    predictions = read_submission(submission_csv, expected_patient_ids=list(ground_truth))
+    predictions = read_submission(submission_csv, expected_patient_ids=list(ground_truth), image_size=image_size)
     result = rsna_metric(ground_truth, predictions)
     result["num_patients"] = len(ground_truth)
     result["num_ground_truth_boxes"] = sum(len(boxes) for boxes in ground_truth.values())

@@ -77,3 +77,30 @@ def test_malformed_labels_exit_two(tmp_path):
     completed = run_score(labels, submission)
     assert completed.returncode == 2
     assert f"error: {labels}:2:" in completed.stderr
+
+
+@pytest.mark.parametrize("content, message", [("", "empty file"), ("patientId,x,y,width,height,Target\n",
+                                                                     "no rows below the header")])
+def test_empty_and_header_only_labels_exit_two(tmp_path, content, message):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(content)
+    submission = tmp_path / "submission.csv"
+    submission.write_text("patientId,PredictionString\np1,\n")
+    completed = run_score(labels, submission)
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith(f"error: {labels}: {message}")
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize("prediction, message", [
+    ("1.2 100 100 100 100", "box 1 has confidence 1.2, outside [0, 1]"),
+    ("0.9 900 100 200 100", "box 1 (900 100 200 100) lies outside the 1024 px image"),
+])
+def test_confidence_above_one_or_box_outside_the_image_exits_two_naming_the_line(tmp_path, labels, prediction,
+                                                                                  message):
+    submission = tmp_path / "submission.csv"
+    submission.write_text(f"patientId,PredictionString\np1,{prediction}\np2,\np3,\n")
+    completed = run_score(labels, submission)
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith(f"error: {submission}:2: patient p1: {message}")
+    assert "Traceback" not in completed.stderr

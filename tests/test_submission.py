@@ -79,6 +79,32 @@ def test_malformed_submissions_name_file_line_and_patient(tmp_path, text, expect
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize("prediction, message", [
+    ("1.5 10 10 20 20", "box 1 has confidence 1.5, outside"),
+    ("0.5 10 10 20 20 -0.1 10 10 20 20", "box 2 has confidence -0.1, outside"),
+    ("0.5 1000 10 30 20", r"box 1 \(1000 10 30 20\) lies outside the 1024 px image"),
+    ("0.5 10 1010 20 20", r"box 1 \(10 1010 20 20\) lies outside the 1024 px image"),
+    ("0.5 -3 10 20 20", r"box 1 \(-3 10 20 20\) lies outside the 1024 px image"),
+])
+def test_confidence_outside_zero_one_and_box_outside_the_image_name_the_line(tmp_path, prediction, message):
+    path = write_text(tmp_path, f"patientId,PredictionString\na,\nb,{prediction}\n")
+    with pytest.raises(SubmissionError, match=f"{path}:3: patient b: {message}"):
+        read_submission(path, image_size=1024)
+
+
+def test_boxes_on_the_image_edge_survive_the_rounding_of_the_written_values(tmp_path):
+    # x1 = 0.05 and width 1023.95 are written as 0.1 and 1024.0: the box then ends at 1024.1.
+    path = tmp_path / "submission.csv"
+    write_submission(path, {"a": ([[0.05, 0.05, 1024.0, 1024.0]], [1.0]), "b": ([[0, 0, 1024, 1024]], [0.0])},
+                     ["a", "b"])
+    assert path.read_text().splitlines()[1] == "a,1.0000 0.1 0.1 1024.0 1024.0"
+    read = read_submission(path, image_size=1024)
+    np.testing.assert_allclose(read["a"][0], [[0.1, 0.1, 1024.1, 1024.1]])
+    assert read["a"][1][0] == 1.0 and read["b"][1][0] == 0.0
+    with pytest.raises(SubmissionError, match="outside the 1024 px image"):
+        read_submission(write_text(tmp_path, "patientId,PredictionString\na,0.5 0 0 1024.6 10\n"), image_size=1024)
+
+
 def test_missing_file_is_a_submission_error(tmp_path):
     with pytest.raises(SubmissionError, match="file not found"):
         read_submission(tmp_path / "absent.csv")
