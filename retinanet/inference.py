@@ -19,14 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from retinanet.anchors import generate_anchors, level_sizes
 from retinanet.config import Config, ConfigError, load_config
-from retinanet.data.dicom import DICOM_SUFFIXES, read_image
+from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
+from retinanet.data.rsna import SkipReport
 from retinanet.hardware import dtype_policy, inference_precision, workers
 from retinanet.postprocess import postprocessor_from_config
 
@@ -167,8 +169,39 @@ def build_untrained_model(config: Config):
         return build_model_from_config(config)
 
 
+def weight_shapes(weights: Path) -> list[tuple[int, ...]]:
+    """The shapes of the model weights stored in a `.weights.h5` file or a tf.train.Checkpoint prefix."""
+    if weights.name.endswith(WEIGHTS_SUFFIX):
+        shapes = []
+        with h5py.File(weights, "r") as file:
+            file.visititems(lambda name, item: shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None)
+        return shapes
+    # A training checkpoint also holds the optimizer: only the model's own variables count.
+    return [tuple(shape) for name, shape in tf.train.load_checkpoint(str(weights)).get_variable_to_shape_map().items()
+            if name.startswith("model/")]
+
+
+def check_image_head(config: Config, weights: Path) -> None:
+    """ModelLoadError when `weights` and the config disagree about the image-level head.
+
+    The head's kernel [C5 channels, 1] is the only 2-D weight of the model (the rest are
+    convolution kernels and vectors). Keras loads a file with the head into a model without one
+    silently, and the other way round with a message that does not name the setting.
+    """
+    try:
+        has_head = any(len(shape) == 2 for shape in weight_shapes(weights))
+    except Exception as error:  # h5py and TF raise many types for a file that is not weights
+        raise ModelLoadError(f"cannot read weights {weights}: {type(error).__name__}: {error}") from None
+    if has_head != config.model.image_head:
+        with_or_without = "with" if has_head else "without"
+        raise ModelLoadError(f"{weights} was trained {with_or_without} the image-level head but the config has "
+                             f"model.image_head: {str(config.model.image_head).lower()}; use the config of the run "
+                             "that wrote it")
+
+
 def build_inference_model(config: Config, weights: Path):
     """The config's model (see `build_untrained_model`) with `weights` loaded."""
+    check_image_head(config, weights)
     model = build_untrained_model(config)
     try:
         if weights.name.endswith(WEIGHTS_SUFFIX):
@@ -258,32 +291,53 @@ class Detector:
         """A DICOM, PNG or JPEG file -> one result (DicomReadError if it cannot be read)."""
         return self.detect_array(read_image(path), threshold)
 
-    def _load(self, path) -> tuple[np.ndarray, float, tuple[int, int]]:
-        image = read_image(path)
+    def _load(self, path, skip_unreadable: bool = False):
+        """(preprocessed image, scale, original size); with `skip_unreadable` a DicomReadError is returned."""
+        try:
+            image = read_image(path)
+        except DicomReadError as error:
+            if skip_unreadable:
+                return error
+            raise
         processed, scale = self.preprocess(image)
         return processed, scale, image.shape[:2]
 
     def detect_paths(self, paths, *, batch_size: int | None = None, progress: bool = True,
-                     threshold: float | None = None):
+                     threshold: float | None = None, skipped: SkipReport | None = None):
         """Yield (path, result) for image files in order; up to two batches are read ahead in
-        data.num_parallel_calls threads (0: one per core) while the network runs."""
+        data.num_parallel_calls threads (0: one per core) while the network runs.
+
+        An unreadable file raises DicomReadError; with a `skipped` report it is added there
+        instead (path and reason) and yields nothing.
+        """
         paths = list(paths)
         batch_size = batch_size or self.config.evaluation.batch_size
+        skip = skipped is not None
         batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
         with ThreadPoolExecutor(workers(self.config.data.num_parallel_calls)) as pool, \
                 tqdm(total=len(paths), desc="detecting", unit="img", disable=not progress) as bar:
             pending = deque()
             for batch in batches[:2]:  # never more than two batches in memory
-                pending.append((batch, [pool.submit(self._load, path) for path in batch]))
+                pending.append((batch, [pool.submit(self._load, path, skip) for path in batch]))
             for index in range(len(batches)):
                 batch, futures = pending.popleft()
                 if index + 2 < len(batches):
-                    pending.append((batches[index + 2], [pool.submit(self._load, path) for path in batches[index + 2]]))
-                loaded = [future.result() for future in futures]
+                    pending.append((batches[index + 2],
+                                    [pool.submit(self._load, path, skip) for path in batches[index + 2]]))
+                readable = []
+                for path, future in zip(batch, futures):
+                    item = future.result()
+                    if isinstance(item, DicomReadError):
+                        skipped.add(str(path), str(item))
+                    else:
+                        readable.append((path, item))
+                bar.update(len(batch))
+                if not readable:
+                    continue
+                loaded = [item for _, item in readable]
                 results = self.detect_preprocessed([item[0] for item in loaded], [item[1] for item in loaded],
                                                    [item[2] for item in loaded], threshold)
-                bar.update(len(batch))
-                yield from zip(batch, results)
+                yield from zip([path for path, _ in readable], results)
 
 
 def dicom_files(directory: str | Path) -> list[Path]:
@@ -325,27 +379,44 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
     return document
 
 
-def infer_directory(detector: Detector, directory: Path, output_dir: Path, progress: bool = True) -> dict:
-    """Every DICOM in `directory` -> `<output_dir>/submission.csv` (Kaggle format, one row per file)."""
+def infer_directory(detector: Detector, directory: Path, output_dir: Path, progress: bool = True,
+                    skip_unreadable: bool = False) -> dict:
+    """Every DICOM in `directory` -> `<output_dir>/submission.csv` (Kaggle format, one row per file).
+
+    An unreadable file stops with DicomReadError, unless `skip_unreadable`: then its row is left
+    empty, and the files and reasons are listed in `<output_dir>/skipped_images.csv` and counted.
+    """
+    from retinanet.data.pipeline import report_skips
     from retinanet.submission import write_submission
 
     files = dicom_files(directory)
-    predictions = {Path(path).stem: (result["boxes"], result["scores"])
-                   for path, result in detector.detect_paths(files, progress=progress)}
+    skipped = SkipReport() if skip_unreadable else None
+    try:
+        predictions = {Path(path).stem: (result["boxes"], result["scores"])
+                       for path, result in detector.detect_paths(files, progress=progress, skipped=skipped)}
+    except DicomReadError as error:
+        raise DicomReadError(f"{error} (pass --skip-unreadable or set data.bad_file_policy: skip to write the "
+                             "submission without unreadable files)") from None
     output = output_dir / "submission.csv"
     write_submission(output, predictions, [path.stem for path in files])
+    outputs = [str(output)]
+    if skipped is not None:
+        skipped_list = output_dir / "skipped_images.csv"
+        report_skips(skipped, "unreadable image(s), written as rows without boxes,", skipped_list)
+        outputs += [str(skipped_list)] if len(skipped) else []
     num_boxes = sum(len(scores) for _, scores in predictions.values())
-    return {"submission": str(output), "num_images": len(files), "num_boxes": num_boxes,
-            "num_positive_images": sum(1 for _, scores in predictions.values() if len(scores)),
-            "score_threshold": detector.threshold, "outputs": [str(output)]}
+    return {"submission": str(output), "num_images": len(files), "num_unreadable": 0 if skipped is None else len(skipped),
+            "num_boxes": num_boxes, "num_positive_images": sum(1 for _, scores in predictions.values() if len(scores)),
+            "score_threshold": detector.threshold, "outputs": outputs}
 
 
 def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None, config_path=None,
-                  threshold: float | None = None, progress: bool = True) -> dict:
+                  threshold: float | None = None, progress: bool = True, skip_unreadable: bool | None = None) -> dict:
     """`scripts/infer.py`: a single image -> JSON + overlay; a directory of DICOMs -> submission.csv.
 
-    `output_dir` defaults to the current directory. Returns a summary whose "outputs" lists the
-    files written.
+    `output_dir` defaults to the current directory. `skip_unreadable` (for a directory; default:
+    the run's data.bad_file_policy is "skip") writes the submission without unreadable files.
+    Returns a summary whose "outputs" lists the files written.
     """
     input_path = Path(input_path)
     if not input_path.exists():
@@ -357,5 +428,7 @@ def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None,
     detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
     output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
     if input_path.is_dir():
-        return infer_directory(detector, input_path, output_dir, progress)
+        if skip_unreadable is None:
+            skip_unreadable = detector.config.data.bad_file_policy == "skip"
+        return infer_directory(detector, input_path, output_dir, progress, skip_unreadable)
     return infer_image(detector, input_path, output_dir, image)

@@ -6,7 +6,9 @@
 A single DICOM, PNG or JPEG gives <output>/<name>.json (boxes as x, y, width, height in the
 original pixels with their scores, and the image-level probability when the model has one)
 and <output>/<name>.png with the boxes drawn; a directory of DICOMs gives
-<output>/submission.csv in the Kaggle format. The threshold defaults to the run's
+<output>/submission.csv in the Kaggle format. An unreadable file in the directory stops the run,
+unless --skip-unreadable (or the run's data.bad_file_policy: skip): then its row has no boxes
+and it is listed in <output>/skipped_images.csv. The threshold defaults to the run's
 threshold.json (scripts/evaluate.py --write-threshold), else its evaluation.score_threshold.
 """
 
@@ -28,13 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="a DICOM/PNG/JPEG file or a directory of DICOMs")
     parser.add_argument("--output", help="output directory (default: the current directory)")
     parser.add_argument("--threshold", type=float, help="score threshold (default: the run's chosen one)")
+    parser.add_argument("--skip-unreadable", action="store_true", default=None,
+                        help="directory input: write the submission without unreadable files (empty rows), "
+                             "listed in skipped_images.csv (default: the run's data.bad_file_policy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     check_source_arguments(parser, args)
     try:
         summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
                                 run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, skip_unreadable=args.skip_unreadable)
     except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

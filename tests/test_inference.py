@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -164,3 +165,135 @@ def test_threshold_file_is_read_and_checked(tmp_path):
         (tmp_path / "threshold.json").write_text(content)
         with pytest.raises(ModelLoadError, match=str(tmp_path / "threshold.json")):
             read_threshold(tmp_path, 0.3)
+
+
+# --- Unreadable files in a directory, and weights that do not fit the config ----------------------
+
+
+@pytest.fixture(scope="module")
+def broken_dicom(tmp_path_factory):
+    path = tmp_path_factory.mktemp("broken") / "broken.dcm"
+    path.write_bytes(b"DICM? no: a file cut short by a failed copy")
+    return path
+
+
+@pytest.mark.slow
+def test_detect_paths_leaves_unreadable_files_out_in_order(tiny_run, broken_dicom, tmp_path):
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.data.rsna import SkipReport
+
+    detector = Detector.load(run_dir=tiny_run.run_dir, threshold=0.0)
+    second_broken = tmp_path / "also-broken.dcm"
+    second_broken.write_bytes(b"")
+    good = tiny_run.test_dicoms[:3]
+    # Batches of two: [good, good], [broken, broken] (nothing to detect), [good].
+    paths = [good[0], good[1], broken_dicom, second_broken, good[2]]
+    skipped = SkipReport()
+    results = list(detector.detect_paths(paths, batch_size=2, progress=False, skipped=skipped))
+    assert [path for path, _ in results] == good
+    assert [where for where, _ in skipped.skipped] == [str(broken_dicom), str(second_broken)]
+    assert all(where in reason for where, reason in skipped.skipped)
+    expected = detector.detect_image(good[2])
+    np.testing.assert_allclose(results[2][1]["boxes"], expected["boxes"], atol=1e-4)
+    with pytest.raises(DicomReadError, match=str(broken_dicom)):
+        list(detector.detect_paths(paths, batch_size=2, progress=False))
+
+
+@pytest.fixture
+def directory_with_a_broken_file(tiny_run, broken_dicom, tmp_path):
+    directory = tmp_path / "images"
+    directory.mkdir()
+    for path in tiny_run.test_dicoms:
+        (directory / path.name).write_bytes(path.read_bytes())
+    (directory / broken_dicom.name).write_bytes(broken_dicom.read_bytes())
+    return directory
+
+
+@pytest.mark.slow
+def test_infer_on_a_directory_skips_unreadable_files_when_asked(tiny_run, directory_with_a_broken_file, tmp_path,
+                                                               script, clean_error):
+    output = tmp_path / "out"
+    stopped = script("infer.py", "--run-dir", tiny_run.run_dir, "--input", directory_with_a_broken_file,
+                     "--output", output, "--no-progress")
+    clean_error(stopped, str(directory_with_a_broken_file / "broken.dcm"), "--skip-unreadable")
+    completed = script("infer.py", "--run-dir", tiny_run.run_dir, "--input", directory_with_a_broken_file,
+                       "--output", output, "--threshold", "0", "--skip-unreadable", "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    # The skip report comes first, then the summary.
+    assert completed.stdout.startswith("Skipped 1 unreadable image(s)")
+    summary = json.loads(completed.stdout[completed.stdout.index("{"): completed.stdout.rindex("}") + 1])
+    assert summary["num_images"] == len(tiny_run.test_dicoms) + 1 and summary["num_unreadable"] == 1
+    predictions = read_submission(output / "submission.csv",
+                                  expected_patient_ids=[p.stem for p in tiny_run.test_dicoms] + ["broken"])
+    assert len(predictions["broken"][1]) == 0
+    # At threshold 0 every readable image keeps its postprocessing.max_detections boxes.
+    assert all(len(predictions[p.stem][1]) == tiny_run.config.postprocessing.max_detections
+               for p in tiny_run.test_dicoms)
+    listed = (output / "skipped_images.csv").read_text().splitlines()
+    assert listed[0] == "where,reason" and len(listed) == 2
+    assert listed[1].startswith(f"{directory_with_a_broken_file / 'broken.dcm'},")
+
+
+@pytest.mark.slow
+def test_infer_on_a_directory_follows_the_run_bad_file_policy(tiny_run, directory_with_a_broken_file, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from retinanet.config import load_config, save_config
+    from retinanet.inference import run_inference
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copyfile(tiny_run.run_dir / "best.weights.h5", run_dir / "best.weights.h5")
+    config = load_config(tiny_run.run_dir / "config.yaml")
+    save_config(replace(config, data=replace(config.data, bad_file_policy="skip")), run_dir / "config.yaml")
+    summary = run_inference(input_path=directory_with_a_broken_file, output_dir=tmp_path / "out", run_dir=run_dir,
+                            progress=False)
+    assert summary["num_unreadable"] == 1 and str(tmp_path / "out" / "skipped_images.csv") in summary["outputs"]
+    assert len((tmp_path / "out" / "submission.csv").read_text().splitlines()) == 1 + summary["num_images"]
+
+
+@pytest.fixture(scope="module")
+def weights_with_and_without_image_head(tmp_path_factory):
+    import tensorflow as tf
+
+    from retinanet.model.retinanet import build_retinanet
+
+    directory = tmp_path_factory.mktemp("heads")
+    files = {}
+    for image_head in (True, False):
+        model = build_retinanet((64, 64, 1), fpn_channels=8, head_convs=1, image_head=image_head)
+        files[image_head, "h5"] = directory / f"head_{image_head}.weights.h5"
+        model.save_weights(files[image_head, "h5"])
+        prefix = tf.train.Checkpoint(model=model).write(str(directory / f"ckpt_{image_head}"))
+        files[image_head, "checkpoint"] = Path(prefix)
+        # The check relies on this: the head's kernel is the model's only 2-D weight.
+        assert [w.path for w in model.weights if len(w.shape) == 2] == (["image_logits/kernel"] if image_head else [])
+    return files
+
+
+def small_config(image_head: bool):
+    from retinanet.config import config_from_dict
+
+    return config_from_dict({"preprocessing": {"image_size": [64, 64], "channels": 1},
+                             "model": {"fpn_channels": 8, "head_convs": 1, "image_head": image_head}})
+
+
+@pytest.mark.parametrize("kind", ["h5", "checkpoint"])
+@pytest.mark.parametrize("trained_with", [True, False])
+def test_image_head_mismatch_on_load_says_so(weights_with_and_without_image_head, trained_with, kind):
+    from retinanet.inference import build_inference_model
+
+    weights = weights_with_and_without_image_head[trained_with, kind]
+    with pytest.raises(ModelLoadError) as error:
+        build_inference_model(small_config(not trained_with), weights)
+    expected = "with" if trained_with else "without"
+    assert f"{weights} was trained {expected} the image-level head" in str(error.value)
+    assert f"model.image_head: {str(not trained_with).lower()}" in str(error.value)
+
+
+def test_matching_image_head_loads(weights_with_and_without_image_head):
+    from retinanet.inference import build_inference_model
+
+    model = build_inference_model(small_config(True), weights_with_and_without_image_head[True, "checkpoint"])
+    assert "image_logits" in model.output
