@@ -2,7 +2,10 @@
 
 A run directory holds `config.yaml` (resolved), `split.csv` (the folds it used),
 `checkpoints/` (latest, atomic, with optimizer state and step), `best.weights.h5` (best
-validation RSNA metric), `final.weights.h5`, `log.jsonl` and `tensorboard/`.
+validation RSNA metric), `final.weights.h5`, `log.jsonl`, `validation.json` and `tensorboard/`.
+One directory holds one run: a new run into it is refused unless it resumes or overwrites.
+Every validation step is also a checkpoint step, so a resumed run never replays a validation;
+see retinanet/run_directory.py for what makes the directory recoverable.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ from retinanet.hardware import dtype_policy, prepare_runtime
 from retinanet.losses import image_loss, loss_from_config
 from retinanet.model.retinanet import build_model_from_config
 from retinanet.postprocess import postprocessor_from_config
-from retinanet.validation import Validator
+from retinanet.run_directory import (last_finite_checkpoint, last_validated_step, non_finite_variables,
+                                     record_validated_step, record_validation_due, remove_run,
+                                     remove_stale_temporaries, run_entries, trim_log, validation_due_step,
+                                     write_json_atomically)
+from retinanet.validation import NonFiniteOutputError, Validator
 from retinanet.visualize import grid, save_rgb
 
 
@@ -169,9 +176,14 @@ def build_train_step(config: Config, strategy: tf.distribute.Strategy, model: ke
 class Trainer:
     """Owns the model, optimizer, data and logs of one run directory."""
 
-    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True):
+    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True):
         self.run_dir = Path(run_dir)
         self.progress = progress
+        if not resume:
+            start_fresh(self.run_dir, overwrite)
+        elif overwrite:
+            raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
         if resume:
             if not (self.run_dir / "config.yaml").is_file():
                 raise TrainingError(f"--resume: {self.run_dir} holds no config.yaml; is it a run directory?")
@@ -188,6 +200,8 @@ class Trainer:
         self.device_line = device_line
         set_seeds(training.seed, training.deterministic)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(self.run_dir):
+            print(f"Removed {path}, left by an interrupted write")
         split_path = self.run_dir / "split.csv"
         prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
         if not split_path.is_file():
@@ -218,6 +232,8 @@ class Trainer:
             if self.manager.latest_checkpoint is None:
                 raise TrainingError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self._check_finite(f"resuming from {self.manager.latest_checkpoint}")
+            trim_log(self.run_dir, self.step, last_validated_step(self.run_dir))
             print(f"Resumed from {self.manager.latest_checkpoint} at step {self.step}")
         self.train_dataset = build_dataset(config, "train", records=self.train_records, progress=progress)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
@@ -226,6 +242,8 @@ class Trainer:
                         for name in ("train", "validation")}
         best_path = self.run_dir / "best.json"
         self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
+        if not resume:
+            record_validated_step(self.run_dir, 0)  # from now on this record, not the log, tells
 
     @property
     def step(self) -> int:
@@ -249,7 +267,7 @@ class Trainer:
         `--resume` and evaluation see it. Returns the validation results."""
         training = self.config.training
         started = time.perf_counter()
-        self._save_latest()
+        self._save_latest(validation_follows=True)
         checkpoint_seconds = time.perf_counter() - started
         self.validator.warm_up()  # tracing is a one-off: keep it out of the time per validation
         started = time.perf_counter()
@@ -272,20 +290,49 @@ class Trainer:
               f"{fitted.validate_every}, checkpoint every {fitted.checkpoint_every} steps", flush=True)
         return results
 
-    def _save_latest(self) -> None:
+    def _latest_good_checkpoint(self) -> str:
+        latest = last_finite_checkpoint(self.manager.checkpoints)
+        return f"the latest good checkpoint is {latest}" if latest else "no checkpoint with finite weights was written"
+
+    def _check_finite(self, action: str) -> None:
+        """TrainingError naming the latest good checkpoint if a weight or optimizer slot is NaN or infinite."""
+        variables = [*self.model.weights, *self.optimizer.variables]
+        bad = non_finite_variables(variables)
+        if bad:
+            raise TrainingError(f"non-finite weights at step {self.step} ({len(bad)} of {len(variables)} tensors, "
+                                f"e.g. {bad[0]}), found before {action}; {self._latest_good_checkpoint()}. "
+                                "Lower training.learning_rate or check the data, and start a new run.")
+
+    def _save_latest(self, validation_follows: bool = False) -> None:
+        """Write a checkpoint of finite weights. `validation_follows`: recorded first, so that a run
+        killed before that validation completes runs it again when resumed from this checkpoint."""
+        self._check_finite("writing a checkpoint")
+        if validation_follows:
+            record_validation_due(self.run_dir, self.step)
         self.manager.save(checkpoint_number=self.step)
 
+    def _is_validation_step(self, step: int) -> bool:
+        return step > 0 and (step % self.config.training.validate_every == 0 or step == self.config.training.steps)
+
     def validate(self) -> dict:
+        """Validate, log, keep the best weights, then record the step as validated (in this order, so
+        that a run killed before the record re-runs this validation on resume)."""
         step = self.step
-        results = {**self.validator.run(), "step": step}
+        try:
+            results = {**self.validator.run(), "step": step}
+        except NonFiniteOutputError as error:
+            raise TrainingError(f"validation at step {step}: {error}: training has diverged. Lower "
+                                "training.learning_rate or check the data, and start a new run.") from None
         self._log("validation", step, results["scalars"])
         with self.writers["validation"].as_default(step=step):
             tf.summary.image("predictions", np.stack(results["overlays"]) / 255.0, max_outputs=len(results["overlays"]))
         metric = _selection_metric(results["scalars"])
         if metric > self.best_metric:
+            self._check_finite("writing best.weights.h5")
             self.best_metric = metric
             _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")
-            (self.run_dir / "best.json").write_text(json.dumps({"step": step, **results["scalars"]}, indent=2))
+            write_json_atomically(self.run_dir / "best.json", {"step": step, **results["scalars"]})
+        record_validated_step(self.run_dir, step)
         return results
 
     def fit(self) -> dict:
@@ -303,6 +350,8 @@ class Trainer:
                    dynamic_ncols=True)
         window_start, window_images = time.perf_counter(), 0
         results = None
+        if validation_due_step(self.run_dir) == start and last_validated_step(self.run_dir) < start:
+            results = self.validate()  # the run was stopped during the validation of its checkpoint
         while self.step < self.config.training.steps:
             training = self.config.training
             scalars = train_step(next(iterator))
@@ -312,8 +361,8 @@ class Trainer:
             window_images += training.batch_size
             total = float(scalars["loss/total"])
             if not math.isfinite(total):
-                raise TrainingError(f"non-finite loss ({total}) at step {step}; the latest good checkpoint is "
-                                    f"{self.manager.latest_checkpoint}. Lower training.learning_rate or check the data.")
+                raise TrainingError(f"non-finite loss ({total}) at step {step}; {self._latest_good_checkpoint()}. "
+                                    "Lower training.learning_rate or check the data, and start a new run.")
             if step % steps_per_epoch == 0:
                 self.epoch.assign_add(1)
             bar.update(1)
@@ -332,26 +381,39 @@ class Trainer:
                 bar.total = self.config.training.steps
                 bar.refresh()
                 continue
-            if step % training.checkpoint_every == 0 or step == training.steps:
-                self._save_latest()
-            if step % training.validate_every == 0 or step == training.steps:
+            # Validation steps are checkpointed too: a resumed run never replays a validation.
+            if step % training.checkpoint_every == 0 or self._is_validation_step(step):
+                self._save_latest(validation_follows=self._is_validation_step(step))
+            if self._is_validation_step(step):
                 bar.clear()
                 results = self.validate()
                 bar.write(f"step {step}: validation " + ", ".join(
                     f"{k} {v:.4f}" for k, v in results["scalars"].items()))
         bar.close()
         _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
-        if results is None:  # resumed a finished run
-            results = self.validate()
+        if results is None:  # resumed a finished run: its last validation is already recorded
+            results = {**self.validator.run(), "step": self.step}
         save_rgb(self.run_dir / "validation_predictions.png", grid(results["overlays"]))
         for writer in self.writers.values():
             writer.flush()
         return results
 
 
-def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> dict:
     """Train (or resume) a run; returns the last validation results."""
-    return Trainer(config, run_dir, resume=resume, progress=progress).fit()
+    return Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress).fit()
+
+
+def start_fresh(run_dir: Path, overwrite: bool) -> None:
+    """A new run needs a directory without an earlier run in it, or `overwrite` to delete that run."""
+    found = run_entries(run_dir)
+    if found and not overwrite:
+        raise TrainingError(f"{run_dir} already holds a run ({', '.join(found)}); continue it with --resume, "
+                            "choose another --run-dir, or start it afresh with --overwrite")
+    if found:
+        remove_run(run_dir)
+        print(f"Removed the earlier run in {run_dir} ({', '.join(found)})")
 
 
 def split_records_of_run(run_dir: str | Path) -> tuple[Config, list[Record]]:

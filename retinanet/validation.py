@@ -18,6 +18,10 @@ from retinanet.visualize import draw_boxes
 OVERLAY_SIZE = 384  # pixels, at least, of the pictures of validation predictions
 
 
+class NonFiniteOutputError(ValueError):
+    """The model gives NaN or infinite boxes, scores or image probabilities: its training diverged."""
+
+
 def forward_function(model, postprocessor, loss=None):
     """A tf.function: batch -> (detections, extras: image probabilities and loss sums). Built
     once and reused, so that the graph is traced once, not at every validation."""
@@ -62,6 +66,20 @@ def predict_dataset(forward, dataset, progress: bool = False, desc: str = "predi
     return detections, np.concatenate(probabilities) if probabilities else None, sums, first_batch
 
 
+def check_finite_outputs(records: list[Record], detections: list, probabilities) -> None:
+    """NonFiniteOutputError naming how many images (and the first) got a non-finite output.
+
+    Finite weights can still overflow in inference mode (huge batch-norm statistics): the metrics
+    would otherwise fail on the NaN with a message that does not say why.
+    """
+    bad = [record.patient_id for index, (record, (boxes, scores)) in enumerate(zip(records, detections))
+           if not (np.isfinite(boxes).all() and np.isfinite(scores).all()
+                   and (probabilities is None or np.isfinite(probabilities[index])))]
+    if bad:
+        raise NonFiniteOutputError(f"non-finite boxes, scores or image probabilities for {len(bad)} of "
+                                   f"{len(records)} held-out images (e.g. patient {bad[0]})")
+
+
 def keep_above(detections: dict, threshold: float) -> dict:
     """{patient_id: (boxes, scores)} without the boxes scoring below `threshold`."""
     return {pid: (boxes[scores >= threshold], scores[scores >= threshold]) for pid, (boxes, scores) in detections.items()}
@@ -98,6 +116,7 @@ class Validator:
     def run(self) -> dict:
         detections, probabilities, sums, (first_images, first_scales) = predict_dataset(
             self.forward, self.dataset, self.progress, "validating")
+        check_finite_outputs(self.records, detections, probabilities)
         ground_truth = {r.patient_id: r.boxes for r in self.records}
         by_patient = {r.patient_id: d for r, d in zip(self.records, detections)}
         threshold = self.config.evaluation.score_threshold

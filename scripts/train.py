@@ -21,16 +21,20 @@ def main(argv=None) -> int:
                         help="override a config value, e.g. --set training.steps=100 (repeatable)")
     parser.add_argument("--run-dir", help="run directory (default: <training.run_root>/<config>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run already in --run-dir and start afresh (a new run never mixes with it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.resume and not args.run_dir:
         parser.error("--resume needs --run-dir")
     if not args.resume and not args.config:
         parser.error("--config is required")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --run-dir and --overwrite deletes it: give one of them")
     try:
         config = None if args.resume else load_config(args.config, args.set)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
-        results = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
+        results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

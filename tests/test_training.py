@@ -2,6 +2,7 @@
 (resume, two-replica MirroredStrategy, TensorBoard contents)."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -192,8 +193,8 @@ def test_killed_run_resumes_to_the_same_final_step(tiny_data, tmp_path):
         from retinanet.training import Trainer
         trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
         original = trainer._save_latest
-        def save_then_die():
-            original()
+        def save_then_die(**options):
+            original(**options)
             if trainer.step == 4:
                 os._exit(17)  # killed right after the step-4 checkpoint
         trainer._save_latest = save_then_die
@@ -270,16 +271,24 @@ def test_pretrained_weights_file_is_loaded_and_folded_for_one_channel(tmp_path):
                                   source.get_layer("conv5_block3_3_conv").get_weights()[0])
 
 
+def named_checkpoint(message: str) -> str:
+    """The checkpoint a training error names as the latest good one."""
+    match = re.search(r"the latest good checkpoint is (\S+?)\.? ", message)
+    assert match, message
+    return match.group(1)
+
+
 @pytest.mark.slow
-def test_non_finite_loss_stops_with_a_clear_message(tiny_data, tmp_path):
+def test_non_finite_loss_stops_naming_a_checkpoint_that_is_finite(tiny_data, tmp_path):
+    from retinanet.run_directory import checkpoint_is_finite
     from retinanet.training import TrainingError
 
     config = tiny_config(tiny_data, tmp_path / "cache", optimizer="sgd", learning_rate=1e30,
                          gradient_clip_norm=0.0, steps=6, checkpoint_every=1)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingError, match="non-finite loss") as error:
+    with pytest.raises(TrainingError, match="non-finite (loss|weights)") as error:
         train(config, run_dir, progress=False)
-    assert "latest good checkpoint" in str(error.value)
+    assert checkpoint_is_finite(named_checkpoint(str(error.value)))
     assert not (run_dir / "final.weights.h5").exists()
 
 
@@ -301,8 +310,8 @@ def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp
             config, done, Timing(elapsed=0.0, step=1.0, validation=0.0, checkpoint=0.0), 9.0)
         trainer = training.Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
         original = trainer._save_latest
-        def save_then_die():
-            original()
+        def save_then_die(**options):
+            original(**options)
             if trainer.step == 16:
                 os._exit(17)
         trainer._save_latest = save_then_die
@@ -349,3 +358,144 @@ def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(tiny
     assert "precision float32 (auto: the CPU has no bfloat16 instructions" in capsys.readouterr().out
     assert automatic.config.training.mixed_precision == "float32"
     assert "mixed_precision: float32" in (tmp_path / "auto" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypatch):
+    """A NaN in a batch-norm statistic leaves the training loss finite (training mode normalises
+    with the batch's statistics) but poisons every checkpoint and inference after it."""
+    import retinanet.training
+    from retinanet.run_directory import checkpoint_is_finite
+    from retinanet.training import TrainingError
+
+    original = retinanet.training.build_train_step
+
+    def poisoning_build_train_step(config, strategy, model, optimizer, loss):
+        step_function = original(config, strategy, model, optimizer, loss)
+        statistic = next(v for v in model.non_trainable_weights if "moving_variance" in v.path)
+
+        def step(batch):
+            scalars = step_function(batch)
+            if int(optimizer.iterations.numpy()) == 3:
+                statistic.assign(np.full(statistic.shape, np.nan, np.float32))
+            return scalars
+
+        return step
+
+    monkeypatch.setattr(retinanet.training, "build_train_step", poisoning_build_train_step)
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_data, tmp_path / "cache", steps=6, checkpoint_every=2, validate_every=6)
+    with pytest.raises(TrainingError) as error:
+        train(config, run_dir, progress=False)
+    message = str(error.value)
+    assert "non-finite weights at step 4" in message and "moving_variance" in message
+    assert named_checkpoint(message) == str(run_dir / "checkpoints" / "ckpt-2")
+    assert checkpoint_is_finite(run_dir / "checkpoints" / "ckpt-2")
+    assert tf.train.get_checkpoint_state(str(run_dir / "checkpoints")).all_model_checkpoint_paths == [
+        str(run_dir / "checkpoints" / "ckpt-2")]
+    assert not (run_dir / "best.weights.h5").exists() and not (run_dir / "final.weights.h5").exists()
+
+
+@pytest.mark.slow
+def test_best_weights_are_not_written_when_a_weight_is_non_finite(tiny_data, tmp_path):
+    from retinanet.training import TrainingError
+
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "cache"), tmp_path / "run", progress=False)
+    # An optimizer slot: the model's outputs (and so the validation metric) stay finite.
+    slot = next(v for v in trainer.optimizer.variables if len(v.shape) == 4)
+    slot.assign(np.full(slot.shape, np.inf, np.float32))
+    with pytest.raises(TrainingError, match="non-finite weights at step 0 .* before writing best.weights.h5"):
+        trainer.validate()
+    assert not (tmp_path / "run" / "best.weights.h5").exists() and not (tmp_path / "run" / "best.json").exists()
+
+
+class Killed(BaseException):
+    """Stands for a kill: not an Exception, so that nothing on the way catches it."""
+
+
+def validation_steps(run_dir: Path) -> list[int]:
+    return [entry["step"] for entry in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+            if entry["split"] == "validation"]
+
+
+@pytest.mark.slow
+def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "cache", checkpoint_every=3, validate_every=3)
+    run_dir = tmp_path / "run"
+    first = Trainer(config, run_dir, progress=False)
+    run_validation = first.validator.run
+
+    def killed_at_step_3():
+        if first.step == 3:
+            raise Killed
+        return run_validation()
+
+    first.validator.run = killed_at_step_3
+    with pytest.raises(Killed):
+        first.fit()
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-3")
+    # What a kill during a checkpoint write and during a best-weights write leave behind.
+    (run_dir / "checkpoints" / "ckpt-4_temp").mkdir()
+    (run_dir / "checkpoints" / "ckpt-4_temp" / "part-00000-of-00001.index").write_bytes(b"\0" * 64)
+    (run_dir / "best.tmp.weights.h5").write_bytes(b"half a file")
+
+    resumed = Trainer(config, run_dir, resume=True, progress=False)
+    assert not (run_dir / "checkpoints" / "ckpt-4_temp").exists() and not (run_dir / "best.tmp.weights.h5").exists()
+    validated_at = []
+    run_again = resumed.validator.run
+    resumed.validator.run = lambda: validated_at.append(resumed.step) or run_again()
+    resumed.fit()
+    assert validated_at == [3, 6]
+    assert validation_steps(run_dir) == [3, 6]
+    logged = {entry["step"]: entry["rsna_metric"] for entry in map(json.loads, (run_dir / "log.jsonl").read_text()
+                                                                   .splitlines()) if entry["split"] == "validation"}
+    best = json.loads((run_dir / "best.json").read_text())
+    ranked = {step: (metric if np.isfinite(metric) else -1.0) for step, metric in logged.items()}
+    assert best["step"] == max(ranked, key=lambda step: (ranked[step], -step))
+
+    # Resuming the finished run validates for its report but records nothing twice.
+    finished = Trainer(config, run_dir, resume=True, progress=False)
+    results = finished.fit()
+    assert results["step"] == 6 and validation_steps(run_dir) == [3, 6]
+
+
+def test_a_new_run_into_a_run_directory_is_refused_before_any_work(tiny_data, tmp_path):
+    from retinanet.training import TrainingError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.json").write_text(json.dumps({"step": 40, "rsna_metric": 0.9}))
+    with pytest.raises(TrainingError, match="already holds a run .*--resume.*--run-dir.*--overwrite"):
+        Trainer(tiny_config(tiny_data, tmp_path / "cache"), run_dir, progress=False)
+    assert sorted(path.name for path in run_dir.iterdir()) == ["best.json"]
+    with pytest.raises(TrainingError, match="give one of them"):
+        Trainer(tiny_config(tiny_data, tmp_path / "cache"), run_dir, resume=True, overwrite=True, progress=False)
+
+
+@pytest.mark.slow
+def test_overwrite_starts_the_run_clean(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "tensorboard" / "train").mkdir(parents=True)
+    (run_dir / "tensorboard" / "train" / "events.out.tfevents.old").write_bytes(b"old")
+    (run_dir / "best.json").write_text(json.dumps({"step": 40, "rsna_metric": 0.9}))
+    (run_dir / "best.weights.h5").write_bytes(b"old")
+    (run_dir / "log.jsonl").write_text('{"split": "validation", "step": 40, "rsna_metric": 0.9}\n')
+    (run_dir / "threshold.json").write_text('{"score_threshold": 0.4}')
+    (run_dir / "README.txt").write_text("the user's own notes")
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "cache"), run_dir, overwrite=True, progress=False)
+    assert trainer.best_metric == -np.inf
+    for name in ("best.json", "best.weights.h5", "log.jsonl", "threshold.json"):
+        assert not (run_dir / name).exists(), name
+    assert not (run_dir / "tensorboard" / "train" / "events.out.tfevents.old").exists()
+    assert (run_dir / "README.txt").read_text() == "the user's own notes"
+
+
+@pytest.mark.slow
+def test_train_script_refuses_a_second_run_into_the_same_directory(tiny_run, script, clean_error):
+    before = (tiny_run.run_dir / "best.json").read_text()
+    completed = script("train.py", "--config", REPO / "configs" / "demo.yaml", "--run-dir", tiny_run.run_dir,
+                       "--no-progress")
+    clean_error(completed, f"{tiny_run.run_dir} already holds a run", "--resume", "--overwrite")
+    assert (tiny_run.run_dir / "best.json").read_text() == before
+    both = script("train.py", "--run-dir", tiny_run.run_dir, "--resume", "--overwrite")
+    assert both.returncode == 2 and "give one of them" in both.stderr

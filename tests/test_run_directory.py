@@ -1,0 +1,122 @@
+"""The run-directory rules behind recoverable training: one run per directory, finite checkpoints,
+the validation record, the log trimmed on resume and stale temporaries removed."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retinanet.run_directory import (checkpoint_is_finite, last_finite_checkpoint, last_validated_step,
+                                     non_finite_variables, record_validated_step, remove_run,
+                                     remove_stale_temporaries, run_entries, trim_log)
+from retinanet.training import TrainingError, start_fresh
+
+
+def fake_run(run_dir):
+    """The files an earlier run leaves, and one of the user's own."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "ckpt-4.index").write_bytes(b"")
+    (run_dir / "best.json").write_text(json.dumps({"step": 4, "rsna_metric": 0.9}))
+    (run_dir / "log.jsonl").write_text('{"split": "train", "step": 2}\n')
+    (run_dir / "threshold.json").write_text('{"score_threshold": 0.4}')
+    (run_dir / "notes.txt").write_text("mine")
+    return run_dir
+
+
+def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path):
+    run_dir = fake_run(tmp_path / "run")
+    with pytest.raises(TrainingError) as error:
+        start_fresh(run_dir, overwrite=False)
+    message = str(error.value)
+    assert str(run_dir) in message and "best.json" in message and "log.jsonl" in message
+    assert "--resume" in message and "--run-dir" in message and "--overwrite" in message
+    assert json.loads((run_dir / "best.json").read_text())["rsna_metric"] == 0.9  # untouched
+
+
+def test_overwrite_removes_the_earlier_run_and_keeps_other_files(tmp_path):
+    run_dir = fake_run(tmp_path / "run")
+    start_fresh(run_dir, overwrite=True)
+    assert sorted(path.name for path in run_dir.iterdir()) == ["notes.txt"]
+    assert run_entries(run_dir) == []
+
+
+def test_empty_or_foreign_directories_hold_no_run(tmp_path):
+    start_fresh(tmp_path / "absent", overwrite=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "data.csv").write_text("x")
+    start_fresh(tmp_path / "other", overwrite=False)
+    assert remove_run(tmp_path / "other") == [] and (tmp_path / "other" / "data.csv").is_file()
+
+
+def test_stale_temporaries_are_removed_and_complete_files_kept(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "ckpt-7_temp").mkdir(parents=True)
+    (checkpoints / "ckpt-7_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 100)
+    for name in ("ckpt-6.index", "ckpt-6.data-00000-of-00001", "checkpoint"):
+        (checkpoints / name).write_bytes(b"")
+    (tmp_path / "best.tmp.weights.h5").write_bytes(b"half")
+    (tmp_path / "best.weights.h5").write_bytes(b"whole")
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(path.name for path in removed) == ["best.tmp.weights.h5", "ckpt-7_temp"]
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint", "ckpt-6.data-00000-of-00001",
+                                                                   "ckpt-6.index"]
+    assert (tmp_path / "best.weights.h5").read_bytes() == b"whole"
+    assert remove_stale_temporaries(tmp_path / "elsewhere") == []
+
+
+def test_validation_record_round_trip(tmp_path):
+    assert last_validated_step(tmp_path) == 0
+    record_validated_step(tmp_path, 30)
+    assert last_validated_step(tmp_path) == 30
+    assert [path.name for path in tmp_path.iterdir()] == ["validation.json"]  # no temporary left
+
+
+def _log_lines(entries):
+    return "".join(json.dumps({"split": split, "step": step}) + "\n" for split, step in entries)
+
+
+@pytest.mark.parametrize("step, validated, kept", [
+    # Killed during the validation of step 6: its line was written, its record was not.
+    (6, 3, [("train", 2), ("validation", 3), ("train", 4), ("train", 6)]),
+    # Killed after the step-6 validation was recorded, during steps 7-8 (not checkpointed).
+    (6, 6, [("train", 2), ("validation", 3), ("train", 4), ("train", 6), ("validation", 6)]),
+])
+def test_log_keeps_what_the_resumed_run_has_seen(tmp_path, step, validated, kept):
+    entries = [("train", 2), ("validation", 3), ("train", 4), ("train", 6), ("validation", 6), ("train", 8)]
+    (tmp_path / "log.jsonl").write_text(_log_lines(entries) + '{"split": "train", "st')  # cut short by the kill
+    dropped = trim_log(tmp_path, step, validated)
+    assert dropped == len(entries) + 1 - len(kept)
+    assert (tmp_path / "log.jsonl").read_text() == _log_lines(kept)
+    assert trim_log(tmp_path, step, validated) == 0
+    assert trim_log(tmp_path / "no-log-here", 6, 6) == 0
+
+
+def test_non_finite_variables_are_named_and_integers_ignored():
+    good = keras.Variable(np.ones((2, 3), np.float32), name="good")
+    bad = keras.Variable(np.array([1.0, np.nan], np.float32), name="bad")
+    infinite = tf.Variable([np.inf], dtype=tf.float32, name="infinite")
+    counter = tf.Variable(3, dtype=tf.int64, name="counter")
+    assert non_finite_variables([good, bad, counter, infinite]) == ["bad", "infinite:0"]
+    assert non_finite_variables([good, counter]) == []
+
+
+def test_last_finite_checkpoint_skips_poisoned_ones(tmp_path):
+    weights = tf.Variable(np.zeros(4, np.float32))
+    steps = tf.Variable(0, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(weights=weights, steps=steps), tmp_path, max_to_keep=3)
+    for number, values in ((1, [0, 1, 2, 3]), (2, [1, 1, 1, 1]), (3, [1, np.nan, 1, 1])):
+        weights.assign(np.array(values, np.float32))
+        manager.save(checkpoint_number=number)
+    first, second, third = manager.checkpoints
+    assert checkpoint_is_finite(first) and checkpoint_is_finite(second) and not checkpoint_is_finite(third)
+    assert last_finite_checkpoint(manager.checkpoints) == second
+    assert last_finite_checkpoint([third]) is None
+
+
+def test_a_run_without_the_validation_record_is_read_from_its_log(tmp_path):
+    (tmp_path / "log.jsonl").write_text(_log_lines([("train", 2), ("validation", 3), ("train", 4)]) + '{"spl')
+    assert last_validated_step(tmp_path) == 3
+    record_validated_step(tmp_path, 6)  # the record wins once it exists
+    assert last_validated_step(tmp_path) == 6
