@@ -271,6 +271,13 @@ def test_pretrained_weights_file_is_loaded_and_folded_for_one_channel(tmp_path):
                                   source.get_layer("conv5_block3_3_conv").get_weights()[0])
 
 
+def stored_tensors_are_finite(prefix) -> bool:
+    """Every floating-point tensor of a tf.train checkpoint is finite, read straight from its files."""
+    reader = tf.train.load_checkpoint(str(prefix))
+    return all(np.isfinite(reader.get_tensor(name)).all()
+               for name, dtype in reader.get_variable_to_dtype_map().items() if dtype.is_floating)
+
+
 def named_checkpoint(message: str) -> str:
     """The checkpoint a training error names as the latest good one."""
     match = re.search(r"the latest good checkpoint is (\S+?)\.? ", message)
@@ -280,7 +287,6 @@ def named_checkpoint(message: str) -> str:
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_naming_a_checkpoint_that_is_finite(tiny_data, tmp_path):
-    from retinanet.run_directory import checkpoint_is_finite
     from retinanet.training import TrainingError
 
     config = tiny_config(tiny_data, tmp_path / "cache", optimizer="sgd", learning_rate=1e30,
@@ -288,7 +294,7 @@ def test_non_finite_loss_stops_naming_a_checkpoint_that_is_finite(tiny_data, tmp
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingError, match="non-finite (loss|weights)") as error:
         train(config, run_dir, progress=False)
-    assert checkpoint_is_finite(named_checkpoint(str(error.value)))
+    assert stored_tensors_are_finite(named_checkpoint(str(error.value)))
     assert not (run_dir / "final.weights.h5").exists()
 
 
@@ -365,7 +371,6 @@ def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypa
     """A NaN in a batch-norm statistic leaves the training loss finite (training mode normalises
     with the batch's statistics) but poisons every checkpoint and inference after it."""
     import retinanet.training
-    from retinanet.run_directory import checkpoint_is_finite
     from retinanet.training import TrainingError
 
     original = retinanet.training.build_train_step
@@ -390,7 +395,7 @@ def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypa
     message = str(error.value)
     assert "non-finite weights at step 4" in message and "moving_variance" in message
     assert named_checkpoint(message) == str(run_dir / "checkpoints" / "ckpt-2")
-    assert checkpoint_is_finite(run_dir / "checkpoints" / "ckpt-2")
+    assert stored_tensors_are_finite(run_dir / "checkpoints" / "ckpt-2")
     assert tf.train.get_checkpoint_state(str(run_dir / "checkpoints")).all_model_checkpoint_paths == [
         str(run_dir / "checkpoints" / "ckpt-2")]
     assert not (run_dir / "best.weights.h5").exists() and not (run_dir / "final.weights.h5").exists()
@@ -491,9 +496,12 @@ def test_overwrite_starts_the_run_clean(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_script_refuses_a_second_run_into_the_same_directory(tiny_run, script, clean_error):
+def test_train_script_refuses_a_second_run_into_the_same_directory(tiny_run, script, clean_error, tmp_path):
+    from retinanet.config import save_config
+
+    save_config(tiny_run.config, tmp_path / "same.yaml")  # the run's own settings: it would mix silently
     before = (tiny_run.run_dir / "best.json").read_text()
-    completed = script("train.py", "--config", REPO / "configs" / "demo.yaml", "--run-dir", tiny_run.run_dir,
+    completed = script("train.py", "--config", tmp_path / "same.yaml", "--run-dir", tiny_run.run_dir,
                        "--no-progress")
     clean_error(completed, f"{tiny_run.run_dir} already holds a run", "--resume", "--overwrite")
     assert (tiny_run.run_dir / "best.json").read_text() == before
