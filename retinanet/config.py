@@ -64,7 +64,7 @@ class DataConfig:
     split_file: str = ""  # default: <root>/splits/folds<K>_seed<S>.csv
     cache_dir: str = "data/cache"
     use_cache: bool = True
-    bad_file_policy: str = "error"  # "error" or "skip" (counted, listed in a file)
+    bad_file_policy: str = "error"  # "error" or "skip" (counted, listed in a file); infer.py follows it too
     num_parallel_calls: int = 0  # image readers and augmenters at once; 0 = one per available core
     max_images: int = 0  # 0 = all; otherwise the first N patients of each split
 
