@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -169,27 +168,16 @@ def build_untrained_model(config: Config):
         return build_model_from_config(config)
 
 
-def weight_shapes(weights: Path) -> list[tuple[int, ...]]:
-    """The shapes of the model weights stored in a `.weights.h5` file or a tf.train.Checkpoint prefix."""
-    if weights.name.endswith(WEIGHTS_SUFFIX):
-        shapes = []
-        with h5py.File(weights, "r") as file:
-            file.visititems(lambda name, item: shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None)
-        return shapes
-    # A training checkpoint also holds the optimizer: only the model's own variables count.
-    return [tuple(shape) for name, shape in tf.train.load_checkpoint(str(weights)).get_variable_to_shape_map().items()
-            if name.startswith("model/")]
-
-
 def check_image_head(config: Config, weights: Path) -> None:
     """ModelLoadError when `weights` and the config disagree about the image-level head.
 
-    The head's kernel [C5 channels, 1] is the only 2-D weight of the model (the rest are
-    convolution kernels and vectors). Keras loads a file with the head into a model without one
-    silently, and the other way round with a message that does not name the setting.
+    Keras loads a file with the head into a model without one silently, and the other way round
+    with a message that does not name the setting.
     """
+    from retinanet.model.retinanet import stored_weights_have_image_head
+
     try:
-        has_head = any(len(shape) == 2 for shape in weight_shapes(weights))
+        has_head = stored_weights_have_image_head(weights)
     except Exception as error:  # h5py and TF raise many types for a file that is not weights
         raise ModelLoadError(f"cannot read weights {weights}: {type(error).__name__}: {error}") from None
     if has_head != config.model.image_head:
@@ -405,8 +393,9 @@ def infer_directory(detector: Detector, directory: Path, output_dir: Path, progr
         report_skips(skipped, "unreadable image(s), written as rows without boxes,", skipped_list)
         outputs += [str(skipped_list)] if len(skipped) else []
     num_boxes = sum(len(scores) for _, scores in predictions.values())
-    return {"submission": str(output), "num_images": len(files), "num_unreadable": 0 if skipped is None else len(skipped),
-            "num_boxes": num_boxes, "num_positive_images": sum(1 for _, scores in predictions.values() if len(scores)),
+    return {"submission": str(output), "num_images": len(files),
+            "num_unreadable": 0 if skipped is None else len(skipped), "num_boxes": num_boxes,
+            "num_positive_images": sum(1 for _, scores in predictions.values() if len(scores)),
             "score_threshold": detector.threshold, "outputs": outputs}
 
 

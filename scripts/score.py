@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", required=True, help="labels CSV: patientId,x,y,width,height,Target")
     parser.add_argument("--submission", required=True, help="submission CSV: patientId,PredictionString")
-    parser.add_argument("--image-size", type=float, default=1024, help="image side in pixels (default 1024); every box must lie inside it")
+    parser.add_argument("--image-size", type=float, default=1024,
+                        help="image side in pixels (default 1024); every box must lie inside it")
     arguments = parser.parse_args(argv)
     try:
         result = score_submission(arguments.labels, arguments.submission, image_size=arguments.image_size)

@@ -110,7 +110,8 @@ def test_int_is_accepted_for_float_and_becomes_float(tmp_path):
     assert config.training.learning_rate == 1.0
 
 
-@pytest.mark.parametrize("text, expected", [("1e-3", 0.001), ("1e6", 1e6), ("2E+2", 200.0), ("+5e-1", 0.5), ("1.5e-4", 1.5e-4)])
+@pytest.mark.parametrize("text, expected", [("1e-3", 0.001), ("1e6", 1e6), ("2E+2", 200.0), ("+5e-1", 0.5),
+                                            ("1.5e-4", 1.5e-4)])
 def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path, text, expected):
     # YAML 1.1 (PyYAML's default) reads `1e-3` as the string '1e-3'.
     path = tmp_path / "experiment.yaml"

@@ -55,7 +55,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise LabelError(f"{path}: empty file (expected the header {','.join(columns)} and one row per label)") from None
+        raise LabelError(f"{path}: empty file (expected the header {','.join(columns)} and rows below it)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise LabelError(f"{path}: not a readable CSV: {error}") from None
     missing = [column for column in columns if column not in frame.columns]

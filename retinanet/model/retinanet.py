@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import keras
+import tensorflow as tf
 from keras import layers
 
 from retinanet.anchors import anchors_per_location
@@ -58,3 +62,22 @@ def build_model_from_config(config: Config) -> keras.Model:
                            prior_probability=model.prior_probability, freeze_batch_norm=model.freeze_batch_norm,
                            freeze_backbone_stages=model.freeze_backbone_stages,
                            batch_norm_momentum=model.batch_norm_momentum, image_head=model.image_head)
+
+
+def stored_weight_shapes(weights: str | Path) -> list[tuple[int, ...]]:
+    """The shapes of the model weights in a `.weights.h5` file or a tf.train.Checkpoint prefix."""
+    weights = Path(weights)
+    if weights.name.endswith(".weights.h5"):
+        shapes = []
+        with h5py.File(weights, "r") as file:
+            file.visititems(lambda name, item: shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None)
+        return shapes
+    # A training checkpoint also holds the optimizer: only the model's own variables count.
+    stored = tf.train.load_checkpoint(str(weights)).get_variable_to_shape_map()
+    return [tuple(shape) for name, shape in stored.items() if name.startswith("model/")]
+
+
+def stored_weights_have_image_head(weights: str | Path) -> bool:
+    """Whether saved weights include the image-level head: its kernel [C5 channels, 1] is the
+    model's only 2-D weight (the others are convolution kernels and vectors)."""
+    return any(len(shape) == 2 for shape in stored_weight_shapes(weights))
