@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from retinanet.run_directory import (checkpoint_is_finite, last_finite_checkpoint, last_validated_step,
-                                     non_finite_variables, record_validated_step, remove_run,
-                                     remove_stale_temporaries, run_entries, trim_log)
+                                     non_finite_variables, record_validated_step, record_validation_due,
+                                     remove_run, remove_stale_temporaries, run_entries, trim_log,
+                                     validation_due_step)
 from retinanet.training import TrainingError, start_fresh
 
 
@@ -67,9 +68,12 @@ def test_stale_temporaries_are_removed_and_complete_files_kept(tmp_path):
 
 
 def test_validation_record_round_trip(tmp_path):
-    assert last_validated_step(tmp_path) == 0
+    assert last_validated_step(tmp_path) == 0 and validation_due_step(tmp_path) is None
     record_validated_step(tmp_path, 30)
-    assert last_validated_step(tmp_path) == 30
+    record_validation_due(tmp_path, 40)  # written before the checkpoint of step 40
+    assert (last_validated_step(tmp_path), validation_due_step(tmp_path)) == (30, 40)
+    record_validated_step(tmp_path, 40)  # written once its log line and best weights are
+    assert (last_validated_step(tmp_path), validation_due_step(tmp_path)) == (40, None)
     assert [path.name for path in tmp_path.iterdir()] == ["validation.json"]  # no temporary left
 
 
