@@ -1,7 +1,7 @@
 """Input-pipeline throughput at 512 px: DICOM reading alone vs the full pipeline, from
 DICOMs and from the preprocessed cache.
 
-python scripts/benchmark_data.py [--data DIR] [--images N]
+python scripts/benchmark_data.py [--data DIR] [--images N] [--workers N]
 
 Without --data it generates a synthetic RSNA-format set (1024 px JPEG DICOMs) in a
 temporary directory. Prints images/s and the ratios; the targets are (b)/(a) >= 0.7 and
@@ -43,6 +43,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data", help="an RSNA-layout directory (default: generate a synthetic one)")
     parser.add_argument("--images", type=int, default=200, help="synthetic images to generate")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="readers and augmenters at once (data.num_parallel_calls; 0 = one per core)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="benchmark_data_") as scratch:
         run(args, Path(scratch))
@@ -54,7 +56,7 @@ def run(args, workdir: Path) -> None:
         generate_synthetic_rsna(data_root, num_train=args.images, num_test=0, size=1024, seed=0)
     overrides = [f"data.root={data_root}", f"data.cache_dir={workdir / 'cache'}", "data.synthetic=null",
                  f"data.split_file={workdir / 'split.csv'}", "preprocessing.image_size=[512,512]",
-                 f"training.batch_size={args.batch_size}"]
+                 f"training.batch_size={args.batch_size}", f"data.num_parallel_calls={args.workers}"]
     config = load_config(REPO / "configs" / "rsna.yaml", overrides)
     records = prepare_split(config, progress=False).train
     workers = hardware.workers(config.data.num_parallel_calls)
