@@ -43,7 +43,8 @@ def project_runner(config: Config, batch: dict):
     with dtype_policy(config.training.mixed_precision):
         model = build_model_from_config(config)
     optimizer = build_optimizer(config.training)
-    step = build_train_step(config, tf.distribute.get_strategy(), model, optimizer, loss_from_config(config))
+    loss = loss_from_config(config, generate_anchors(tuple(config.preprocessing.image_size), config.anchors))
+    step = build_train_step(config, tf.distribute.get_strategy(), model, optimizer, loss)
     return lambda: step(batch)["loss/total"].numpy()
 
 

@@ -378,6 +378,7 @@ class Trainer:
             if step == calibration_end:
                 bar.clear()
                 results = self._fit_to_budget((time.perf_counter() - calibration_start) / CALIBRATION_STEPS)
+                bar.write(_validation_line(step, results))
                 bar.total = self.config.training.steps
                 bar.refresh()
                 continue
@@ -387,8 +388,7 @@ class Trainer:
             if self._is_validation_step(step):
                 bar.clear()
                 results = self.validate()
-                bar.write(f"step {step}: validation " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in results["scalars"].items()))
+                bar.write(_validation_line(step, results))
         bar.close()
         _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
         if results is None:  # resumed a finished run: its last validation is already recorded
@@ -397,6 +397,10 @@ class Trainer:
         for writer in self.writers.values():
             writer.flush()
         return results
+
+
+def _validation_line(step: int, results: dict) -> str:
+    return f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in results["scalars"].items())
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

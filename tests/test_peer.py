@@ -60,3 +60,29 @@ def test_the_peer_builds_under_mixed_precision_and_restores_the_policy(precision
     peer = build_peer_model(keras, (64, 64, 3), precision=precision)
     assert peer.get_layer("conv1_conv").compute_dtype == "bfloat16"
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_implementations_take_turns_and_report_their_median_step():
+    from retinanet import benchmark_training
+
+    calls = []
+    runners = {"fast": lambda: calls.append("fast"), "slow": lambda: calls.append("slow")}
+    seconds = benchmark_training.time_in_turns(runners, rounds=2, steps=3, warmup=1)
+    # One warm-up call each, then turns of three steps: fast, slow, fast, slow.
+    assert calls == ["fast", "slow"] + ["fast"] * 3 + ["slow"] * 3 + ["fast"] * 3 + ["slow"] * 3
+    assert set(seconds) == {"fast", "slow"} and all(value >= 0 for value in seconds.values())
+
+
+@pytest.mark.slow
+def test_benchmark_script_prints_the_project_beside_the_peer(script):
+    completed = script("benchmark_train.py", "--size", "64", "--batch", "2", "--rounds", "1", "--steps", "1",
+                       "--precisions", "float32", timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in completed.stdout.splitlines() if line.startswith("| float32 |")]
+    by_name = {cells[1].strip(): cells for cells in rows}
+    assert {"project", "keras-io example, Keras 3"} <= set(by_name)
+    seconds = {name: float(cells[2]) for name, cells in by_name.items()}
+    best_peer = min(value for name, value in seconds.items() if name != "project")
+    ratio = float(by_name["project"][4].strip().rstrip("x"))
+    assert ratio == pytest.approx(best_peer / seconds["project"], rel=0.02)
+    assert "Device: CPU" in completed.stdout
