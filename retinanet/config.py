@@ -6,13 +6,21 @@ the dotted key and the file. Overrides are `section.key=value` strings whose val
 as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size=[256,256]`).
 Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
 infinities are refused for every number key.
+
+Paths (`PATH_KEYS`): a relative path written in a config file is relative to the file's
+directory, a relative path in an override to the working directory; `load_config` returns
+them absolute, so that no command depends on where it runs. `save_config` writes the paths
+inside the file's directory relative to it (a run's `split.csv`) and the others absolute,
+so that a run directory can be moved or copied and used from anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -349,6 +357,32 @@ def _check(config: Config) -> None:
     require(0 <= start < stop <= 1 and step > 0, "evaluation.sweep", "needs 0 <= start < stop <= 1, step > 0")
 
 
+# Config values that are file system paths; "" (unset) and the words of NON_PATH_VALUES are not paths.
+PATH_KEYS = ("data.root", "data.split_file", "data.cache_dir", "training.run_root", "model.weights")
+NON_PATH_VALUES = ("", "none", "imagenet")
+
+
+def _is_path(key: str, value) -> bool:
+    return key in PATH_KEYS and isinstance(value, str) and value not in NON_PATH_VALUES
+
+
+def _absolute(value: str, base: Path) -> str:
+    """`value` made absolute against `base` (already absolute values unchanged), without '..' parts."""
+    return os.path.normpath(base / Path(value).expanduser())
+
+
+def _map_paths(config: Config, change) -> Config:
+    """`config` with `change(key, value)` applied to every path value (see `_is_path`)."""
+    sections = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if _is_path(key, value):
+            sections.setdefault(section, {})[name] = change(key, value)
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)
+                                          for section, values in sections.items()})
+
+
 def _parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
@@ -356,9 +390,23 @@ def _parse_override(text: str) -> tuple[list[str], object]:
     return key.strip().split("."), _parse_yaml(raw)
 
 
+def _clamp_warmup(config: Config, source: str) -> Config:
+    """A warm-up as long as the run is clamped (with a note), so that a smoke run
+    `--set training.steps=1` works with any config's warm-up."""
+    training = config.training
+    if training.warmup_steps < training.steps:
+        return config
+    clamped = training.steps - 1
+    print(f"note: {source}: training.warmup_steps {training.warmup_steps} >= training.steps {training.steps}; "
+          f"warm-up clamped to {clamped} step(s)", file=sys.stderr)
+    return dataclasses.replace(config, training=dataclasses.replace(training, warmup_steps=clamped))
+
+
 def config_from_dict(mapping: dict, source: str = "<dict>") -> Config:
     try:
         config = _build(Config, mapping, "")
+        if config.training.steps >= 1:
+            config = _clamp_warmup(config, source)
         _check(config)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
@@ -378,13 +426,17 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
         keys, value = _parse_override(override)
+        if _is_path(".".join(keys), value):
+            value = _absolute(value, Path.cwd())
         node = mapping
         for part in keys[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{path}: override {override!r}: {part} is not a section")
         node[keys[-1]] = value
-    return config_from_dict(mapping, str(path))
+    config = config_from_dict(mapping, str(path))
+    directory = path.absolute().parent
+    return _map_paths(config, lambda key, value: _absolute(value, directory))
 
 
 def to_dict(config) -> dict:
@@ -400,5 +452,17 @@ def to_dict(config) -> dict:
     return plain(dataclasses.asdict(config))
 
 
+def _portable(value: str, directory: Path) -> str:
+    """An absolute form of `value` (relative ones against the working directory), written relative
+    to `directory` when it lies inside it."""
+    # Real paths on both sides, so that a symbolic link in either does not hide the relation.
+    absolute = Path(os.path.realpath(_absolute(value, Path.cwd())))
+    return str(absolute.relative_to(directory)) if absolute.is_relative_to(directory) else str(absolute)
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write `config` as YAML; paths as `_portable` makes them (see the module docstring)."""
+    path = Path(path)
+    directory = Path(os.path.realpath(path.parent))
+    config = _map_paths(config, lambda key, value: _portable(value, directory))
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
