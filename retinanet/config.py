@@ -169,7 +169,9 @@ class TrainingConfig:
     validate_every: int = 1000  # steps
     log_every: int = 50  # steps
     checkpoint_every: int = 500  # steps
+    keep_checkpoints: int = 2  # latest checkpoints kept (weights + optimizer state); 1 saves the space of one
     num_summary_images: int = 4
+    weight_histograms: bool = False  # TensorBoard histograms of every weight at each validation
     run_root: str = "runs"
 
 
@@ -343,7 +345,7 @@ def _check(config: Config) -> None:
     require(0 <= training.positive_fraction < 1, "training.positive_fraction", "must be in [0, 1) (0 = as they come)")
     require(training.time_budget_minutes >= 0, "training.time_budget_minutes", "must be >= 0 (0 = no budget)")
     require(training.gradient_clip_norm >= 0, "training.gradient_clip_norm", "must be >= 0 (0 = off)")
-    for name in ("validate_every", "log_every", "checkpoint_every"):
+    for name in ("validate_every", "log_every", "checkpoint_every", "keep_checkpoints"):
         require(getattr(training, name) >= 1, f"training.{name}", "must be at least 1")
     post, evaluation = config.postprocessing, config.evaluation
     for key, value in (("postprocessing.score_threshold", post.score_threshold),

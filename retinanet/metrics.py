@@ -262,6 +262,13 @@ def coco_map(ground_truth: dict, predictions: dict) -> float:
     return float(np.mean([_interpolated_ap(row, num_gt) for row in is_true_positive]))
 
 
+def detection_matches(ground_truth: dict, predictions: dict, iou_threshold: float = 0.5):
+    """Pooled detections, most confident first, matched as in `average_precision` ->
+    (scores [D], is_true_positive bool [D], number of ground-truth boxes)."""
+    scores, is_true_positive, num_gt = _coco_matches(ground_truth, predictions, [iou_threshold])
+    return scores, is_true_positive[0], num_gt
+
+
 def precision_recall_curve(ground_truth: dict, predictions: dict, iou_threshold: float = 0.5):
     """Raw (not interpolated) pooled PR curve -> (precision [D], recall [D], scores [D]).
 
