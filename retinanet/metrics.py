@@ -293,6 +293,19 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return (last_rank - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
+def roc_curve(labels, probabilities):
+    """ROC of labels [N] (0/1) and probabilities [N] -> (false positive rate [T + 1], true
+    positive rate [T + 1], thresholds [T]): one point per distinct probability, descending, from
+    (0, 0); its trapezoidal area is the `image_level_metrics` AUC."""
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    probabilities = np.asarray(probabilities, np.float64).reshape(-1)
+    thresholds = np.unique(probabilities)[::-1]
+    kept = probabilities[None, :] >= thresholds[:, None]
+    true_positive_rate = (kept & labels).sum(axis=1) / max(int(labels.sum()), 1)
+    false_positive_rate = (kept & ~labels).sum(axis=1) / max(int((~labels).sum()), 1)
+    return np.concatenate([[0.0], false_positive_rate]), np.concatenate([[0.0], true_positive_rate]), thresholds
+
+
 def image_level_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     """Is-there-pneumonia measures from labels [N] (0/1) and probabilities [N].
 

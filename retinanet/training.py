@@ -37,8 +37,8 @@ from retinanet.run_directory import (last_finite_checkpoint, last_validated_step
                                      remove_stale_temporaries, run_entries, trim_log, validation_due_step,
                                      write_json_atomically)
 from retinanet.tensorboard_logging import log_run_start, log_validation_details
-from retinanet.validation import NonFiniteOutputError, Validator
-from retinanet.visualize import grid, save_rgb
+from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
+from retinanet.visualize import save_rgb
 
 
 class TrainingError(RuntimeError):
@@ -398,7 +398,8 @@ class Trainer:
         _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
         if results is None:  # resumed a finished run: its last validation is already recorded
             results = {**self.validator.run(), "step": self.step}
-        save_rgb(self.run_dir / "validation_predictions.png", grid(results["overlays"]))
+        save_rgb(self.run_dir / "validation_predictions.png", validation_picture(
+            self.validator.records, results, self.config.evaluation.score_threshold, len(results["overlays"])))
         for writer in self.writers.values():
             writer.flush()
         return results
