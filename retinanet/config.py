@@ -7,7 +7,7 @@ as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size
 Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
 infinities are refused for every number key.
 
-Paths (`PATH_KEYS`): a relative path written in a config file is relative to the file's
+Paths (`retinanet.config_paths.PATH_KEYS`): a relative path written in a config file is relative to the file's
 directory, a relative path in an override to the working directory; `load_config` returns
 them absolute, so that no command depends on where it runs. `save_config` writes the paths
 inside the file's directory relative to it (a run's `split.csv`) and the others absolute,
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from retinanet.config_paths import absolute_path, is_path, map_paths, portable_path
 
 
 class ConfigError(ValueError):
@@ -359,32 +361,6 @@ def _check(config: Config) -> None:
     require(0 <= start < stop <= 1 and step > 0, "evaluation.sweep", "needs 0 <= start < stop <= 1, step > 0")
 
 
-# Config values that are file system paths; "" (unset) and the words of NON_PATH_VALUES are not paths.
-PATH_KEYS = ("data.root", "data.split_file", "data.cache_dir", "training.run_root", "model.weights")
-NON_PATH_VALUES = ("", "none", "imagenet")
-
-
-def _is_path(key: str, value) -> bool:
-    return key in PATH_KEYS and isinstance(value, str) and value not in NON_PATH_VALUES
-
-
-def _absolute(value: str, base: Path) -> str:
-    """`value` made absolute against `base` (already absolute values unchanged), without '..' parts."""
-    return os.path.normpath(base / Path(value).expanduser())
-
-
-def _map_paths(config: Config, change) -> Config:
-    """`config` with `change(key, value)` applied to every path value (see `_is_path`)."""
-    sections = {}
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if _is_path(key, value):
-            sections.setdefault(section, {})[name] = change(key, value)
-    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)
-                                          for section, values in sections.items()})
-
-
 def _parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
@@ -428,8 +404,8 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
         keys, value = _parse_override(override)
-        if _is_path(".".join(keys), value):
-            value = _absolute(value, Path.cwd())
+        if is_path(".".join(keys), value):
+            value = absolute_path(value, Path.cwd())
         node = mapping
         for part in keys[:-1]:
             node = node.setdefault(part, {})
@@ -438,7 +414,7 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
         node[keys[-1]] = value
     config = config_from_dict(mapping, str(path))
     directory = path.absolute().parent
-    return _map_paths(config, lambda key, value: _absolute(value, directory))
+    return map_paths(config, lambda key, value: absolute_path(value, directory))
 
 
 def to_dict(config) -> dict:
@@ -454,17 +430,9 @@ def to_dict(config) -> dict:
     return plain(dataclasses.asdict(config))
 
 
-def _portable(value: str, directory: Path) -> str:
-    """An absolute form of `value` (relative ones against the working directory), written relative
-    to `directory` when it lies inside it."""
-    # Real paths on both sides, so that a symbolic link in either does not hide the relation.
-    absolute = Path(os.path.realpath(_absolute(value, Path.cwd())))
-    return str(absolute.relative_to(directory)) if absolute.is_relative_to(directory) else str(absolute)
-
-
 def save_config(config: Config, path: str | Path) -> None:
-    """Write `config` as YAML; paths as `_portable` makes them (see the module docstring)."""
+    """Write `config` as YAML; paths as `portable_path` makes them (see the module docstring)."""
     path = Path(path)
     directory = Path(os.path.realpath(path.parent))
-    config = _map_paths(config, lambda key, value: _portable(value, directory))
+    config = map_paths(config, lambda key, value: portable_path(value, directory))
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

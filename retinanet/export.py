@@ -238,9 +238,3 @@ def export_detector(detector: Detector, output_dir, threshold: float | None = No
     (output_dir / "assets.extra" / "serving_info.json").write_text(json.dumps(info, indent=2))
     return info
 
-
-def export_saved_model(*, output_dir, checkpoint=None, run_dir=None, config_path=None,
-                       threshold: float | None = None) -> dict:
-    """Load a run (threshold: argument > threshold.json > config) and export it as a SavedModel."""
-    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
-    return export_detector(detector, output_dir)
