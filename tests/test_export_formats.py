@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -77,7 +78,9 @@ def test_tflite_holds_builtin_operations_only(tiny_run, tmp_path):
 
     completed = export(tiny_run.run_dir, tmp_path, "tflite")
     assert completed.returncode == 0, completed.stderr
-    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "model.tflite"))
+    with warnings.catch_warnings():  # the interpreter announces its move to ai-edge-litert
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "model.tflite"))
     operations = {detail["op_name"] for detail in interpreter._get_ops_details()}
     assert "CONV_2D" in operations
     assert not any(name.startswith("Flex") for name in operations), operations  # no select TF ops
