@@ -33,15 +33,26 @@ def detector(tiny_run, evaluated_run):
     return Detector.load(run_dir=tiny_run.run_dir, threshold=0.0)
 
 
+@pytest.fixture(scope="module")
+def exported(tiny_run, evaluated_run, tmp_path_factory) -> dict:
+    """{format: (output directory, what the command printed)}, each format exported once."""
+    results = {}
+    for export_format in LOADERS:
+        output = tmp_path_factory.mktemp(export_format)
+        completed = export(tiny_run.run_dir, output, export_format)
+        assert completed.returncode == 0, completed.stderr
+        results[export_format] = (output, completed.stdout)
+    return results
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("export_format", ["tflite", "onnx"])
 def test_exported_network_matches_infer_script(export_format, tiny_run, detector, inferred_dicom, png_image,
-                                               tmp_path):
-    completed = export(tiny_run.run_dir, tmp_path / "exported", export_format)
-    assert completed.returncode == 0, completed.stderr
-    path = tmp_path / "exported" / f"model.{export_format}"
-    assert f"{export_format} model written to {path}" in completed.stdout
-    info = json.loads((tmp_path / "exported" / "serving_info.json").read_text())
+                                               exported):
+    output, stdout = exported[export_format]
+    path = output / f"model.{export_format}"
+    assert f"{export_format} model written to {path}" in stdout
+    info = json.loads((output / "serving_info.json").read_text())
     assert info["format"] == export_format and info["model"] == path.name and info["input_size"] == [64, 64]
     network = LOADERS[export_format](path)
 
@@ -73,14 +84,12 @@ def test_exported_network_matches_infer_script(export_format, tiny_run, detector
 
 
 @pytest.mark.slow
-def test_tflite_holds_builtin_operations_only(tiny_run, tmp_path):
+def test_tflite_holds_builtin_operations_only(exported):
     import tensorflow as tf
 
-    completed = export(tiny_run.run_dir, tmp_path, "tflite")
-    assert completed.returncode == 0, completed.stderr
     with warnings.catch_warnings():  # the interpreter announces its move to ai-edge-litert
         warnings.simplefilter("ignore", UserWarning)
-        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "model.tflite"))
+        interpreter = tf.lite.Interpreter(model_path=str(exported["tflite"][0] / "model.tflite"))
     operations = {detail["op_name"] for detail in interpreter._get_ops_details()}
     assert "CONV_2D" in operations
     assert not any(name.startswith("Flex") for name in operations), operations  # no select TF ops
