@@ -4,7 +4,7 @@ and of the image-level probability, and optional weight histograms.
 
 Layout under `<run_dir>/tensorboard/`: the config text and the HParams session in the folder
 itself; scalars, images, PR curves and histograms in `train/` and `validation/`. The HParams
-metrics are the validation scalars `rsna_metric` and `ap50`.
+metrics are the validation scalars `best_rsna_metric`, `rsna_metric` and `ap50`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from retinanet.config import Config, to_dict
 from retinanet.metrics import detection_matches
 
 # (validation scalar tag, what the HParams table calls it)
-HPARAM_METRICS = (("rsna_metric", "validation RSNA metric"), ("ap50", "validation AP50"))
+HPARAM_METRICS = (("best_rsna_metric", "validation RSNA metric at its best threshold"),
+                  ("rsna_metric", "validation RSNA metric at the configured threshold"), ("ap50", "validation AP50"))
 PR_CURVE_THRESHOLDS = 101  # 0.00, 0.01, ..., 1.00
 BOX_PR_CURVE = "pr_curve/boxes_iou_0.5"
 IMAGE_PR_CURVE = "pr_curve/image_level"

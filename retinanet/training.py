@@ -398,8 +398,8 @@ class Trainer:
         _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
         if results is None:  # resumed a finished run: its last validation is already recorded
             results = {**self.validator.run(), "step": self.step}
-        save_rgb(self.run_dir / "validation_predictions.png", validation_picture(
-            self.validator.records, results, self.config.evaluation.score_threshold, len(results["overlays"])))
+        save_rgb(self.run_dir / "validation_predictions.png",
+                 validation_picture(self.validator.records, results, len(results["overlays"])))
         for writer in self.writers.values():
             writer.flush()
         return results
