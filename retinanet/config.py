@@ -6,19 +6,29 @@ the dotted key and the file. Overrides are `section.key=value` strings whose val
 as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size=[256,256]`).
 Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
 infinities are refused for every number key.
+
+Paths (`retinanet.config_paths.PATH_KEYS`): a relative path written in a config file is relative to the file's
+directory, a relative path in an override to the working directory; `load_config` returns
+them absolute, so that no command depends on where it runs. `save_config` writes the paths
+inside the file's directory relative to it (a run's `split.csv`) and the others absolute,
+so that a run directory can be moved or copied and used from anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from retinanet.config_paths import absolute_path, is_path, map_paths, portable_path
 
 
 class ConfigError(ValueError):
@@ -161,7 +171,9 @@ class TrainingConfig:
     validate_every: int = 1000  # steps
     log_every: int = 50  # steps
     checkpoint_every: int = 500  # steps
+    keep_checkpoints: int = 2  # latest checkpoints kept (weights + optimizer state); 1 saves the space of one
     num_summary_images: int = 4
+    weight_histograms: bool = False  # TensorBoard histograms of every weight at each validation
     run_root: str = "runs"
 
 
@@ -335,7 +347,7 @@ def _check(config: Config) -> None:
     require(0 <= training.positive_fraction < 1, "training.positive_fraction", "must be in [0, 1) (0 = as they come)")
     require(training.time_budget_minutes >= 0, "training.time_budget_minutes", "must be >= 0 (0 = no budget)")
     require(training.gradient_clip_norm >= 0, "training.gradient_clip_norm", "must be >= 0 (0 = off)")
-    for name in ("validate_every", "log_every", "checkpoint_every"):
+    for name in ("validate_every", "log_every", "checkpoint_every", "keep_checkpoints"):
         require(getattr(training, name) >= 1, f"training.{name}", "must be at least 1")
     post, evaluation = config.postprocessing, config.evaluation
     for key, value in (("postprocessing.score_threshold", post.score_threshold),
@@ -356,9 +368,23 @@ def _parse_override(text: str) -> tuple[list[str], object]:
     return key.strip().split("."), _parse_yaml(raw)
 
 
+def _clamp_warmup(config: Config, source: str) -> Config:
+    """A warm-up as long as the run is clamped (with a note), so that a smoke run
+    `--set training.steps=1` works with any config's warm-up."""
+    training = config.training
+    if training.warmup_steps < training.steps:
+        return config
+    clamped = training.steps - 1
+    print(f"note: {source}: training.warmup_steps {training.warmup_steps} >= training.steps {training.steps}; "
+          f"warm-up clamped to {clamped} step(s)", file=sys.stderr)
+    return dataclasses.replace(config, training=dataclasses.replace(training, warmup_steps=clamped))
+
+
 def config_from_dict(mapping: dict, source: str = "<dict>") -> Config:
     try:
         config = _build(Config, mapping, "")
+        if config.training.steps >= 1:
+            config = _clamp_warmup(config, source)
         _check(config)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
@@ -378,13 +404,17 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
         keys, value = _parse_override(override)
+        if is_path(".".join(keys), value):
+            value = absolute_path(value, Path.cwd())
         node = mapping
         for part in keys[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{path}: override {override!r}: {part} is not a section")
         node[keys[-1]] = value
-    return config_from_dict(mapping, str(path))
+    config = config_from_dict(mapping, str(path))
+    directory = path.absolute().parent
+    return map_paths(config, lambda key, value: absolute_path(value, directory))
 
 
 def to_dict(config) -> dict:
@@ -401,4 +431,8 @@ def to_dict(config) -> dict:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write `config` as YAML; paths as `portable_path` makes them (see the module docstring)."""
+    path = Path(path)
+    directory = Path(os.path.realpath(path.parent))
+    config = map_paths(config, lambda key, value: portable_path(value, directory))
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

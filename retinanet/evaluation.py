@@ -1,4 +1,4 @@
-"""Evaluate a trained run on its held-out split: `scripts/evaluate.py`.
+"""Evaluate a trained run on its held-out split: `retinanet evaluate`.
 
 The run's saved split file decides the patients (its `data.validation_fold`), so evaluation
 never sees training images. Detections come from `Detector` (flip TTA, image gating and box
@@ -16,13 +16,21 @@ shrink as configured) over the cached, preprocessed images. The output directory
     counts: images, positive_images, ground_truth_boxes, predicted_boxes (at the configured
         threshold), predicted_boxes_best, scored_images, skipped_images;
     sweep: [{score_threshold, rsna_metric, num_images}];
+    image_gating: what gating boxes by the image-level probability (p < postprocessing.
+        image_gate_threshold empties an image) would do at the best threshold, when the model
+        has the image head and postprocessing.image_gating is "none" (else null):
+        {threshold, gate_threshold, images_emptied, removed_boxes_negative_images (false
+        positives all), removed_boxes_positive_images, rsna_metric, rsna_metric_gated};
     predictions_csv, overlays, source (config, weights, split_file, validation_fold): the
         files written and used.
   Non-finite values (e.g. AUC with one class only) are written as null.
 - `predictions.csv`: Kaggle format, the boxes kept at the configured threshold (the one
-  `rsna_metric` describes; `scripts/score.py` on it gives the same number);
-- `threshold_sweep.png`, `precision_recall.png`, and `overlays/{best,worst}_<k>_<patientId>.png`
-  (original image, ground truth green, predictions red).
+  `rsna_metric` describes; `retinanet score` on it gives the same number);
+- `threshold_sweep.png`, `precision_recall.png` (configured and best thresholds marked),
+  `froc.png`, `image_roc.png` (with the image head), and
+  `overlays/{best,worst}_<k>_<patientId>.png`: the original image with the boxes kept at the
+  best threshold (the one `--write-threshold` hands to inference), truth green, predictions
+  red, TP/FP/FN marks, the threshold and p(pneumonia) (see `retinanet.visualize`).
 """
 
 from __future__ import annotations
@@ -34,14 +42,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from retinanet.data.dicom import read_image
 from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split
 from retinanet.data.rsna import Record
+from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
 from retinanet.inference import THRESHOLD_FILE, Detector, resolve_source
-from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics,
-                               precision_recall_curve, rsna_image_scores, sweep_thresholds, threshold_sweep)
+from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
+                               sweep_thresholds, threshold_sweep)
 from retinanet.submission import write_submission
-from retinanet.visualize import draw_boxes, save_rgb
 
 
 class EvaluationError(ValueError):
@@ -133,72 +140,24 @@ def _json_ready(value):
     return value
 
 
-def plot_sweep(metrics: dict, path: Path) -> None:
-    """RSNA metric against score threshold, the configured and best thresholds marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    thresholds = [item["score_threshold"] for item in metrics["sweep"]]
-    scores = [item["rsna_metric"] for item in metrics["sweep"]]  # NaN (nothing scored) leaves a gap
-    axis.plot(thresholds, scores, marker="o", markersize=3, label="RSNA metric")
-    axis.axvline(metrics["configured_threshold"], color="grey", linestyle="--",
-                 label=f"configured {metrics['configured_threshold']:.2f}")
-    axis.axvline(metrics["best_threshold"], color="red", linestyle=":", label=f"best {metrics['best_threshold']:.2f}")
-    axis.set(xlabel="score threshold", ylabel="RSNA metric (mAP@0.40:0.75)", title="Score threshold sweep")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def plot_precision_recall(records: list[Record], detections: dict, path: Path, ap50: float) -> None:
-    """Pooled precision-recall curve at IoU 0.5 (raw, not interpolated)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ground_truth = {record.patient_id: record.boxes for record in records}
-    precision, recall, _ = precision_recall_curve(ground_truth, detections, 0.5)
-    figure, axis = plt.subplots(figsize=(5, 5))
-    if len(precision) and np.isfinite(recall).all():
-        axis.plot(recall, precision, label=f"IoU 0.5, AP {ap50:.3f}")
-        axis.legend()
-    else:
-        axis.text(0.5, 0.5, "no detections or no ground-truth boxes", ha="center")
-    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def write_overlays(records: list[Record], kept: dict, directory: Path, count: int) -> list[str]:
-    """Best and worst scored images (RSNA image score at the kept boxes) drawn on the originals."""
-    scored = []
+def gating_effect(records: list[Record], detections: dict, probabilities, *, threshold: float,
+                  gate_threshold: float) -> dict:
+    """What emptying the images of probability < gate_threshold does to the boxes kept at
+    `threshold` (see `image_gating` in the module docstring)."""
+    kept = keep_above(detections, threshold)
+    gated = {record.patient_id for record, probability in zip(records, probabilities) if probability < gate_threshold}
+    removed = {True: 0, False: 0}
     for record in records:
-        boxes, scores = kept[record.patient_id]
-        image_scores = rsna_image_scores(record.boxes, boxes, scores)
-        if image_scores is not None:
-            scored.append((float(image_scores.mean()), record))
-    scored.sort(key=lambda item: -item[0])
-    best = scored[: (count + 1) // 2]
-    worst = scored[len(best):][::-1][: count // 2]
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for kind, chosen in (("best", best), ("worst", worst)):
-        for rank, (score, record) in enumerate(chosen, start=1):
-            boxes, scores = kept[record.patient_id]
-            picture = draw_boxes(read_image(record.image_path), record.boxes, boxes, scores,
-                                 title=f"{record.patient_id[:8]} score {score:.2f}")
-            path = directory / f"{kind}_{rank}_{record.patient_id}.png"
-            save_rgb(path, picture)
-            written.append(str(path))
-    return written
+        if record.patient_id in gated:
+            removed[bool(record.target)] += len(kept[record.patient_id][1])
+    empty = (np.zeros((0, 4)), np.zeros(0))
+    ground_truth = {record.patient_id: record.boxes for record in records}
+    return {"threshold": float(threshold), "gate_threshold": float(gate_threshold),
+            "images_emptied": sum(1 for patient_id in gated if len(kept[patient_id][1])),
+            "removed_boxes_negative_images": removed[False], "removed_boxes_positive_images": removed[True],
+            "rsna_metric": rsna_metric(ground_truth, kept)["score"],
+            "rsna_metric_gated": rsna_metric(ground_truth, {patient_id: empty if patient_id in gated else boxes
+                                                            for patient_id, boxes in kept.items()})["score"]}
 
 
 def evaluate(detector: Detector, records: list[Record], output_dir, *, progress: bool = True) -> dict:
@@ -213,15 +172,28 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
     kept = keep_above(detections, detector.threshold)
     write_submission(output_dir / "predictions.csv", kept, [record.patient_id for record in records])
     metrics["predictions_csv"] = str(output_dir / "predictions.csv")
+    chosen = metrics["best_threshold"]
+    metrics["image_gating"] = None
+    if probabilities is not None and config.postprocessing.image_gating == "none":
+        metrics["image_gating"] = gating_effect(records, detections, probabilities, threshold=chosen,
+                                                gate_threshold=config.postprocessing.image_gate_threshold)
     plot_sweep(metrics, output_dir / "threshold_sweep.png")
-    plot_precision_recall(records, detections, output_dir / "precision_recall.png", metrics["ap50"])
-    metrics["overlays"] = write_overlays(records, kept, output_dir / "overlays", config.evaluation.num_overlays)
+    plot_precision_recall(records, detections, output_dir / "precision_recall.png", metrics["ap50"],
+                          {"configured": detector.threshold, "best": chosen})
+    plot_froc(records, detections, output_dir / "froc.png", chosen)
+    by_patient = None
+    if probabilities is not None:
+        labels = [record.target for record in records]
+        plot_image_roc(labels, probabilities, output_dir / "image_roc.png", metrics["image_level"])
+        by_patient = {record.patient_id: float(p) for record, p in zip(records, probabilities)}
+    metrics["overlays"] = write_overlays(records, keep_above(detections, chosen), output_dir / "overlays",
+                                         config.evaluation.num_overlays, threshold=chosen, probabilities=by_patient)
     return metrics
 
 
 def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None, split_file=None,
                  write_threshold: bool = False, progress: bool = True) -> dict:
-    """`scripts/evaluate.py`: load the run, evaluate its held-out split, write metrics.json.
+    """`retinanet evaluate`: load the run, evaluate its held-out split, write metrics.json.
 
     The configured threshold is config.evaluation.score_threshold: a threshold.json written
     by an earlier evaluation is ignored here. With `write_threshold`, the best threshold goes
@@ -262,6 +234,13 @@ def format_report(metrics: dict) -> str:
         image = metrics["image_level"]
         lines.append(f"image level: AUC {number(image['roc_auc'])}, sensitivity {number(image['sensitivity'])}, "
                      f"specificity {number(image['specificity'])} at p >= {image['threshold']:.2f}")
+    gating = metrics.get("image_gating")
+    if gating and gating["removed_boxes_negative_images"]:
+        lines.append(f"note: image gating (postprocessing.image_gating: gate, p >= {gating['gate_threshold']:.2f}) "
+                     f"would remove {gating['removed_boxes_negative_images']} false-positive box(es) from images "
+                     f"without pneumonia and {gating['removed_boxes_positive_images']} box(es) from images with it; "
+                     f"RSNA metric at threshold {gating['threshold']:.2f}: {number(gating['rsna_metric'])} -> "
+                     f"{number(gating['rsna_metric_gated'])}")
     counts = metrics["counts"]
     lines += ["", ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items())]
     lines.append(f"predictions: {metrics['predictions_csv']}")

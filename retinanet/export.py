@@ -1,17 +1,35 @@
 """Export a trained run as a TensorFlow SavedModel that serves without this package.
 
-Signature `serving_default` (also callable as `loaded.detect(image)`):
+Signatures (each also a method of the loaded object, e.g. `loaded.detect(image)`):
 
-    image             uint8 [H, W] or [H, W, 1], one greyscale image of any size
+`serving_default` (= `detect`): one image of any size
+    image             uint8 [H, W] or [H, W, 1] grey, or [H, W, 3] RGB
     -> boxes          float32 [N, 4] `x1, y1, x2, y2` in that image's pixels (clipped to it)
        scores         float32 [N], descending, all >= the exported score threshold
        num_detections int32 [] (= N)
        image_probability float32 [] (only when the model has the image-level head)
 
-Inside the graph: letterbox resize (as OpenCV's, see `letterbox_in_graph`), normalisation,
-the network (both passes with flip TTA), decoding, NMS, fusion, gating and box shrink, all
-as the run's config says. CLAHE is not: when `loaded.clahe` is True, the caller applies it
-to the original image first, with the parameters stored in the SavedModel::
+`detect_batch`: B images padded into one array, each in the top-left corner
+    images            uint8 [B, H, W] grey, or [B, H, W, 1] / [B, H, W, 3] (RGB)
+    sizes             int32 [B, 2]: each image's (height, width) inside the padding
+    -> boxes [B, D, 4], scores [B, D] (zero past each image's count), num_detections [B],
+       image_probability [B]; D = postprocessing.max_detections
+
+`network`: the network alone at its fixed input size (what TFLite and ONNX hold, see
+`retinanet.export_formats`)
+    image             uint8 [1, h, w] (the network input size): the letterboxed grey image
+    -> predictions    float32 [1, A, 4 + K] box deltas and class logits, one row per anchor
+       boxes          float32 [1, A, 4] the deltas decoded on the anchors, input pixels, clipped
+       scores         float32 [1, A, K] class probabilities
+       image_probability float32 [1] (with the image-level head)
+    Thresholding, NMS, flip TTA, gating, box shrink and the division by the letterbox scale are
+    the caller's (`retinanet.export_formats.detect_with_network` does them as inference does).
+
+Inside `detect` and `detect_batch`: RGB to grey (OpenCV's integer weights, as `read_image`),
+letterbox resize (as OpenCV's, see `letterbox_in_graph`), normalisation, the network (both
+passes with flip TTA), decoding, NMS, fusion, gating and box shrink, all as the run's config
+says. CLAHE is not: when `loaded.clahe` is True, the caller applies it to the original grey
+image first, with the parameters stored in the SavedModel::
 
     import cv2, tensorflow as tf
     loaded = tf.saved_model.load("exported")
@@ -21,8 +39,8 @@ to the original image first, with the parameters stored in the SavedModel::
                                 tileGridSize=(grid, grid)).apply(image)  # uint8 [H, W]
     result = loaded.signatures["serving_default"](image=tf.constant(image))
 
-The same values are in `<export>/assets.extra/serving_info.json` with the threshold and
-the network input size.
+The same values are in `<export>/assets.extra/serving_info.json` with the threshold, the
+network input size and the run and weights file it came from (names, no absolute paths).
 """
 
 from __future__ import annotations
@@ -30,10 +48,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
+from retinanet import boxes as box_ops
 from retinanet.data.preprocess import normalize
 from retinanet.inference import Detector
+
+GREY_ONLY = "expected a grey [H, W] / [H, W, 1] or RGB [H, W, 3] uint8 image"
+# OpenCV's fixed-point RGB -> grey weights (0.299, 0.587, 0.114 scaled by 2^15, rounded to nearest),
+# so that a colour image served here gets exactly the grey values `read_image` gives the same picture.
+OPENCV_GREY_WEIGHTS = (9798, 19235, 3735)
+OPENCV_GREY_SHIFT = 15
 
 
 def letterbox_in_graph(image, input_size: tuple[int, int]):
@@ -66,8 +92,23 @@ def letterbox_in_graph(image, input_size: tuple[int, int]):
     return tf.image.pad_to_bounding_box(resized, 0, 0, height, width), tf.cast(scale, tf.float32)
 
 
+def grey_in_graph(images):
+    """uint8 [..., H, W, C] with C 1 or 3 (RGB) -> uint8 [..., H, W], RGB as cv2.COLOR_RGB2GRAY."""
+    images = tf.convert_to_tensor(images, tf.uint8)
+    channels = tf.shape(images)[-1]
+    tf.debugging.assert_equal(tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)), True,
+                              message="expected 1 (grey) or 3 (RGB) channels")
+
+    def from_rgb():
+        weighted = tf.cast(images, tf.int32) * tf.constant(OPENCV_GREY_WEIGHTS, tf.int32)
+        rounded = tf.reduce_sum(weighted, axis=-1) + (1 << (OPENCV_GREY_SHIFT - 1))
+        return tf.cast(tf.bitwise.right_shift(rounded, OPENCV_GREY_SHIFT), tf.uint8)
+
+    return tf.cond(tf.equal(channels, 3), from_rgb, lambda: images[..., 0])
+
+
 class ServingModule(tf.Module):
-    """The Detector's model and post-processing behind a one-image, any-size uint8 signature."""
+    """The Detector's model and post-processing behind the signatures of the module docstring."""
 
     def __init__(self, detector: Detector, threshold: float):
         super().__init__(name="retinanet_serving")
@@ -85,36 +126,105 @@ class ServingModule(tf.Module):
         self.clahe_tile_grid = tf.Variable(preprocessing.clahe_tile_grid, dtype=tf.int32, trainable=False,
                                            name="clahe_tile_grid")
         self.detect = tf.function(self._detect, input_signature=[tf.TensorSpec(None, tf.uint8, name="image")])
+        self.detect_batch = tf.function(self._detect_batch, input_signature=[
+            tf.TensorSpec(None, tf.uint8, name="images"), tf.TensorSpec([None, 2], tf.int32, name="sizes")])
+        self.network = network_function(self.model, detector.postprocessor.anchors, self._input_size,
+                                         self._channels, self._has_image_head)
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.detect.get_concrete_function(),
+                "detect_batch": self.detect_batch.get_concrete_function(),
+                "network": self.network.get_concrete_function()}
+
+    def _letterbox_batch(self, grey, sizes):
+        """uint8 [B, H, W] and sizes [B, 2] -> (float32 [B, h, w, 1] letterboxed, scales [B])."""
+        height, width = self._input_size
+
+        def one(item):
+            image, size = item
+            return letterbox_in_graph(image[: size[0], : size[1]], self._input_size)
+
+        return tf.map_fn(one, (grey, sizes), fn_output_signature=(
+            tf.TensorSpec([height, width, 1], tf.float32), tf.TensorSpec([], tf.float32)))
+
+    def _detect_grey_batch(self, grey, sizes):
+        """uint8 [B, H, W] grey with sizes [B, 2] -> the `detect_batch` outputs."""
+        tf.debugging.assert_equal(tf.shape(sizes)[0], tf.shape(grey)[0], message="one size per image")
+        tf.debugging.assert_positive(sizes, message="sizes must be positive")
+        tf.debugging.assert_less_equal(sizes, tf.shape(grey)[1:3], message="a size exceeds the padded array")
+        letterboxed, scales = self._letterbox_batch(grey, sizes)
+        result = self._postprocessor.detect(self.model, normalize(letterboxed, self._channels), scales)
+        limits = tf.cast(tf.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], axis=1), tf.float32)
+        boxes = tf.clip_by_value(result["boxes"], 0.0, limits[:, None, :])
+        valid = tf.sequence_mask(result["num_detections"], tf.shape(result["scores"])[1])
+        keep = tf.logical_and(valid, result["scores"] >= self.score_threshold)
+        # Kept detections first, most confident first (they already are: this only makes sure).
+        order = tf.argsort(tf.where(keep, result["scores"], -1.0), axis=1, direction="DESCENDING", stable=True)
+        keep = tf.gather(keep, order, batch_dims=1)
+        outputs = {"boxes": tf.where(keep[..., None], tf.gather(boxes, order, batch_dims=1), 0.0),
+                   "scores": tf.where(keep, tf.gather(result["scores"], order, batch_dims=1), 0.0),
+                   "num_detections": tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)}
+        if self._has_image_head:
+            outputs["image_probability"] = result["image_probabilities"]
+        return outputs
+
+    def _detect_batch(self, images, sizes):
+        rank = tf.rank(images)
+        tf.debugging.assert_rank_in(images, [3, 4], message="expected images [B, H, W] or [B, H, W, C]")
+        grey = tf.cond(tf.equal(rank, 4), lambda: grey_in_graph(images),
+                       lambda: tf.reshape(images, tf.shape(images)[:3]))
+        return self._detect_grey_batch(tf.ensure_shape(grey, [None, None, None]), sizes)
 
     def _detect(self, image):
-        shape = tf.shape(image)
-        tf.debugging.assert_rank_in(image, [2, 3], message="expected one greyscale image [H, W] or [H, W, 1]")
-        tf.debugging.assert_equal(tf.size(image), shape[0] * shape[1],
-                                  message="expected one greyscale image [H, W] or [H, W, 1]")
-        image = tf.ensure_shape(tf.reshape(image, shape[:2]), [None, None])
-        letterboxed, scale = letterbox_in_graph(image, self._input_size)
-        result = self._postprocessor.detect(self.model, normalize(letterboxed[None], self._channels), scale[None])
-        count = result["num_detections"][0]
-        boxes, scores = result["boxes"][0, :count], result["scores"][0, :count]
-        size = tf.cast(tf.stack([shape[1], shape[0], shape[1], shape[0]]), tf.float32)
-        boxes = tf.clip_by_value(boxes, 0.0, size)
-        keep = scores >= self.score_threshold
-        boxes, scores = tf.boolean_mask(boxes, keep), tf.boolean_mask(scores, keep)
-        outputs = {"boxes": boxes, "scores": scores, "num_detections": tf.shape(scores)[0]}
+        tf.debugging.assert_rank_in(image, [2, 3], message=GREY_ONLY)
+        grey = tf.cond(tf.equal(tf.rank(image), 3), lambda: grey_in_graph(image),
+                       lambda: tf.reshape(image, tf.shape(image)[:2]))
+        grey = tf.ensure_shape(grey, [None, None])
+        batch = self._detect_grey_batch(grey[None], tf.shape(grey)[None])
+        count = batch["num_detections"][0]
+        outputs = {"boxes": batch["boxes"][0, :count], "scores": batch["scores"][0, :count], "num_detections": count}
         if self._has_image_head:
-            outputs["image_probability"] = result["image_probabilities"][0]
+            outputs["image_probability"] = batch["image_probability"][0]
         return outputs
 
 
+def network_function(model, anchors, input_size: tuple[int, int], channels: int, has_image_head: bool):
+    """The `network` signature of the module docstring as a tf.function of fixed input shape."""
+    anchors = np.asarray(anchors, np.float32)
+    height, width = input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([1, height, width], tf.uint8, name="image")])
+    def network(image):
+        outputs = model(normalize(tf.cast(image, tf.float32)[..., None], channels), training=False)
+        predictions = tf.cast(outputs["predictions"], tf.float32)
+        # A constant of the graph, not a captured tensor: tf2onnx would make a capture an input.
+        anchor_boxes = tf.constant(anchors)[None]
+        result = {"predictions": predictions,
+                  "boxes": box_ops.clip(box_ops.decode(predictions[..., :4], anchor_boxes), height, width),
+                  "scores": tf.sigmoid(predictions[..., 4:])}
+        if has_image_head:
+            result["image_probability"] = tf.sigmoid(tf.cast(outputs["image_logits"], tf.float32)[:, 0])
+        return result
+
+    return network
+
+
 def serving_info(detector: Detector, threshold: float) -> dict:
-    preprocessing = detector.config.preprocessing
+    """What a caller needs beside the model; paths only as names, so that exports can move."""
+    preprocessing, post = detector.config.preprocessing, detector.config.postprocessing
+    source = None
+    if detector.source is not None:
+        weights = detector.source.weights
+        run_dir = detector.source.run_dir
+        source = {"run": run_dir.name,
+                  "weights": str(weights.relative_to(run_dir)) if weights.is_relative_to(run_dir) else weights.name}
     return {"input_size": list(preprocessing.image_size), "score_threshold": threshold,
             "clahe": preprocessing.clahe, "clahe_clip_limit": preprocessing.clahe_clip_limit,
             "clahe_tile_grid": preprocessing.clahe_tile_grid, "image_head": detector.has_image_head,
-            "flip_tta": detector.config.postprocessing.flip_tta,
-            "image_gating": detector.config.postprocessing.image_gating,
-            "box_shrink": detector.config.postprocessing.box_shrink,
-            "weights": str(detector.source.weights) if detector.source else None}
+            "flip_tta": post.flip_tta, "image_gating": post.image_gating,
+            "image_gate_threshold": post.image_gate_threshold, "box_shrink": post.box_shrink,
+            "candidate_score_threshold": post.score_threshold, "pre_nms_top_k": post.pre_nms_top_k,
+            "nms_iou": post.nms_iou, "max_detections": post.max_detections, "source": source}
 
 
 def export_detector(detector: Detector, output_dir, threshold: float | None = None) -> dict:
@@ -122,16 +232,9 @@ def export_detector(detector: Detector, output_dir, threshold: float | None = No
     threshold = detector.threshold if threshold is None else float(threshold)
     module = ServingModule(detector, threshold)
     output_dir = Path(output_dir)
-    tf.saved_model.save(module, str(output_dir),
-                        signatures={"serving_default": module.detect.get_concrete_function()})
+    tf.saved_model.save(module, str(output_dir), signatures=module.signatures())
     info = serving_info(detector, threshold)
     (output_dir / "assets.extra").mkdir(exist_ok=True)
     (output_dir / "assets.extra" / "serving_info.json").write_text(json.dumps(info, indent=2))
     return info
 
-
-def export_saved_model(*, output_dir, checkpoint=None, run_dir=None, config_path=None,
-                       threshold: float | None = None) -> dict:
-    """`scripts/export.py`: load a run (threshold: argument > threshold.json > config) and export it."""
-    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
-    return export_detector(detector, output_dir)

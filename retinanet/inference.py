@@ -1,9 +1,9 @@
-"""Inference from a trained run: `Detector` and the `scripts/infer.py` workflow.
+"""Inference from a trained run: `Detector` and the `retinanet infer` workflow.
 
 A run directory (or a weights file inside one) carries everything inference needs: the
 resolved `config.yaml` (preprocessing, anchors, post-processing), the weights
 (`best.weights.h5`, else `final.weights.h5`, else the latest `checkpoints/` entry) and the
-score threshold chosen by evaluation (`threshold.json`, written by `scripts/evaluate.py
+score threshold chosen by evaluation (`threshold.json`, written by `retinanet evaluate
 --write-threshold`; without it `evaluation.score_threshold` of the config).
 
 Images go through exactly the training preprocessing (`read_image`, CLAHE, letterbox with
@@ -128,19 +128,6 @@ def resolve_source(*, checkpoint=None, run_dir=None, config_path=None) -> ModelS
             raise ModelLoadError("a run directory brings its own config; --config goes with --checkpoint")
         return source_from_run_dir(run_dir)
     return source_from_checkpoint(checkpoint, config_path)
-
-
-def add_source_arguments(parser) -> None:
-    """The `--run-dir | --checkpoint [--config]` arguments shared by the model-using scripts."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", help="run directory written by scripts/train.py")
-    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
-    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
-
-
-def check_source_arguments(parser, args) -> None:
-    if args.config and not args.checkpoint:
-        parser.error("--config goes with --checkpoint")
 
 
 def read_threshold(run_dir: Path, default: float) -> tuple[float, str]:
@@ -362,7 +349,9 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
     document = result_to_json(result, path, image.shape, detector.threshold)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"{path.stem}.json").write_text(json.dumps(document, indent=2))
-    save_rgb(output_dir / f"{path.stem}.png", draw_boxes(image, None, result["boxes"], result["scores"]))
+    save_rgb(output_dir / f"{path.stem}.png", draw_boxes(image, None, result["boxes"], result["scores"], title=path.name,
+                                                         threshold=detector.threshold,
+                                                         image_probability=result["image_probability"]))
     document["outputs"] = [str(output_dir / f"{path.stem}.json"), str(output_dir / f"{path.stem}.png")]
     return document
 
@@ -401,7 +390,7 @@ def infer_directory(detector: Detector, directory: Path, output_dir: Path, progr
 
 def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None, config_path=None,
                   threshold: float | None = None, progress: bool = True, skip_unreadable: bool | None = None) -> dict:
-    """`scripts/infer.py`: a single image -> JSON + overlay; a directory of DICOMs -> submission.csv.
+    """`retinanet infer`: a single image -> JSON + overlay; a directory of DICOMs -> submission.csv.
 
     `output_dir` defaults to the current directory. `skip_unreadable` (for a directory; default:
     the run's data.bad_file_policy is "skip") writes the submission without unreadable files.

@@ -262,6 +262,13 @@ def coco_map(ground_truth: dict, predictions: dict) -> float:
     return float(np.mean([_interpolated_ap(row, num_gt) for row in is_true_positive]))
 
 
+def detection_matches(ground_truth: dict, predictions: dict, iou_threshold: float = 0.5):
+    """Pooled detections, most confident first, matched as in `average_precision` ->
+    (scores [D], is_true_positive bool [D], number of ground-truth boxes)."""
+    scores, is_true_positive, num_gt = _coco_matches(ground_truth, predictions, [iou_threshold])
+    return scores, is_true_positive[0], num_gt
+
+
 def precision_recall_curve(ground_truth: dict, predictions: dict, iou_threshold: float = 0.5):
     """Raw (not interpolated) pooled PR curve -> (precision [D], recall [D], scores [D]).
 
@@ -284,6 +291,19 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     last_rank = np.cumsum(counts)
     return (last_rank - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def roc_curve(labels, probabilities):
+    """ROC of labels [N] (0/1) and probabilities [N] -> (false positive rate [T + 1], true
+    positive rate [T + 1], thresholds [T]): one point per distinct probability, descending, from
+    (0, 0); its trapezoidal area is the `image_level_metrics` AUC."""
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    probabilities = np.asarray(probabilities, np.float64).reshape(-1)
+    thresholds = np.unique(probabilities)[::-1]
+    kept = probabilities[None, :] >= thresholds[:, None]
+    true_positive_rate = (kept & labels).sum(axis=1) / max(int(labels.sum()), 1)
+    false_positive_rate = (kept & ~labels).sum(axis=1) / max(int((~labels).sum()), 1)
+    return np.concatenate([[0.0], false_positive_rate]), np.concatenate([[0.0], true_positive_rate]), thresholds
 
 
 def image_level_metrics(labels, probabilities, threshold: float = 0.5) -> dict:

@@ -51,6 +51,12 @@ def format_prediction_string(boxes_xyxy, scores) -> str:
     return " ".join(parts)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_submission(path: str | Path, predictions: dict, patient_ids) -> None:
     """Write one row per patient of `patient_ids`, in that order; absent patients get no boxes.
 
@@ -69,6 +75,8 @@ def write_submission(path: str | Path, predictions: dict, patient_ids) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file private (0600); the submission gets the mode any new file would.
+        os.chmod(descriptor, 0o666 & ~_current_umask())
         with os.fdopen(descriptor, "w", newline="") as file:
             writer = csv.writer(file, lineterminator="\n")
             writer.writerow(HEADER)

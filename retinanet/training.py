@@ -36,8 +36,9 @@ from retinanet.run_directory import (last_finite_checkpoint, last_validated_step
                                      record_validated_step, record_validation_due, remove_run,
                                      remove_stale_temporaries, run_entries, trim_log, validation_due_step,
                                      write_json_atomically)
-from retinanet.validation import NonFiniteOutputError, Validator
-from retinanet.visualize import grid, save_rgb
+from retinanet.tensorboard_logging import log_run_start, log_validation_details
+from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
+from retinanet.visualize import save_rgb
 
 
 class TrainingError(RuntimeError):
@@ -227,7 +228,8 @@ class Trainer:
         self.loss = loss_from_config(config, self.anchors)
         self.postprocessor = postprocessor_from_config(config, self.anchors, level_sizes(image_size, config.anchors))
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints", max_to_keep=2)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints",
+                                                  max_to_keep=training.keep_checkpoints)
         if resume:
             if self.manager.latest_checkpoint is None:
                 raise TrainingError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
@@ -240,6 +242,7 @@ class Trainer:
                                    progress=progress)
         self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
                         for name in ("train", "validation")}
+        log_run_start(self.run_dir / "tensorboard", config, self.run_dir.name)
         best_path = self.run_dir / "best.json"
         self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
         if not resume:
@@ -326,6 +329,8 @@ class Trainer:
         self._log("validation", step, results["scalars"])
         with self.writers["validation"].as_default(step=step):
             tf.summary.image("predictions", np.stack(results["overlays"]) / 255.0, max_outputs=len(results["overlays"]))
+        log_validation_details(self.writers["validation"], step, self.validator.records, results,
+                               self.model if self.config.training.weight_histograms else None)
         metric = _selection_metric(results["scalars"])
         if metric > self.best_metric:
             self._check_finite("writing best.weights.h5")
@@ -393,7 +398,8 @@ class Trainer:
         _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
         if results is None:  # resumed a finished run: its last validation is already recorded
             results = {**self.validator.run(), "step": self.step}
-        save_rgb(self.run_dir / "validation_predictions.png", grid(results["overlays"]))
+        save_rgb(self.run_dir / "validation_predictions.png",
+                 validation_picture(self.validator.records, results, len(results["overlays"])))
         for writer in self.writers.values():
             writer.flush()
         return results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import tensorflow as tf
@@ -131,14 +133,38 @@ class Validator:
             labels = np.array([r.target for r in self.records])
             scalars["loss/image"] = sums["image_loss"] / len(self.records)
             scalars["image_auc"] = image_level_metrics(labels, probabilities)["roc_auc"]
+        # Pictures show the boxes at the threshold chosen on this validation, as inference will.
+        drawn_at = best_threshold if math.isfinite(best_threshold) else threshold
         overlays = []
-        for record, image, scale in zip(self.records, first_images, first_scales):
-            boxes, scores = keep_above({0: by_patient[record.patient_id]}, threshold)[0]
+        for index, (record, image, scale) in enumerate(zip(self.records, first_images, first_scales)):
+            boxes, scores = keep_above({0: by_patient[record.patient_id]}, drawn_at)[0]
             # Small network inputs are enlarged so that boxes and scores stay legible.
             zoom = max(1, OVERLAY_SIZE // max(image.shape))
             image = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
             overlays.append(draw_boxes(image, record.boxes * scale * zoom, boxes * scale * zoom, scores,
-                                       title=record.patient_id[:8]))
+                                       title=f"{record.patient_id[:8]} (network input, {zoom}x)",
+                                       threshold=drawn_at, image_probability=_probability(probabilities, index)))
             if len(overlays) == self.config.training.num_summary_images:
                 break
-        return {"scalars": scalars, "overlays": overlays, "detections": by_patient, "probabilities": probabilities}
+        return {"scalars": scalars, "overlays": overlays, "overlay_threshold": drawn_at, "detections": by_patient,
+                "probabilities": probabilities}
+
+
+def _probability(probabilities, index: int) -> float | None:
+    return None if probabilities is None else float(probabilities[index])
+
+
+def validation_picture(records: list[Record], results: dict, count: int, tile_side: int = 768) -> np.ndarray:
+    """The first `count` records (those of `Validator.run`'s overlays) drawn from their original
+    images, each fitted into tile_side pixels, with `results`' boxes at its overlay threshold -> one mosaic."""
+    threshold = results["overlay_threshold"]
+    from retinanet.data.dicom import read_image
+    from retinanet.visualize import fit_tile, grid
+
+    tiles = []
+    for index, record in enumerate(records[:count]):
+        boxes, scores = keep_above({0: results["detections"][record.patient_id]}, threshold)[0]
+        tile, (truth, predicted) = fit_tile(read_image(record.image_path), [record.boxes, boxes], tile_side)
+        tiles.append(draw_boxes(tile, truth, predicted, scores, title=record.patient_id,
+                                threshold=threshold, image_probability=_probability(results["probabilities"], index)))
+    return grid(tiles)

@@ -1,54 +1,9 @@
-"""Detect pneumonia boxes with a trained run.
+"""`retinanet infer` as a script: python scripts/infer.py --help (see retinanet/commands/infer.py)."""
 
-    python scripts/infer.py --run-dir runs/demo-... --input image.dcm [--output DIR] [--threshold T]
-    python scripts/infer.py --checkpoint runs/x/best.weights.h5 --input dicom_dir/ --output out/
-
-A single DICOM, PNG or JPEG gives <output>/<name>.json (boxes as x, y, width, height in the
-original pixels with their scores, and the image-level probability when the model has one)
-and <output>/<name>.png with the boxes drawn; a directory of DICOMs gives
-<output>/submission.csv in the Kaggle format. An unreadable file in the directory stops the run,
-unless --skip-unreadable (or the run's data.bad_file_policy: skip): then its row has no boxes
-and it is listed in <output>/skipped_images.csv. The threshold defaults to the run's
-threshold.json (scripts/evaluate.py --write-threshold), else its evaluation.score_threshold.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
 
-from retinanet.config import ConfigError
-from retinanet.data.dicom import DicomReadError
-from retinanet.inference import (InputError, ModelLoadError, add_source_arguments, check_source_arguments,
-                                 run_inference)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_source_arguments(parser)
-    parser.add_argument("--input", required=True, help="a DICOM/PNG/JPEG file or a directory of DICOMs")
-    parser.add_argument("--output", help="output directory (default: the current directory)")
-    parser.add_argument("--threshold", type=float, help="score threshold (default: the run's chosen one)")
-    parser.add_argument("--skip-unreadable", action="store_true", default=None,
-                        help="directory input: write the submission without unreadable files (empty rows), "
-                             "listed in skipped_images.csv (default: the run's data.bad_file_policy)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    check_source_arguments(parser, args)
-    try:
-        summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
-                                run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,
-                                progress=not args.no_progress, skip_unreadable=args.skip_unreadable)
-    except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    outputs = summary.pop("outputs")
-    print(json.dumps(summary, indent=2))
-    for path in outputs:
-        print(f"wrote {path}")
-    return 0
-
+from retinanet.commands import infer
+from retinanet.commands.common import run_module
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(infer))

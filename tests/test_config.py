@@ -161,7 +161,7 @@ def test_non_finite_numbers_are_refused(tmp_path, key, text):
         ({"model": {"prior_probability": 0.0}}, "model.prior_probability"),
         ({"loss": {"gamma": -1.0}}, "loss.gamma"),
         ({"postprocessing": {"box_shrink": 1.5}}, "postprocessing.box_shrink"),
-        ({"training": {"steps": 10, "warmup_steps": 10}}, "training.warmup_steps"),
+        ({"training": {"warmup_steps": -1}}, "training.warmup_steps"),
         ({"anchors": {"levels": [3, 4], "sizes": [32.0, 64.0, 128.0]}}, "anchors.sizes"),
     ],
 )
@@ -190,10 +190,15 @@ def test_missing_file_is_a_config_error(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-def test_empty_file_gives_defaults(tmp_path):
+def test_empty_file_gives_defaults_with_paths_beside_the_file(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert load_config(path) == Config()
+    defaults = Config()
+    expected = dataclasses.replace(
+        defaults, data=dataclasses.replace(defaults.data, root=str(tmp_path / "data" / "rsna"),
+                                           cache_dir=str(tmp_path / "data" / "cache")),
+        training=dataclasses.replace(defaults.training, run_root=str(tmp_path / "runs")))
+    assert load_config(path) == expected
 
 
 # --- overrides --------------------------------------------------------------------------------
@@ -227,9 +232,54 @@ def test_override_on_shipped_config(path):
     assert config == expected
 
 
-def test_short_steps_override_conflicting_with_warmup_names_key(tmp_path):
-    with pytest.raises(ConfigError, match="training.warmup_steps"):
-        load_config(_write(tmp_path, {"training": {"warmup_steps": 50}}), ["training.steps=7"])
+def test_smoke_run_override_clamps_the_warmup_with_a_note(tmp_path, capsys):
+    path = _write(tmp_path, {"training": {"warmup_steps": 50}})
+    assert load_config(path, ["training.steps=7"]).training.warmup_steps == 6
+    assert load_config(path, ["training.steps=1"]).training.warmup_steps == 0
+    notes = capsys.readouterr().err.splitlines()
+    assert notes[0] == (f"note: {path}: training.warmup_steps 50 >= training.steps 7; warm-up clamped to 6 step(s)")
+    assert len(notes) == 2
+    assert load_config(path, ["training.steps=51"]).training.warmup_steps == 50
+    assert capsys.readouterr().err == ""
+
+
+# --- paths ------------------------------------------------------------------------------------
+
+
+def test_file_paths_are_relative_to_the_file_and_override_paths_to_the_working_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = _write(folder, {"data": {"root": "../data/x", "cache_dir": "/abs/cache", "split_file": "folds.csv"},
+                           "model": {"weights": "imagenet"}, "training": {"run_root": "runs"}})
+    monkeypatch.chdir(tmp_path / "configs")  # neither the repository nor the config's directory matters
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(path, ["model.weights=weights/resnet.h5"])
+    assert config.data.root == str(tmp_path / "data" / "x")
+    assert config.data.cache_dir == "/abs/cache"
+    assert config.data.split_file == str(folder / "folds.csv")
+    assert config.training.run_root == str(folder / "runs")
+    assert config.model.weights == str(elsewhere / "weights" / "resnet.h5")
+    assert load_config(path).model.weights == "imagenet"  # a word, not a path
+
+
+def test_saved_config_keeps_paths_inside_its_directory_relative(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = config_from_dict({"data": {"root": "data", "split_file": str(run_dir / "split.csv")}})
+    save_config(config, run_dir / "config.yaml")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["split_file"] == "split.csv"
+    assert saved["data"]["root"] == str(tmp_path / "data")  # relative to the working directory when made
+    moved = tmp_path / "moved" / "run"
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    monkeypatch.chdir(moved.parent)
+    reloaded = load_config(moved / "config.yaml")
+    assert reloaded.data.split_file == str(moved / "split.csv")
+    assert reloaded.data.root == str(tmp_path / "data")
 
 
 @pytest.mark.parametrize("override, key", [("training.stepz=7", "training.stepz"), ("trainig.steps=7", "trainig")])
@@ -264,12 +314,17 @@ def test_save_load_round_trip(tmp_path, path):
     assert load_config(saved) == config
 
 
-def test_round_trip_of_defaults_with_synthetic_section(tmp_path):
+def test_round_trip_of_defaults_with_synthetic_section(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = config_from_dict({"data": {"synthetic": {"num_train": 12, "seed": 3}}})
     saved = tmp_path / "resolved.yaml"
     save_config(config, saved)
     reloaded = load_config(saved)
-    assert reloaded == config
+    # The relative default paths meant the working directory: they come back absolute.
+    assert reloaded == dataclasses.replace(
+        config, data=dataclasses.replace(config.data, root=str(tmp_path / "data" / "rsna"),
+                                         cache_dir=str(tmp_path / "data" / "cache")),
+        training=dataclasses.replace(config.training, run_root=str(tmp_path / "runs")))
     assert reloaded.data.synthetic.num_train == 12
 
 

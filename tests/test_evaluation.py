@@ -1,4 +1,4 @@
-"""scripts/evaluate.py end to end on the tiny trained run (see conftest.py)."""
+"""retinanet evaluate (scripts/evaluate.py) end to end on the tiny trained run (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ def validation_patients(metrics: dict) -> list[str]:
 @pytest.mark.slow
 def test_outputs_exist_and_are_well_formed(tiny_run, evaluated_run):
     output, metrics = evaluated_run["output"], evaluated_run["metrics"]
-    for name in ("metrics.json", "predictions.csv", "threshold_sweep.png", "precision_recall.png"):
+    pictures = ("threshold_sweep.png", "precision_recall.png", "froc.png", "image_roc.png")
+    for name in ("metrics.json", "predictions.csv", *pictures):
         assert (output / name).is_file(), name
-    for name in ("threshold_sweep.png", "precision_recall.png"):
+    for name in pictures:
         assert cv2.imread(str(output / name)) is not None
     start, stop, step = tiny_run.config.evaluation.sweep
     assert [item["score_threshold"] for item in metrics["sweep"]] == pytest.approx(np.arange(start, stop + 1e-9, step))
@@ -41,7 +42,12 @@ def test_outputs_exist_and_are_well_formed(tiny_run, evaluated_run):
     assert 0 < len(overlays) <= tiny_run.config.evaluation.num_overlays
     for path in overlays:
         picture = cv2.imread(path)
-        assert picture.shape == (tiny_run.image_size, tiny_run.image_size, 3)  # drawn on the original image
+        # Drawn on the original image, under the band with the legend, threshold and p(pneumonia).
+        assert picture.shape[0] > tiny_run.image_size and picture.shape[1:] == (tiny_run.image_size, 3)
+    gating = metrics["image_gating"]  # the tiny config does not gate: what gating would do
+    assert gating["threshold"] == metrics["best_threshold"]
+    assert gating["gate_threshold"] == tiny_run.config.postprocessing.image_gate_threshold
+    assert gating["removed_boxes_negative_images"] >= 0 and gating["removed_boxes_positive_images"] >= 0
     assert "RSNA metric" in evaluated_run["stdout"] and "best of sweep" in evaluated_run["stdout"]
     assert metrics["source"]["split_file"] == str(tiny_run.run_dir.resolve() / "split.csv")
 

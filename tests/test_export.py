@@ -1,4 +1,5 @@
-"""scripts/export.py end to end: the SavedModel loads without this package and agrees with infer.py."""
+"""scripts/export.py end to end: the SavedModel loads without this package and agrees with infer.py,
+for one image (grey or RGB) and for a padded batch."""
 
 from __future__ import annotations
 
@@ -25,12 +26,23 @@ import tensorflow as tf
 loaded = tf.saved_model.load(sys.argv[1])
 results = {"clahe": bool(loaded.clahe.numpy()), "clahe_clip_limit": float(loaded.clahe_clip_limit.numpy()),
            "clahe_tile_grid": int(loaded.clahe_tile_grid.numpy()), "images": []}
-for path in sys.argv[2:]:
-    image = np.load(path)
+images = [np.load(path) for path in sys.argv[2:]]
+for image in images:
     output = loaded.signatures["serving_default"](image=tf.constant(image))
-    same = loaded.detect(tf.constant(image[..., None]))  # [H, W, 1] is accepted too
-    assert int(same["num_detections"]) == int(output["num_detections"])
+    for variant in (image[..., None], np.repeat(image[..., None], 3, axis=-1)):  # [H, W, 1] and RGB [H, W, 3]
+        same = loaded.detect(tf.constant(variant))
+        assert int(same["num_detections"]) == int(output["num_detections"])
+        np.testing.assert_allclose(same["boxes"].numpy(), output["boxes"].numpy(), atol=1e-3)
     results["images"].append({key: value.numpy().tolist() for key, value in output.items()})
+# The batch signature: the images padded into one [B, H, W] array, with their sizes.
+sizes = np.array([image.shape for image in images], np.int32)
+padded = np.zeros((len(images), *sizes.max(axis=0)), np.uint8)
+for index, image in enumerate(images):
+    padded[index, :image.shape[0], :image.shape[1]] = image
+batch = loaded.signatures["detect_batch"](images=tf.constant(padded), sizes=tf.constant(sizes))
+results["batch"] = {key: value.numpy().tolist() for key, value in batch.items()}
+rgb_batch = loaded.detect_batch(tf.constant(np.repeat(padded[..., None], 3, axis=-1)), tf.constant(sizes))
+assert rgb_batch["num_detections"].numpy().tolist() == results["batch"]["num_detections"]
 print(json.dumps(results))
 """
 
@@ -92,6 +104,18 @@ def test_saved_model_matches_infer_script(tiny_run, exported, inferred_dicom, pn
     assert_agree(served["images"][1], detector.detect_array(png), detector.threshold)
     info = json.loads((exported / "assets.extra" / "serving_info.json").read_text())
     assert info["score_threshold"] == 0.0 and info["input_size"] == [64, 64]
+    # Names, no absolute paths: the export (and the run) can move.
+    assert info["source"] == {"run": tiny_run.run_dir.name, "weights": "best.weights.h5"}
+
+    batch = served["batch"]  # each image of the padded batch gives what it gives alone
+    for index, single in enumerate(served["images"]):
+        count = batch["num_detections"][index]
+        assert count == single["num_detections"]
+        np.testing.assert_allclose(np.array(batch["boxes"][index][:count]).reshape(-1, 4),
+                                   np.array(single["boxes"]).reshape(-1, 4), atol=1e-3)
+        np.testing.assert_allclose(batch["scores"][index][:count], single["scores"], atol=1e-5)
+        assert not any(batch["scores"][index][count:])
+        assert batch["image_probability"][index] == pytest.approx(single["image_probability"], abs=1e-5)
 
 
 @pytest.mark.slow
@@ -120,3 +144,12 @@ def test_in_graph_letterbox_matches_opencv(original_size, input_size, exact):
     assert difference.max() <= (0 if exact else 1)
     # Shrinking differs on a few pixels in 10,000; enlarging (OpenCV's fixed point) on about 1 in 8.
     assert (difference > 0).mean() < (0.002 if max(original_size) > max(input_size) else 0.2)
+
+
+def test_rgb_to_grey_in_graph_matches_opencv():
+    from retinanet.export import grey_in_graph
+
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3)).astype(np.uint8)
+    expected = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in rgb])
+    np.testing.assert_array_equal(grey_in_graph(rgb).numpy(), expected)
+    np.testing.assert_array_equal(grey_in_graph(rgb[..., :1]).numpy(), rgb[..., 0])

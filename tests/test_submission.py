@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -133,3 +136,15 @@ def test_score_submission(tmp_path):
     assert result["score"] == pytest.approx(0.3125)
     assert (result["num_images"], result["num_skipped"], result["num_patients"]) == (2, 1, 3)
     assert (result["num_ground_truth_boxes"], result["num_predicted_boxes"]) == (1, 2)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_submission_follows_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        write_submission(tmp_path / "submission.csv", {}, ["p1"])
+        (tmp_path / "plain.txt").write_text("")  # what any new file gets
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "submission.csv").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)

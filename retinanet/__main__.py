@@ -1,0 +1,7 @@
+"""`python -m retinanet <job> ...`: the same as the `retinanet` command."""
+
+import sys
+
+from retinanet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""The `retinanet` command: `retinanet <job> [arguments]`, one job per module of retinanet.commands.
+
+    retinanet synth | prepare | train | evaluate | infer | score | export  [--help]
+
+Also reachable as `python -m retinanet`; `scripts/<name>.py` run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from retinanet.commands import evaluate, export, infer, prepare, score, synth, train
+
+# In the order of a project's life.
+COMMANDS = {"synth": synth, "prepare": prepare, "train": train, "evaluate": evaluate, "infer": infer,
+            "score": score, "export": export}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retinanet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    jobs = parser.add_subparsers(title="jobs", dest="job", required=True, metavar="JOB")
+    for name, module in COMMANDS.items():
+        job = jobs.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(job)
+        job.set_defaults(module=module, parser=job)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.module.run(args, args.parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

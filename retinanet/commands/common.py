@@ -1,0 +1,53 @@
+"""What the command modules share: the parser of one job, the model-source arguments, errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser(module, prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command module (its docstring is the help text)."""
+    parser = argparse.ArgumentParser(prog=prog, description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    return parser
+
+
+def run_module(module, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse `argv` for `module` and run it: what `scripts/<name>.py` do."""
+    parser = build_parser(module, prog)
+    return module.run(parser.parse_args(argv), parser)
+
+
+def report_error(error: Exception) -> int:
+    """A user-fixable error: `error: ...` on stderr, exit status 2, no traceback."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def add_config_arguments(parser, required: bool = True) -> None:
+    """`--config CFG [--set section.key=value ...]`."""
+    parser.add_argument("--config", required=required, metavar="CFG",
+                        help="YAML experiment config, e.g. configs/demo.yaml; relative paths inside it are "
+                             "relative to the file's directory")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set training.steps=100 (repeatable; a relative "
+                             "path given here is relative to the working directory)")
+
+
+def add_progress_argument(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
+
+
+def add_source_arguments(parser) -> None:
+    """The `--run-dir | --checkpoint [--config]` arguments shared by the model-using commands."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="run directory written by `retinanet train`")
+    source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
+    parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
+
+
+def check_source_arguments(parser, args) -> None:
+    if args.config and not args.checkpoint:
+        parser.error("--config goes with --checkpoint")

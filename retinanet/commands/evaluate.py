@@ -1,0 +1,40 @@
+"""Evaluate a trained run on its held-out split: metrics.json, predictions CSV, plots, overlays.
+
+    retinanet evaluate --run-dir runs/demo-... --output runs/demo-.../evaluation [--write-threshold]
+    retinanet evaluate --checkpoint runs/x/best.weights.h5 --output eval [--config CFG] [--split FILE]
+
+The split defaults to the run's saved split file. Exit code 2 on a missing run, checkpoint,
+config or split file, or unreadable data.
+"""
+
+from __future__ import annotations
+
+from retinanet.commands.common import (add_progress_argument, add_source_arguments, check_source_arguments,
+                                       report_error)
+
+
+def add_arguments(parser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument("--split", help="split file patientId,Target,fold (default: the run's split.csv)")
+    parser.add_argument("--output", required=True, help="directory for metrics.json, predictions.csv and plots")
+    parser.add_argument("--write-threshold", action="store_true",
+                        help="write the best threshold to <run_dir>/threshold.json for inference and export")
+    add_progress_argument(parser)
+
+
+def run(args, parser) -> int:
+    check_source_arguments(parser, args)
+    from retinanet.config import ConfigError
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.data.rsna import LabelError
+    from retinanet.evaluation import EvaluationError, evaluate_run, format_report
+    from retinanet.inference import InputError, ModelLoadError
+
+    try:
+        metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,
+                               config_path=args.config, split_file=args.split, write_threshold=args.write_threshold,
+                               progress=not args.no_progress)
+    except (ConfigError, LabelError, DicomReadError, ModelLoadError, InputError, EvaluationError) as error:
+        return report_error(error)
+    print(format_report(metrics))
+    return 0

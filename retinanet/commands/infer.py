@@ -1,0 +1,50 @@
+"""Detect pneumonia boxes with a trained run.
+
+    retinanet infer --run-dir runs/demo-... --input image.dcm [--output DIR] [--threshold T]
+    retinanet infer --checkpoint runs/x/best.weights.h5 --input dicom_dir/ --output out/
+
+A single DICOM, PNG or JPEG gives <output>/<name>.json (boxes as x, y, width, height in the
+original pixels with their scores, and the image-level probability when the model has one)
+and <output>/<name>.png with the boxes drawn; a directory of DICOMs gives
+<output>/submission.csv in the Kaggle format. An unreadable file in the directory stops the run,
+unless --skip-unreadable (or the run's data.bad_file_policy: skip): then its row has no boxes
+and it is listed in <output>/skipped_images.csv. The threshold defaults to the run's
+threshold.json (`retinanet evaluate --write-threshold`), else its evaluation.score_threshold.
+"""
+
+from __future__ import annotations
+
+from retinanet.commands.common import (add_progress_argument, add_source_arguments, check_source_arguments,
+                                       report_error)
+
+
+def add_arguments(parser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument("--input", required=True, help="a DICOM/PNG/JPEG file or a directory of DICOMs")
+    parser.add_argument("--output", help="output directory (default: the current directory)")
+    parser.add_argument("--threshold", type=float, help="score threshold (default: the run's chosen one)")
+    parser.add_argument("--skip-unreadable", action="store_true", default=None,
+                        help="directory input: write the submission without unreadable files (empty rows), "
+                             "listed in skipped_images.csv (default: the run's data.bad_file_policy)")
+    add_progress_argument(parser)
+
+
+def run(args, parser) -> int:
+    check_source_arguments(parser, args)
+    import json
+
+    from retinanet.config import ConfigError
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.inference import InputError, ModelLoadError, run_inference
+
+    try:
+        summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
+                                run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,
+                                progress=not args.no_progress, skip_unreadable=args.skip_unreadable)
+    except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
+        return report_error(error)
+    outputs = summary.pop("outputs")
+    print(json.dumps(summary, indent=2))
+    for path in outputs:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,39 @@
+"""Validate the labels, fix the split and build the preprocessed image cache for a config.
+
+    retinanet prepare --config configs/rsna.yaml
+
+Training builds the cache on its own when it is missing; running this first separates the
+one-off cost (decoding every DICOM, CLAHE, resizing) from training and reports bad files.
+"""
+
+from __future__ import annotations
+
+from retinanet.commands.common import add_config_arguments, add_progress_argument, report_error
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser)
+    add_progress_argument(parser)
+
+
+def run(args, parser) -> int:
+    from retinanet.config import ConfigError, load_config
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.data.pipeline import prepare_split, source_dataset
+    from retinanet.data.rsna import LabelError
+
+    progress = not args.no_progress
+    try:
+        config = load_config(args.config, args.set)
+        prepared = prepare_split(config, progress=progress)
+        for name, records in (("train", prepared.train), ("validation", prepared.validation)):
+            _, used, _ = source_dataset(config, records, progress=progress, split=name)
+            positives = sum(r.target for r in used)
+            print(f"{name:10s} {len(used):6d} images ({positives} with boxes, "
+                  f"{sum(len(r.boxes) for r in used)} boxes); {len(records) - len(used)} unreadable skipped")
+    except (ConfigError, LabelError, DicomReadError) as error:
+        return report_error(error)
+    print(f"split file: {prepared.split_file}")
+    if config.data.use_cache:
+        print(f"cache:      {config.data.cache_dir}")
+    return 0

@@ -1,0 +1,29 @@
+"""Score a Kaggle submission CSV against RSNA labels with the competition metric.
+
+    retinanet score --labels stage_2_train_labels.csv --submission submission.csv
+
+Every labelled patient must have exactly one row. Exit code 2 on a malformed file.
+"""
+
+from __future__ import annotations
+
+from retinanet.commands.common import report_error
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--labels", required=True, help="labels CSV: patientId,x,y,width,height,Target")
+    parser.add_argument("--submission", required=True, help="submission CSV: patientId,PredictionString")
+    parser.add_argument("--image-size", type=float, default=1024,
+                        help="image side in pixels (default 1024); every box must lie inside it")
+
+
+def run(args, parser) -> int:
+    from retinanet.data.rsna import LabelError
+    from retinanet.submission import SubmissionError, format_score_report, score_submission
+
+    try:
+        result = score_submission(args.labels, args.submission, image_size=args.image_size)
+    except (LabelError, SubmissionError) as error:
+        return report_error(error)
+    print(format_score_report(result))
+    return 0

@@ -1,0 +1,55 @@
+"""Train a RetinaNet from a YAML config.
+
+    retinanet train --config configs/demo.yaml
+    retinanet train --config configs/demo.yaml --set training.steps=1     # a smoke run
+    retinanet train --resume --run-dir runs/demo-...                      # continue a killed run
+"""
+
+from __future__ import annotations
+
+from retinanet.commands.common import add_config_arguments, add_progress_argument, report_error
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser, required=False)
+    parser.add_argument("--run-dir", help="run directory (default: <training.run_root>/<config>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run already in --run-dir and start afresh (a new run never mixes with it)")
+    add_progress_argument(parser)
+
+
+def run(args, parser) -> int:
+    if args.resume and not args.run_dir:
+        parser.error("--resume needs --run-dir")
+    if not args.resume and not args.config:
+        parser.error("--config is required")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --run-dir and --overwrite deletes it: give one of them")
+    import json
+    from pathlib import Path
+
+    from retinanet.config import ConfigError, load_config
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.data.rsna import LabelError
+    from retinanet.model.backbone import WeightsError
+    from retinanet.training import TrainingError, default_run_dir, train
+
+    try:
+        config = None if args.resume else load_config(args.config, args.set)
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
+        results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError) as error:
+        return report_error(error)
+    print(f"\nHeld-out validation at step {results['step']}:")
+    for key, value in results["scalars"].items():
+        print(f"  {key:22s} {value:.4f}")
+    best = json.loads((run_dir / "best.json").read_text())
+    print(f"\nRun directory:    {run_dir}")
+    print(f"Best weights:     {run_dir / 'best.weights.h5'} (step {best['step']}: RSNA metric "
+          f"{best['best_rsna_metric']:.4f} at the score threshold chosen on validation, {best['best_threshold']:.2f}; "
+          f"{best['rsna_metric']:.4f} at the configured one)")
+    print(f"Predictions:      {run_dir / 'validation_predictions.png'}")
+    print(f"TensorBoard:      tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"Evaluate:         retinanet evaluate --run-dir {run_dir} --output {run_dir / 'evaluation'}")
+    return 0

@@ -1,0 +1,151 @@
+"""TFLite and ONNX exports of the network, and inference through them.
+
+Both hold the `network` signature of `retinanet.export` (float32 arithmetic whatever the
+run's mixed precision): uint8 [1, h, w] letterboxed grey image at the network input size ->
+`predictions` [1, A, 4 + K], decoded `boxes` [1, A, 4] in input pixels, `scores` [1, A, K] and,
+with the image head, `image_probability` [1]. The resizing (OpenCV's area resize has no TFLite
+kernel) and the post-processing stay outside, so every operation is a TFLite builtin and an
+ONNX standard one. `detect_with_network` runs an exported network exactly as `Detector` runs
+the Keras model: CLAHE and letterbox with OpenCV, the same decoding, NMS, flip TTA, gating and
+box shrink. `<output>/serving_info.json` carries the settings a caller needs (see
+`retinanet.export.serving_info`).
+
+TFLite conversion ships with TensorFlow; ONNX needs the `export` extra (tf2onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from retinanet.export import export_detector, network_function, serving_info
+from retinanet.inference import Detector, build_inference_model
+
+MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
+ONNX_OPSET = 17
+
+
+class ConversionError(RuntimeError):
+    """A format cannot be written (converter missing or failing)."""
+
+
+def float32_network(detector: Detector):
+    """The `network` tf.function over a float32 copy of the detector's model (same weights):
+    converters do not take bfloat16 or float16 graphs."""
+    config = detector.config
+    float32 = replace(config, training=replace(config.training, mixed_precision="float32"))
+    model = build_inference_model(float32, detector.source.weights)
+    module = tf.Module()
+    module.model = model  # keeps the variables alive with the function
+    module.network = network_function(model, detector.postprocessor.anchors, tuple(config.preprocessing.image_size),
+                                      config.preprocessing.channels, detector.has_image_head)
+    return module
+
+
+def _reloaded(module, directory: str):
+    """`module` saved as a SavedModel in `directory` and loaded back. The converters freeze the
+    variables of a reloaded function into constants; from the in-memory function they leave
+    Keras 3's variables as uninitialised TFLite resources (NaN outputs) or as extra ONNX inputs."""
+    tf.saved_model.save(module, directory, signatures={"network": module.network.get_concrete_function()})
+    return tf.saved_model.load(directory)
+
+
+def convert_tflite(module, path: Path) -> None:
+    """Write `module.network` as a TFLite flatbuffer of builtin operations only."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        loaded = _reloaded(module, scratch)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures["network"]], loaded)
+        path.write_bytes(converter.convert())
+
+
+def convert_onnx(module, path: Path) -> None:
+    """Write `module.network` as an ONNX model (tf2onnx, opset ONNX_OPSET)."""
+    try:
+        import tf2onnx
+    except ImportError:
+        raise ConversionError('ONNX export needs tf2onnx: pip install "rsna-retinanet[export]"') from None
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        loaded = _reloaded(module, scratch)  # held: the function needs its variables alive
+        tf2onnx.convert.from_function(loaded.network, input_signature=module.network.input_signature, opset=ONNX_OPSET,
+                                      output_path=str(path))
+
+
+def export_network(detector: Detector, output_dir, export_format: str, threshold: float | None = None) -> dict:
+    """Write `<output_dir>/model.<format>` and `serving_info.json`; returns the serving info."""
+    threshold = detector.threshold if threshold is None else float(threshold)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / MODEL_FILES[export_format]
+    module = float32_network(detector)
+    try:
+        (convert_tflite if export_format == "tflite" else convert_onnx)(module, path)
+    except ConversionError:
+        raise
+    except Exception as error:  # the converters raise many types
+        raise ConversionError(f"{export_format} conversion failed: {type(error).__name__}: {error}") from None
+    info = {**serving_info(detector, threshold), "format": export_format, "model": path.name}
+    (output_dir / "serving_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def export_run(*, output_dir, export_format: str = "savedmodel", checkpoint=None, run_dir=None, config_path=None,
+               threshold: float | None = None) -> dict:
+    """`retinanet export`: load a run (threshold: argument > threshold.json > config) and write
+    it in `export_format` ("savedmodel", "tflite" or "onnx"); the info names the model written."""
+    if export_format not in ("savedmodel", *MODEL_FILES):
+        raise ConversionError(f"unknown export format {export_format!r}")
+    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
+    if export_format == "savedmodel":
+        return {**export_detector(detector, output_dir), "format": "savedmodel", "model": str(output_dir)}
+    info = export_network(detector, output_dir, export_format)
+    return {**info, "model": str(Path(output_dir) / info["model"])}
+
+
+def load_tflite(path):
+    """A TFLite network -> callable(uint8 [1, h, w]) -> {output name: numpy array}."""
+    with warnings.catch_warnings():
+        # tf.lite.Interpreter announces its move to the ai-edge-litert package; it works here.
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner()
+    return lambda image: runner(image=np.asarray(image, np.uint8))
+
+
+def load_onnx(path):
+    """An ONNX network -> callable(uint8 [1, h, w]) -> {output name: numpy array} (onnxruntime, CPU)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return lambda image: dict(zip(names, session.run(None, {"image": np.asarray(image, np.uint8)})))
+
+
+def detect_with_network(run_network, detector: Detector, image: np.ndarray, threshold: float | None = None) -> dict:
+    """Original grey uint8 [h, w] -> a `Detector` result, the network run by `run_network`
+    (`load_tflite` / `load_onnx`) and everything else as `Detector.detect_array` does it."""
+    threshold = detector.threshold if threshold is None else threshold
+    processed, scale = detector.preprocess(image)
+    outputs = run_network(processed[None])
+    mirrored = run_network(processed[None, :, ::-1]) if detector.config.postprocessing.flip_tta else None
+    probability = None
+    if "image_probability" in outputs:
+        probability = float(outputs["image_probability"].reshape(-1)[0])
+        if mirrored is not None:
+            probability = (probability + float(mirrored["image_probability"].reshape(-1)[0])) / 2
+    result = detector.postprocessor(
+        tf.constant(outputs["predictions"]), tf.constant([scale], tf.float32),
+        flipped_predictions=None if mirrored is None else tf.constant(mirrored["predictions"]),
+        image_probabilities=None if probability is None else tf.constant([probability], tf.float32))
+    count = int(result["num_detections"][0])
+    boxes = result["boxes"][0, :count].numpy().astype(np.float64)
+    scores = result["scores"][0, :count].numpy().astype(np.float64)
+    height, width = image.shape[:2]
+    boxes = np.clip(boxes, 0.0, [width, height, width, height])
+    keep = scores >= threshold
+    return {"boxes": boxes[keep], "scores": scores[keep], "image_probability": probability}

@@ -1,0 +1,145 @@
+"""The `retinanet` command (python -m retinanet, the console script of pyproject.toml) and the
+portability of run directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import REPOSITORY_ROOT, SYNTHETIC_SIZE, TINY_OVERRIDES
+from retinanet.cli import COMMANDS, main
+
+HEAVY_MODULES = ("tensorflow", "keras", "pandas", "pydicom", "cv2", "matplotlib", "numpy")
+SCRIPT_OF_COMMAND = {"synth": "make_synthetic.py", "prepare": "prepare_data.py", "train": "train.py",
+                     "evaluate": "evaluate.py", "infer": "infer.py", "score": "score.py", "export": "export.py"}
+
+
+def run_cli(*arguments, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "retinanet", *map(str, arguments)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=environment)
+
+
+def test_console_script_is_declared_for_the_cli():
+    project = tomllib.loads((REPOSITORY_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"retinanet": "retinanet.cli:main"}
+
+
+def test_every_job_has_a_command_and_a_script_wrapper():
+    assert list(COMMANDS) == list(SCRIPT_OF_COMMAND)
+    for command, script in SCRIPT_OF_COMMAND.items():
+        text = (REPOSITORY_ROOT / "scripts" / script).read_text()
+        assert f"run_module({command})" in text, script
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_answers_without_loading_tensorflow(command):
+    """--help must not pay for TensorFlow (several seconds); measured in a fresh interpreter."""
+    probe = ("import sys\nfrom retinanet.cli import main\n"
+             f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
+             f"print(sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1] == "[]"
+    assert "--no-progress" in completed.stdout or command in ("score", "export")
+
+
+def test_top_level_help_lists_every_job(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--help"])
+    assert exit.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the summaries
+    for command, module in COMMANDS.items():
+        assert command in text and module.__doc__.splitlines()[0] in text
+
+
+def test_unknown_job_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["fly"])
+    assert exit.value.code == 2
+    assert "invalid choice: 'fly'" in capsys.readouterr().err
+
+
+def test_synth_refuses_foreign_files_cleanly(tmp_path, clean_error):
+    (tmp_path / "stage_2_train_images").mkdir()
+    (tmp_path / "stage_2_train_images" / "someone-else.dcm").write_bytes(b"")
+    completed = run_cli("synth", "--out", tmp_path, "--num-train", "2", "--num-test", "0", "--size", "64",
+                        "--no-progress", cwd=tmp_path)
+    clean_error(completed, "someone-else.dcm")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from retinanet.data.synthetic import generate_synthetic_rsna
+
+    return generate_synthetic_rsna(tmp_path_factory.mktemp("cli") / "data", num_train=20, num_test=0,
+                                   size=SYNTHETIC_SIZE, seed=3, progress=False)
+
+
+def tiny_settings(data_dir: Path, root: Path) -> list[str]:
+    overrides = [f"data.root={data_dir}", f"data.cache_dir={root / 'cache'}", "data.synthetic=null",
+                 f"data.original_size={SYNTHETIC_SIZE}", *TINY_OVERRIDES]
+    return [f"--set={override}" for override in overrides]
+
+
+@pytest.mark.slow
+def test_prepare_without_progress_bars(tiny_data, tmp_path):
+    completed = run_cli("prepare", "--config", REPOSITORY_ROOT / "configs" / "demo.yaml",
+                        *tiny_settings(tiny_data, tmp_path), "--no-progress", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert "train" in completed.stdout and "validation" in completed.stdout
+    assert "it/s" not in completed.stderr and "%|" not in completed.stderr  # no tqdm bar
+
+
+@pytest.mark.slow
+def test_one_step_smoke_run_clamps_the_warmup(tiny_data, tmp_path):
+    """The demo config's 50 warm-up steps do not refuse a one-step run; relative paths in an
+    override are relative to the working directory."""
+    (tmp_path / "work").mkdir()
+    completed = run_cli("train", "--config", REPOSITORY_ROOT / "configs" / "demo.yaml",
+                        *tiny_settings(tiny_data, tmp_path), "--set", "training.steps=1",
+                        "--set", "training.warmup_steps=50", "--set", "training.run_root=runs", "--no-progress",
+                        cwd=tmp_path / "work")
+    assert completed.returncode == 0, completed.stderr
+    assert "training.warmup_steps 50 >= training.steps 1; warm-up clamped to 0 step(s)" in completed.stderr
+    (run_dir,) = (tmp_path / "work" / "runs").iterdir()
+    assert (run_dir / "final.weights.h5").is_file()
+    assert "Held-out validation at step 1:" in completed.stdout
+    assert f"retinanet evaluate --run-dir {run_dir}" in completed.stdout
+
+
+@pytest.mark.slow
+def test_copied_run_directory_evaluates_and_infers_from_another_working_directory(tiny_run, evaluated_run,
+                                                                                 inferred_dicom, tmp_path):
+    copy = tmp_path / "moved" / "run"
+    shutil.copytree(tiny_run.run_dir, copy)
+    saved = (copy / "config.yaml").read_text()
+    assert "split_file: split.csv" in saved and str(tiny_run.run_dir) not in saved
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # The original run directory is gone for the copy: rename it away while the copy runs.
+    hidden = tiny_run.run_dir.with_name("hidden-run")
+    tiny_run.run_dir.rename(hidden)
+    try:
+        evaluated = run_cli("evaluate", "--run-dir", "../moved/run", "--output", "evaluation", "--no-progress",
+                            cwd=elsewhere)
+        inferred = run_cli("infer", "--run-dir", copy, "--input", inferred_dicom["path"], "--output", "out",
+                           "--threshold", "0", "--no-progress", cwd=elsewhere)
+    finally:
+        hidden.rename(tiny_run.run_dir)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert inferred.returncode == 0, inferred.stderr
+    metrics = json.loads((elsewhere / "evaluation" / "metrics.json").read_text())
+    original = evaluated_run["metrics"]
+    assert metrics["source"]["split_file"] == str(copy / "split.csv")
+    for key in ("rsna_metric", "best_rsna_metric", "ap50", "counts"):
+        assert metrics[key] == original[key], key
+    document = json.loads((elsewhere / "out" / f"{inferred_dicom['path'].stem}.json").read_text())
+    assert document["boxes"] == inferred_dicom["json"]["boxes"]

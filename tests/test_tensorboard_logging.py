@@ -1,0 +1,99 @@
+"""TensorBoard records: config text, HParams, PR curves (counts checked by hand), histograms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retinanet.config import Config, config_from_dict
+from retinanet.tensorboard_logging import (BOX_PR_CURVE, HPARAM_METRICS, IMAGE_PR_CURVE, counts_at_thresholds,
+                                           flatten_config)
+
+
+def test_flattened_config_has_every_key_as_a_plain_value():
+    config = config_from_dict({"data": {"synthetic": {"num_train": 12}}, "preprocessing": {"image_size": [64, 96]}})
+    flat = flatten_config(config)
+    assert flat["training.learning_rate"] == config.training.learning_rate
+    assert flat["preprocessing.image_size"] == "[64, 96]"
+    assert flat["data.synthetic.num_train"] == 12
+    assert flat["model.image_head"] is True
+    assert all(isinstance(value, (bool, int, float, str)) for value in flat.values())
+    assert flatten_config(Config())["data.synthetic"] == "null"
+
+
+def test_detection_counts_at_thresholds_by_hand():
+    # Three ground-truth boxes; detections 0.9 (hit), 0.6 (miss), 0.3 (hit).
+    counts = counts_at_thresholds([0.9, 0.6, 0.3], [True, False, True], num_positive=3, num_thresholds=11)
+    true_positives, false_positives, true_negatives, false_negatives, precision, recall = counts
+    at = {0.0: 0, 0.3: 3, 0.5: 5, 0.7: 7, 1.0: 10}
+    assert [true_positives[at[t]] for t in at] == [2, 2, 1, 1, 0]
+    assert [false_positives[at[t]] for t in at] == [1, 1, 1, 0, 0]
+    assert [false_negatives[at[t]] for t in at] == [1, 1, 2, 2, 3]
+    assert not true_negatives.any()
+    np.testing.assert_allclose([precision[at[t]] for t in at], [2 / 3, 2 / 3, 1 / 2, 1, 0])
+    np.testing.assert_allclose([recall[at[t]] for t in at], [2 / 3, 2 / 3, 1 / 3, 1 / 3, 0])
+
+
+def test_image_counts_have_true_negatives():
+    counts = counts_at_thresholds([0.8, 0.4, 0.2, 0.1], [True, False, True, False], num_positive=2, num_negative=2,
+                                  num_thresholds=3)  # thresholds 0, 0.5, 1
+    np.testing.assert_array_equal(counts[:4], [[2, 1, 0], [2, 0, 0], [0, 2, 2], [0, 1, 2]])
+
+
+# --- a trained run's event files ---------------------------------------------------------------
+
+
+def tags_with_plugins(directory) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return {tag: accumulator.SummaryMetadata(tag).plugin_data.plugin_name for tag in accumulator.Tags()["tensors"]}
+
+
+@pytest.mark.slow
+def test_run_has_config_text_hparams_and_pr_curves(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    root = tiny_run.run_dir / "tensorboard"
+    tags = tags_with_plugins(root)
+    assert tags["config"] == "text"
+    assert tags["_hparams_/experiment"] == tags["_hparams_/session_start_info"] == "hparams"
+    accumulator = EventAccumulator(str(root), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    text = accumulator.Tensors("config")[0].tensor_proto.string_val[0].decode()
+    assert "    training:" in text and f"    steps: {tiny_run.config.training.steps}" in text
+    content = accumulator.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert session.hparams["training.steps"].number_value == tiny_run.config.training.steps
+    assert session.hparams["preprocessing.image_size"].string_value == "[64, 64]"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        accumulator.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
+    assert [(m.name.group, m.name.tag) for m in experiment.metric_infos] == [
+        ("validation", tag) for tag, _ in HPARAM_METRICS]
+
+    validation = tags_with_plugins(root / "validation")
+    assert validation[BOX_PR_CURVE] == validation[IMAGE_PR_CURVE] == "pr_curves"
+    assert {tag for tag, _ in HPARAM_METRICS} <= set(validation)  # the HParams metrics exist as scalars
+    assert not any(tag.startswith("weights/") for tag in validation)  # histograms are off by default
+
+
+@pytest.mark.slow
+def test_weight_histograms_when_asked(tiny_run, tmp_path):
+    import shutil
+    import tensorflow as tf
+
+    from retinanet.inference import build_inference_model
+    from retinanet.tensorboard_logging import log_validation_details
+
+    model = build_inference_model(tiny_run.config, tiny_run.run_dir / "final.weights.h5")
+    writer = tf.summary.create_file_writer(str(tmp_path / "events"))
+    record = type("Record", (), {"patient_id": "p", "boxes": np.zeros((0, 4)), "target": 0})()
+    log_validation_details(writer, 3, [record], {"detections": {"p": (np.zeros((0, 4)), np.zeros(0))},
+                                                 "probabilities": None}, model)
+    tags = tags_with_plugins(tmp_path / "events")
+    assert tags[f"weights/{model.weights[0].path}"] == "histograms"
+    assert sum(1 for tag in tags if tag.startswith("weights/")) == len(model.weights)
+    assert IMAGE_PR_CURVE not in tags  # no image head output given
+    shutil.rmtree(tmp_path / "events")
