@@ -26,7 +26,7 @@ from tqdm import tqdm
 from retinanet.anchors import generate_anchors, level_sizes
 from retinanet.budget import CALIBRATION_STEPS, Timing, fit_schedule
 from retinanet.config import Config, TrainingConfig, load_config, save_config
-from retinanet.data.pipeline import build_dataset, prepare_split
+from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
 from retinanet.data.rsna import Record
 from retinanet.distributed import barrier, make_strategy, remove_write_directory, worker_role, write_directory
 from retinanet.hardware import dtype_policy, prepare_runtime
@@ -223,6 +223,11 @@ class Trainer:
         if not self.train_records or not self.validation_records:
             raise TrainingError(f"empty split: {len(self.train_records)} training and "
                                 f"{len(self.validation_records)} validation patients")
+        if self.is_chief and self.num_workers > 1:
+            if config.data.use_cache:  # filled once, by the chief, before the others read it
+                for split, records in (("train", self.train_records), ("validation", self.validation_records)):
+                    source_dataset(config, records, progress, split)
+            barrier(self.strategy)
 
         replicas = self.strategy.num_replicas_in_sync
         if training.batch_size % replicas:
@@ -251,8 +256,6 @@ class Trainer:
         self.train_dataset = self.strategy.distribute_datasets_from_function(self._training_input)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
                                    progress=progress) if self.is_chief else None
-        if self.is_chief:
-            barrier(self.strategy)
         self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
                         for name in ("train", "validation")}
         best_path = self.run_dir / "best.json"
