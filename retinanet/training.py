@@ -215,9 +215,9 @@ class Trainer:
             print(f"Removed {path}, left by an interrupted write")
         split_path = self.source_dir / "split.csv"
         prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
-        if not split_path.is_file():
-            shutil.copyfile(prepared.split_file, split_path)
         if self.is_chief:
+            if not split_path.is_file():
+                shutil.copyfile(prepared.split_file, split_path)
             self._save_config()
         self.train_records, self.validation_records = prepared.train, prepared.validation
         if not self.train_records or not self.validation_records:

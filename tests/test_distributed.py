@@ -252,3 +252,19 @@ def test_all_workers_succeeding_is_success(tmp_path):
     code = launch([sys.executable, "-c", "import os; assert 'TF_CONFIG' in os.environ"], 2, tmp_path,
                   poll_seconds=0.1, echo_chief=False)
     assert code == 0
+
+
+def test_multi_worker_refuses_a_time_budget_naming_the_key():
+    from retinanet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.time_budget_minutes.*multi_worker"):
+        config_from_dict({"training": {"strategy": "multi_worker", "time_budget_minutes": 5}})
+    assert config_from_dict({"training": {"strategy": "multi_worker"}}).training.strategy == "multi_worker"
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
+    from retinanet.distributed import make_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        make_strategy("multi_worker")
