@@ -149,7 +149,8 @@ def straight_run(tiny_setup):
     return run_dir
 
 
-# A worker that kills itself (SIGKILL, as `kill -9`) once the chief has validated step `die_after`.
+# A worker that kills itself (SIGKILL, as `kill -9`) after its checkpoint of step `die_after`; in a
+# multi-worker run, once the chief has also validated that step (a single worker dies before it).
 KILLED_WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
@@ -162,7 +163,7 @@ KILLED_WORKER = textwrap.dedent("""
         original(**options)
         if trainer.step == die_after and trainer.worker == dying_worker:
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:  # mid-run: the chief's checkpoint and validation are done
+            while trainer.num_workers > 1 and time.monotonic() < deadline:  # mid-run: the chief's checkpoint and validation are done
                 state = run_dir / "validation.json"
                 if state.is_file() and json.loads(state.read_text())["last_validated_step"] >= die_after:
                     break
