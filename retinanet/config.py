@@ -161,9 +161,13 @@ class TrainingConfig:
     # validation and checkpoint intervals so that the whole command ends within this budget.
     time_budget_minutes: float = 0.0
     jit_compile: bool = False
-    strategy: str = "default"  # "default" or "mirrored"
+    # "default" (one device), "mirrored" (this machine's devices) or "multi_worker" (a cluster
+    # described by TF_CONFIG; see scripts/launch_workers.py).
+    strategy: str = "default"
     seed: int = 0
     deterministic: bool = False
+    # Retired: training reads a full permutation of the records per epoch (retinanet/data/order.py).
+    # Still read, so that the configs of earlier runs load; it changes nothing.
     shuffle_buffer: int = 512
     # Share of training images with boxes; 0 = as they come (22.5 % in RSNA). Boxes are learned
     # from positive images only, while negatives are learned fast (see the README's demo notes).
@@ -216,7 +220,7 @@ CHOICES = {
     "training.optimizer": ("sgd", "adamw"),
     "training.schedule": ("cosine", "step", "constant"),
     "training.mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-    "training.strategy": ("default", "mirrored"),
+    "training.strategy": ("default", "mirrored", "multi_worker"),
     "postprocessing.image_gating": ("none", "gate", "multiply"),
 }
 
@@ -346,6 +350,8 @@ def _check(config: Config) -> None:
         require(getattr(training, name) >= 0, f"training.{name}", "must be >= 0 (0 = auto)")
     require(0 <= training.positive_fraction < 1, "training.positive_fraction", "must be in [0, 1) (0 = as they come)")
     require(training.time_budget_minutes >= 0, "training.time_budget_minutes", "must be >= 0 (0 = no budget)")
+    require(not (training.strategy == "multi_worker" and training.time_budget_minutes), "training.time_budget_minutes",
+            "must be 0 with training.strategy: multi_worker (each worker would time itself; set training.steps)")
     require(training.gradient_clip_norm >= 0, "training.gradient_clip_norm", "must be >= 0 (0 = off)")
     for name in ("validate_every", "log_every", "checkpoint_every", "keep_checkpoints"):
         require(getattr(training, name) >= 1, f"training.{name}", "must be at least 1")

@@ -26,8 +26,9 @@ from tqdm import tqdm
 from retinanet.anchors import generate_anchors, level_sizes
 from retinanet.budget import CALIBRATION_STEPS, Timing, fit_schedule
 from retinanet.config import Config, TrainingConfig, load_config, save_config
-from retinanet.data.pipeline import build_dataset, prepare_split
+from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
 from retinanet.data.rsna import Record
+from retinanet.distributed import barrier, make_strategy, remove_write_directory, worker_role, write_directory
 from retinanet.hardware import dtype_policy, prepare_runtime
 from retinanet.losses import image_loss, loss_from_config
 from retinanet.model.retinanet import build_model_from_config
@@ -96,12 +97,6 @@ def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = Non
     if training.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def set_seeds(seed: int, deterministic: bool) -> None:
@@ -179,21 +174,35 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                  progress: bool = True):
-        self.run_dir = Path(run_dir)
+        # The run directory is read by every worker and written by the chief (`self.run_dir`);
+        # the other workers of a multi-worker run write to a temporary directory instead.
+        self.source_dir = self.run_dir = Path(run_dir)
         self.progress = progress
-        if not resume:
-            start_fresh(self.run_dir, overwrite)
-        elif overwrite:
+        if resume and overwrite:
             raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
         if resume:
-            if not (self.run_dir / "config.yaml").is_file():
-                raise TrainingError(f"--resume: {self.run_dir} holds no config.yaml; is it a run directory?")
-            config = load_config(self.run_dir / "config.yaml")
+            if not (self.source_dir / "config.yaml").is_file():
+                raise TrainingError(f"--resume: {self.source_dir} holds no config.yaml; is it a run directory?")
+            config = load_config(self.source_dir / "config.yaml")
+        elif config.training.strategy != "multi_worker":
+            start_fresh(self.run_dir, overwrite)  # a multi-worker run's chief checks once it knows its role
         self.started = time.monotonic()  # the time budget counts from here
         training = config.training
         precision, device_line = prepare_runtime(training.mixed_precision, training.intra_op_threads,
                                                  training.inter_op_threads)
         print(device_line)
+        try:
+            # Multi-worker collectives must be set up before TensorFlow runs its first op.
+            self.strategy = make_strategy(training.strategy)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
+        self.worker, self.num_workers, self.is_chief = worker_role(self.strategy)
+        if self.num_workers > 1:
+            if self.is_chief and not resume:
+                start_fresh(self.run_dir, overwrite)
+            self.run_dir = write_directory(self.source_dir, self.is_chief)
+            print(f"Worker {self.worker} of {self.num_workers}" + ("" if self.is_chief else
+                                                                   f"; writes to {self.run_dir} (removed at the end)"))
         if precision.warning:
             print(f"warning: {precision.warning}", file=sys.stderr)
         self.config = config = replace(config, training=replace(training, mixed_precision=precision.policy))
@@ -201,19 +210,26 @@ class Trainer:
         self.device_line = device_line
         set_seeds(training.seed, training.deterministic)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.is_chief:
+            barrier(self.strategy)  # the chief first writes the split and fills the image cache
         for path in remove_stale_temporaries(self.run_dir):
             print(f"Removed {path}, left by an interrupted write")
-        split_path = self.run_dir / "split.csv"
+        split_path = self.source_dir / "split.csv"
         prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
-        if not split_path.is_file():
-            shutil.copyfile(prepared.split_file, split_path)
-        self._save_config()
+        if self.is_chief:
+            if not split_path.is_file():
+                shutil.copyfile(prepared.split_file, split_path)
+            self._save_config()
         self.train_records, self.validation_records = prepared.train, prepared.validation
         if not self.train_records or not self.validation_records:
             raise TrainingError(f"empty split: {len(self.train_records)} training and "
                                 f"{len(self.validation_records)} validation patients")
+        if self.is_chief and self.num_workers > 1:
+            if config.data.use_cache:  # filled once, by the chief, before the others read it
+                for split, records in (("train", self.train_records), ("validation", self.validation_records)):
+                    source_dataset(config, records, progress, split)
+            barrier(self.strategy)
 
-        self.strategy = make_strategy(training.strategy)
         replicas = self.strategy.num_replicas_in_sync
         if training.batch_size % replicas:
             raise TrainingError(f"training.batch_size {training.batch_size} is not divisible by {replicas} replicas")
@@ -231,15 +247,17 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints",
                                                   max_to_keep=training.keep_checkpoints)
         if resume:
-            if self.manager.latest_checkpoint is None:
-                raise TrainingError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            self._check_finite(f"resuming from {self.manager.latest_checkpoint}")
+            latest = tf.train.latest_checkpoint(str(self.source_dir / "checkpoints"))  # the chief's, on every worker
+            if latest is None:
+                raise TrainingError(f"--resume: no checkpoint in {self.source_dir / 'checkpoints'}")
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self._check_finite(f"resuming from {latest}")
             trim_log(self.run_dir, self.step, last_validated_step(self.run_dir))
-            print(f"Resumed from {self.manager.latest_checkpoint} at step {self.step}")
-        self.train_dataset = build_dataset(config, "train", records=self.train_records, progress=progress)
+            print(f"Resumed from {latest} at step {self.step}")
+        # The data position is the step: the stream starts where the restored run stopped.
+        self.train_dataset = self.strategy.distribute_datasets_from_function(self._training_input)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
-                                   progress=progress)
+                                   progress=progress) if self.is_chief else None
         self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
                         for name in ("train", "validation")}
         log_run_start(self.run_dir / "tensorboard", config, self.run_dir.name)
@@ -247,6 +265,13 @@ class Trainer:
         self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
         if not resume:
             record_validated_step(self.run_dir, 0)  # from now on this record, not the log, tells
+
+    def _training_input(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """This worker's share of every global batch, in batches of one replica's share."""
+        batch_size = context.get_per_replica_batch_size(self.config.training.batch_size)
+        return build_dataset(self.config, "train", records=self.train_records, progress=self.progress,
+                             start_step=self.step, worker=context.input_pipeline_id,
+                             num_workers=context.num_input_pipelines, batch_size=batch_size)
 
     @property
     def step(self) -> int:
@@ -319,8 +344,11 @@ class Trainer:
 
     def validate(self) -> dict:
         """Validate, log, keep the best weights, then record the step as validated (in this order, so
-        that a run killed before the record re-runs this validation on resume)."""
+        that a run killed before the record re-runs this validation on resume). The chief alone
+        validates: the other workers' results hold the step only."""
         step = self.step
+        if not self.is_chief:
+            return {"step": step, "scalars": {}, "overlays": []}
         try:
             results = {**self.validator.run(), "step": step}
         except NonFiniteOutputError as error:
@@ -342,9 +370,8 @@ class Trainer:
 
     def fit(self) -> dict:
         training = self.config.training
-        per_replica = self.strategy.experimental_distribute_dataset(self.train_dataset)
         train_step = build_train_step(self.config, self.strategy, self.model, self.optimizer, self.loss)
-        iterator = iter(per_replica)
+        iterator = iter(self.train_dataset)
         steps_per_epoch = max(1, len(self.train_records) // training.batch_size)
         start = self.step
         # The first step traces the graph: the budget is fitted on the steps after it.
@@ -396,6 +423,8 @@ class Trainer:
                 bar.write(_validation_line(step, results))
         bar.close()
         _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
+        if not self.is_chief:
+            return {"step": self.step, "scalars": {}, "overlays": []}
         if results is None:  # resumed a finished run: its last validation is already recorded
             results = {**self.validator.run(), "step": self.step}
         save_rgb(self.run_dir / "validation_predictions.png",
@@ -411,8 +440,12 @@ def _validation_line(step: int, results: dict) -> str:
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict:
-    """Train (or resume) a run; returns the last validation results."""
-    return Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress).fit()
+    """Train (or resume) a run; returns the last validation results (no scalars on a worker other than the chief)."""
+    trainer = Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        remove_write_directory(trainer.run_dir, trainer.source_dir)
 
 
 def start_fresh(run_dir: Path, overwrite: bool) -> None:

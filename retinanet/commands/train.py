@@ -37,10 +37,16 @@ def run(args, parser) -> int:
 
     try:
         config = None if args.resume else load_config(args.config, args.set)
+        if config is not None and config.training.strategy == "multi_worker" and not args.run_dir:
+            # Each worker would name its own directory after the time it started.
+            raise ConfigError("training.strategy: multi_worker needs --run-dir (the same on every worker)")
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
         results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError) as error:
         return report_error(error)
+    if not results["scalars"]:
+        print(f"Worker finished at step {results['step']}; the chief wrote the run directory {run_dir}")
+        return 0
     print(f"\nHeld-out validation at step {results['step']}:")
     for key, value in results["scalars"].items():
         print(f"  {key:22s} {value:.4f}")

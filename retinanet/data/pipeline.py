@@ -21,6 +21,7 @@ from retinanet.config import Config, TrainingConfig
 from retinanet.data.augment import Augmenter
 from retinanet.data.cache import build_cache, load_preprocessed
 from retinanet.data.dicom import DicomReadError, read_image
+from retinanet.data.order import augmentation_seed, record_at, worker_positions
 from retinanet.data.preprocess import normalize
 from retinanet.hardware import workers
 from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
@@ -169,40 +170,59 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
     return dataset, records, load
 
 
-def shuffled_stream(dataset: tf.data.Dataset, training: TrainingConfig, size: int) -> tf.data.Dataset:
-    """Source elements (source, boxes, count, scale) shuffled and repeated forever; with
-    `training.positive_fraction` > 0, images with boxes make up that share of the stream
-    (drawn from their own shuffled stream) instead of their share of the data set."""
+def _columns(dataset: tf.data.Dataset, size: int) -> tuple:
+    """The source dataset's columns as whole tensors, for random access by record index."""
+    return dataset.batch(size).get_single_element()
 
-    def shuffle(part: tf.data.Dataset) -> tf.data.Dataset:
-        return part.shuffle(min(size, training.shuffle_buffer), seed=training.seed,
-                            reshuffle_each_iteration=True).repeat()
 
-    if not training.positive_fraction:
-        return shuffle(dataset)
-    positives = shuffle(dataset.filter(lambda source, boxes, count, scale: count > 0))
-    negatives = shuffle(dataset.filter(lambda source, boxes, count, scale: count == 0))
-    fraction = training.positive_fraction
-    return tf.data.Dataset.sample_from_datasets([positives, negatives], [fraction, 1.0 - fraction],
-                                                seed=training.seed, stop_on_empty_dataset=False)
+def shuffled_stream(dataset: tf.data.Dataset, training: TrainingConfig, size: int, *,
+                    positions: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """Source elements (source, boxes, count, scale) in the training order, forever: the element
+    at stream position p is a pure function of (training.seed, p) (see retinanet/data/order.py).
+    With `training.positive_fraction` > 0, images with boxes make up that share of the stream
+    instead of their share of the data set. `positions` (default 0, 1, 2...) picks the positions
+    read, e.g. one worker's share from a resumed step on (`order.worker_positions`)."""
+    return _stream_with_positions(dataset, training, size, positions).map(lambda element, position: element)
+
+
+def _stream_with_positions(dataset: tf.data.Dataset, training: TrainingConfig, size: int,
+                           positions: tf.data.Dataset | None) -> tf.data.Dataset:
+    """`shuffled_stream`, each element paired with its stream position: (element, position)."""
+    columns = _columns(dataset, size)
+    counts = columns[2].numpy()
+    positive_indices = [int(i) for i in np.flatnonzero(counts > 0)]
+    negative_indices = [int(i) for i in np.flatnonzero(counts == 0)]
+    positions = tf.data.Dataset.counter(dtype=tf.int64) if positions is None else positions
+
+    def element_at(position):
+        index = record_at(position, positive_indices, negative_indices, training.seed, training.positive_fraction)
+        return tuple(tf.gather(column, index) for column in columns), position
+
+    return positions.map(element_at)
 
 
 def build_dataset(config: Config, split: str, *, records: list[Record] | None = None,
                   training: bool | None = None, deterministic: bool | None = None,
-                  progress: bool = True) -> tf.data.Dataset:
+                  progress: bool = True, start_step: int = 0, worker: int = 0, num_workers: int = 1,
+                  batch_size: int | None = None) -> tf.data.Dataset:
     """Batches of `{"images": float32 [B, H, W, C], "targets": float32 [B, A, 5],
     "image_labels": float32 [B], "scales": float32 [B]}`.
 
     `split` is "train" or "validation"; training (default: split == "train") shuffles,
     augments and repeats forever. `records` overrides the split's records.
+    Training reads the stream from `start_step` on (a resumed run's step) and only the share of
+    worker `worker` of `num_workers` of every global batch of `training.batch_size`, in batches
+    of `batch_size` (default: that share).
     """
     return build_dataset_and_records(config, split, records=records, training=training,
-                                     deterministic=deterministic, progress=progress)[0]
+                                     deterministic=deterministic, progress=progress, start_step=start_step,
+                                     worker=worker, num_workers=num_workers, batch_size=batch_size)[0]
 
 
 def build_dataset_and_records(config: Config, split: str, *, records: list[Record] | None = None,
                               training: bool | None = None, deterministic: bool | None = None,
-                              progress: bool = True) -> tuple[tf.data.Dataset, list[Record]]:
+                              progress: bool = True, start_step: int = 0, worker: int = 0, num_workers: int = 1,
+                              batch_size: int | None = None) -> tuple[tf.data.Dataset, list[Record]]:
     """`build_dataset`, plus the records in dataset order (without any skipped as unreadable)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -222,10 +242,15 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
     normalize_fused = tf.function(normalize, jit_compile=True)
     parallel = workers(config.data.num_parallel_calls)
 
+    global_batch = config.training.batch_size
     if training:
-        dataset = shuffled_stream(dataset, config.training, len(records))
-    # One stateless seed per example keeps augmentation reproducible whatever the parallelism.
-    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=config.training.seed).batch(2)))
+        positions = worker_positions(start_step, global_batch, worker, num_workers)
+        dataset = _stream_with_positions(dataset, config.training, len(records), positions)
+    else:
+        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.counter(dtype=tf.int64)))
+    # One stateless seed per stream position keeps augmentation reproducible whatever the
+    # parallelism, and the same after a resume or on another worker.
+    dataset = dataset.map(lambda element, position: (element, augmentation_seed(position, config.training.seed)))
 
     def prepare(example, seed):
         image, boxes, scale = load(*example)
@@ -238,6 +263,7 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
                 "scales": scale}
 
     dataset = dataset.map(prepare, num_parallel_calls=parallel, deterministic=deterministic)
-    dataset = dataset.batch(config.training.batch_size if training else config.evaluation.batch_size,
-                            drop_remainder=training)
+    if batch_size is None:
+        batch_size = global_batch // num_workers if training else config.evaluation.batch_size
+    dataset = dataset.batch(batch_size, drop_remainder=training)
     return dataset.prefetch(tf.data.AUTOTUNE), records

@@ -1,0 +1,271 @@
+"""Multi-worker training and exact resume: the order of examples, the launcher, and end-to-end runs
+on 127.0.0.1 (1 worker x batch 8 against 2 workers x batch 4; kill -9 then --resume)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retinanet.config import config_from_dict, save_config
+from retinanet.data.order import record_at, worker_positions
+from retinanet.data.pipeline import build_dataset, prepare_split
+from retinanet.data.synthetic import generate_synthetic_rsna
+from retinanet.launcher import free_ports, launch, tf_config
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT = 600  # seconds for one launch of a tiny run
+
+
+def take(dataset, count):
+    return [int(value) for value in dataset.take(count).as_numpy_iterator()]
+
+
+def test_workers_read_disjoint_shares_that_make_up_each_global_batch():
+    batch, steps = 8, 3
+    one = take(worker_positions(0, batch), batch * steps)
+    assert one == list(range(batch * steps))
+    shares = [take(worker_positions(0, batch, worker, 2), 4 * steps) for worker in (0, 1)]
+    for step in range(steps):
+        together = shares[0][4 * step:4 * step + 4] + shares[1][4 * step:4 * step + 4]
+        assert together == one[batch * step:batch * (step + 1)]
+    # A resumed worker reads on from the step it restored.
+    assert take(worker_positions(2, batch, 1, 2), 4) == shares[1][8:12]
+    with pytest.raises(ValueError, match="not divisible"):
+        worker_positions(0, 6, 0, 4)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.25])
+def test_the_order_is_a_pure_function_of_the_position(fraction):
+    positives, negatives = [1, 4, 7], [0, 2, 3, 5, 6, 8, 9]
+    first = [int(record_at(p, positives, negatives, 5, fraction)) for p in range(40)]
+    again = [int(record_at(p, positives, negatives, 5, fraction)) for p in range(20, 40)]
+    assert again == first[20:]
+    if not fraction:
+        # Each epoch of ten positions is a permutation of the records.
+        assert sorted(first[:10]) == list(range(10)) and sorted(first[10:20]) == list(range(10))
+        assert first[:10] != first[10:20]
+    else:
+        drawn_positive = [index for index in first if index in positives]
+        assert len(drawn_positive) == int(40 * fraction)
+        assert sorted(drawn_positive[:3]) == positives  # the positives' first epoch is a permutation
+    assert [int(record_at(p, positives, negatives, 6, fraction)) for p in range(40)] != first
+
+
+# --- pipeline and end-to-end runs on a tiny synthetic set -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    generate_synthetic_rsna(root / "data", num_train=16, num_test=0, size=128, seed=1, progress=False)
+    return root
+
+
+def tiny_config(root: Path, strategy: str = "default", **training):
+    # Frozen batch norm: batch statistics are per replica (no synchronised batch norm), so only
+    # with frozen statistics do 2 x 4 and 1 x 8 images compute the same function.
+    return config_from_dict({
+        "data": {"root": str(root / "data"), "cache_dir": str(root / "cache"), "original_size": 128,
+                 "num_folds": 4},
+        "preprocessing": {"image_size": [64, 64]},
+        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
+        "model": {"fpn_channels": 16, "head_convs": 1, "freeze_batch_norm": True},
+        "training": {"batch_size": 8, "steps": 4, "warmup_steps": 1, "validate_every": 2, "log_every": 1,
+                     "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw", "deterministic": True,
+                     "positive_fraction": 0.5, "learning_rate": 1e-4, "mixed_precision": "float32",
+                     # Below the first steps' gradient norms (about 20-40): clipping is active.
+                     "gradient_clip_norm": 0.5, "strategy": strategy, **training},
+        "evaluation": {"batch_size": 4},
+    })
+
+
+def test_resumed_and_per_worker_pipelines_read_the_same_examples(tiny_setup):
+    config = tiny_config(tiny_setup)
+    records = prepare_split(config, progress=False).train
+    whole = [batch for batch in build_dataset(config, "train", records=records, progress=False).take(3)]
+    resumed = next(iter(build_dataset(config, "train", records=records, progress=False, start_step=2)))
+    np.testing.assert_array_equal(resumed["images"], whole[2]["images"])
+    np.testing.assert_array_equal(resumed["targets"], whole[2]["targets"])
+    halves = [next(iter(build_dataset(config, "train", records=records, progress=False, start_step=1, worker=worker,
+                                      num_workers=2))) for worker in (0, 1)]
+    assert halves[0]["images"].shape[0] == 4
+    np.testing.assert_array_equal(np.concatenate([h["images"] for h in halves]), whole[1]["images"])
+    np.testing.assert_array_equal(np.concatenate([h["image_labels"] for h in halves]), whole[1]["image_labels"])
+
+
+def train_lines(run_dir: Path) -> list[dict]:
+    return [entry for entry in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+            if entry["split"] == "train"]
+
+
+def validation_steps(run_dir: Path) -> list[int]:
+    return [entry["step"] for entry in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+            if entry["split"] == "validation"]
+
+
+def weights(path: Path) -> dict:
+    found = {}
+    with h5py.File(path, "r") as file:
+        file.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def assert_same_training(run: Path, reference: Path, tolerance: float = 1e-5) -> None:
+    """Same losses, gradient norms, positives and learning rates at every step, and the same final weights."""
+    lines, expected = train_lines(run), train_lines(reference)
+    assert [line["step"] for line in lines] == [line["step"] for line in expected]
+    for line, other in zip(lines, expected):
+        for key in ("loss/total", "loss/classification", "loss/box", "loss/image", "gradient_norm",
+                    "positive_anchors", "learning_rate"):
+            assert line[key] == pytest.approx(other[key], rel=tolerance, abs=tolerance), (line["step"], key)
+    final, expected_final = weights(run / "final.weights.h5"), weights(reference / "final.weights.h5")
+    assert final.keys() == expected_final.keys()
+    for name in final:
+        np.testing.assert_allclose(final[name], expected_final[name], rtol=tolerance, atol=tolerance, err_msg=name)
+
+
+def run_python(arguments, environment=None, timeout=RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(environment or {})})
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_setup):
+    """One worker, global batch 8, 4 steps without interruption: the reference."""
+    save_config(tiny_config(tiny_setup), tiny_setup / "one.yaml")
+    run_dir = tiny_setup / "straight"
+    result = run_python(["scripts/train.py", "--config", str(tiny_setup / "one.yaml"), "--run-dir", str(run_dir),
+                         "--no-progress"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+# A worker that kills itself (SIGKILL, as `kill -9`) after its checkpoint of step `die_after`; in a
+# multi-worker run, once the chief has also validated that step (a single worker dies before it).
+KILLED_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    from pathlib import Path
+    from retinanet.config import load_config
+    from retinanet.training import Trainer
+    config_path, run_dir, dying_worker, die_after = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    trainer = Trainer(load_config(config_path), run_dir, progress=False)
+    original = trainer._save_latest
+    def save_then_die(**options):
+        original(**options)
+        if trainer.step == die_after and trainer.worker == dying_worker:
+            deadline = time.monotonic() + 300
+            while trainer.num_workers > 1 and time.monotonic() < deadline:  # mid-run: the chief's checkpoint and validation are done
+                state = run_dir / "validation.json"
+                if state.is_file() and json.loads(state.read_text())["last_validated_step"] >= die_after:
+                    break
+                time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    trainer._save_latest = save_then_die
+    trainer.fit()
+""")
+
+
+@pytest.mark.slow
+def test_single_worker_kill_and_resume_repeats_the_uninterrupted_run(tiny_setup, straight_run, tmp_path):
+    run_dir = tmp_path / "run"
+    killed = run_python(["-c", KILLED_WORKER, str(tiny_setup / "one.yaml"), str(run_dir), "0", "2"])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (run_dir / "final.weights.h5").exists()
+    resumed = run_python(["scripts/train.py", "--resume", "--run-dir", str(run_dir), "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 2" in resumed.stdout
+    assert_same_training(run_dir, straight_run)
+    assert validation_steps(run_dir) == [2, 4]
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_worker_with_the_whole_batch(tiny_setup, straight_run, tmp_path):
+    save_config(tiny_config(tiny_setup, "multi_worker"), tmp_path / "two.yaml")
+    run_dir, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    result = run_python(["scripts/launch_workers.py", "--workers", "2", "--log-dir", str(tmp_path / "logs"), "--",
+                         sys.executable, "scripts/train.py", "--config", str(tmp_path / "two.yaml"),
+                         "--run-dir", str(run_dir), "--no-progress"], {"TMPDIR": str(scratch)})
+    logs = {index: (tmp_path / "logs" / f"worker-{index}.log").read_text() for index in (0, 1)}
+    assert result.returncode == 0, result.stderr[-2000:] + logs[1][-3000:]
+    assert "Worker finished at step 4" in logs[1] and "Held-out validation at step 4" in logs[0]
+    assert_same_training(run_dir, straight_run)
+    assert validation_steps(run_dir) == [2, 4]  # the chief alone validates
+    assert list(scratch.iterdir()) == []  # the other worker's temporary writes are removed
+    assert json.loads((run_dir / "best.json").read_text())["step"] in (2, 4)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_job_and_resume_continues_exactly(tiny_setup, straight_run, tmp_path):
+    save_config(tiny_config(tiny_setup, "multi_worker"), tmp_path / "two.yaml")
+    run_dir = tmp_path / "run"
+    launcher = ["scripts/launch_workers.py", "--workers", "2", "--log-dir", str(tmp_path / "logs"), "--",
+                sys.executable]
+    started = time.monotonic()
+    killed = run_python([*launcher, "-c", KILLED_WORKER, str(tmp_path / "two.yaml"), str(run_dir), "1", "2"])
+    assert killed.returncode == 128 + signal.SIGKILL, killed.stderr[-3000:]
+    assert "worker 1 failed (killed by signal 9" in killed.stderr
+    assert time.monotonic() - started < RUN_TIMEOUT
+    assert not (run_dir / "final.weights.h5").exists()
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-2")
+
+    resumed = run_python([*launcher, "scripts/train.py", "--resume", "--run-dir", str(run_dir), "--no-progress"])
+    logs = {index: (tmp_path / "logs" / f"worker-{index}.log").read_text() for index in (0, 1)}
+    assert resumed.returncode == 0, resumed.stderr[-2000:] + logs[1][-3000:]
+    assert all("at step 2" in log for log in logs.values())  # every worker restored the chief's checkpoint
+    assert_same_training(run_dir, straight_run)
+    assert validation_steps(run_dir) == [2, 4]
+
+
+# --- the launcher ---------------------------------------------------------------------------------
+
+
+def test_free_ports_are_distinct_and_tf_config_names_each_worker():
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    config = json.loads(tf_config(addresses, 2))
+    assert config == {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 2}}
+
+
+def test_one_failing_worker_stops_the_others(tmp_path):
+    # Worker 0 would sleep for a minute; worker 1 fails at once.
+    script = ("import json, os, sys, time; index = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+              "print('worker', index, flush=True); time.sleep(60) if index == 0 else sys.exit(3)")
+    started = time.monotonic()
+    code = launch([sys.executable, "-c", script], 2, tmp_path / "logs", poll_seconds=0.1, echo_chief=False)
+    assert code == 3
+    assert time.monotonic() - started < 30
+    assert (tmp_path / "logs" / "worker-0.log").read_text() == "worker 0\n"
+    assert (tmp_path / "logs" / "worker-1.log").read_text() == "worker 1\n"
+
+
+def test_all_workers_succeeding_is_success(tmp_path):
+    code = launch([sys.executable, "-c", "import os; assert 'TF_CONFIG' in os.environ"], 2, tmp_path,
+                  poll_seconds=0.1, echo_chief=False)
+    assert code == 0
+
+
+def test_multi_worker_refuses_a_time_budget_naming_the_key():
+    from retinanet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.time_budget_minutes.*multi_worker"):
+        config_from_dict({"training": {"strategy": "multi_worker", "time_budget_minutes": 5}})
+    assert config_from_dict({"training": {"strategy": "multi_worker"}}).training.strategy == "multi_worker"
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
+    from retinanet.distributed import make_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        make_strategy("multi_worker")
