@@ -129,8 +129,7 @@ def choose_precision(requested: str, device: Device) -> Precision:
 def inference_precision(policy: str) -> str:
     """The policy to predict with here: a run's own policy when this device runs it natively (a
     bfloat16 run trained on AMX predicts in float32 on an AVX2 laptop; the weights are float32)."""
-    model, flags = read_cpu()
-    device = Device(model, flags, available_cores(), gpu_capabilities())
+    device = detect_device()
     chosen = choose_precision(policy, device)
     return choose_precision("auto", device).policy if chosen.warning else chosen.policy
 
