@@ -23,8 +23,8 @@ from retinanet.data.cache import build_cache, load_preprocessed
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.order import augmentation_seed, record_at, worker_positions
 from retinanet.data.preprocess import normalize
-from retinanet.hardware import workers
 from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
+from retinanet.hardware import workers
 from retinanet.targets import LabelEncoder
 
 SPLITS = ("train", "validation")
