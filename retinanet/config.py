@@ -2,7 +2,10 @@
 
 `load_config(path, overrides=())` is the one entry point. Every key is checked against the
 schema below: an unknown key, a wrong type or an impossible value raises `ConfigError` naming
-the dotted key and the file. Overrides are `section.key=value` strings whose value is parsed
+the dotted key and the file. Each field declares its allowed values beside its default
+(`setting(default, rule, ...)`, see `retinanet.config_rules`); the few rules that relate
+several keys are CROSS_FIELD_RULES. A retired key (RETIRED_KEYS) is dropped with a note, so
+that the config.yaml of an older run still loads. Overrides are `section.key=value` strings whose value is parsed
 as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size=[256,256]`).
 Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
 infinities are refused for every number key.
@@ -29,6 +32,8 @@ from pathlib import Path
 import yaml
 
 from retinanet.config_paths import absolute_path, is_path, map_paths, portable_path
+from retinanet.config_rules import (CrossFieldRule, Rule, at_least, each, increasing, not_empty, one_of,
+                                    ordered_pair, positive, setting, violations, within)
 
 
 class ConfigError(ValueError):
@@ -48,157 +53,178 @@ def _parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
+# Allowed words of the choice keys. The modules that act on them (postprocess, losses, data.rsna)
+# import them from here, so that the config and the code cannot disagree.
+BAD_FILE_POLICIES = ("error", "skip")
+BOX_LOSSES = ("smooth_l1", "giou", "ciou")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+IMAGE_GATINGS = ("none", "gate", "multiply")
+
+# Keys that earlier versions had and nothing reads any more: a file that still has them (the
+# config.yaml of an older run) loads with a note instead of an unknown-key error.
+RETIRED_KEYS = {
+    "data.test_images": "the test images are given to `retinanet infer --input`",
+    "training.shuffle_buffer": "each epoch reads a full permutation of the records instead",
+}
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """How to generate the synthetic RSNA-format data set when `data.root` is missing."""
 
-    num_train: int = 400
-    num_test: int = 40
-    size: int = 1024
-    seed: int = 0
+    num_train: int = setting(400, at_least(10))
+    num_test: int = setting(40, at_least(0))
+    size: int = setting(1024, at_least(64))
+    seed: int = setting(0, at_least(0))
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = "data/rsna"
-    labels_csv: str = "stage_2_train_labels.csv"
-    class_info_csv: str = "stage_2_detailed_class_info.csv"
-    train_images: str = "stage_2_train_images"
-    test_images: str = "stage_2_test_images"
+    root: str = setting("data/rsna", not_empty())
+    labels_csv: str = setting("stage_2_train_labels.csv", not_empty())
+    class_info_csv: str = setting("stage_2_detailed_class_info.csv", not_empty())
+    train_images: str = setting("stage_2_train_images", not_empty())
     # Generate synthetic data into `root` on first use; null for real data.
     synthetic: SyntheticConfig | None = None
-    original_size: int = 1024  # declared image size, used to validate label boxes
-    num_folds: int = 5
-    validation_fold: int = 0
-    split_seed: int = 42
+    original_size: int = setting(1024, positive())  # declared image size, used to validate label boxes
+    num_folds: int = setting(5, at_least(2))
+    validation_fold: int = setting(0, at_least(0))  # and below num_folds
+    split_seed: int = setting(42, at_least(0))
     split_file: str = ""  # default: <root>/splits/folds<K>_seed<S>.csv
-    cache_dir: str = "data/cache"
+    cache_dir: str = setting("data/cache", not_empty())
     use_cache: bool = True
-    bad_file_policy: str = "error"  # "error" or "skip" (counted, listed in a file); infer.py follows it too
-    num_parallel_calls: int = 0  # image readers and augmenters at once; 0 = one per available core
-    max_images: int = 0  # 0 = all; otherwise the first N patients of each split
+    # "skip": unreadable files are counted and listed in a file; infer.py follows it too.
+    bad_file_policy: str = setting("error", one_of(BAD_FILE_POLICIES))
+    num_parallel_calls: int = setting(0, at_least(0))  # image readers and augmenters at once; 0 = one per core
+    max_images: int = setting(0, at_least(0))  # 0 = all; otherwise the first N patients of each split
 
 
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    image_size: tuple[int, int] = (512, 512)  # network input (height, width)
+    image_size: tuple[int, int] = setting(  # network input (height, width)
+        (512, 512), each(Rule(lambda side: side >= 32 and side % 32 == 0,
+                              "must be a positive multiple of 32 (the stride of C5)")))
     clahe: bool = True
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
-    channels: int = 3
+    clahe_clip_limit: float = setting(2.0, positive())
+    clahe_tile_grid: int = setting(8, at_least(1))
+    channels: int = setting(3, Rule(lambda channels: channels in (1, 3), "must be 1 or 3"))
 
 
 @dataclass(frozen=True)
 class AugmentationConfig:
     enabled: bool = True
-    horizontal_flip: float = 0.5  # probability
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    translate_fraction: float = 0.05
-    rotation_degrees: float = 5.0
-    brightness: float = 0.1  # +- fraction of the range
-    contrast_range: tuple[float, float] = (0.85, 1.15)
-    gamma_range: tuple[float, float] = (0.8, 1.25)
-    noise_std: float = 0.02  # in units of the full intensity range
-    min_visible_fraction: float = 0.4  # a box keeping less of its area is dropped
+    horizontal_flip: float = setting(0.5, within(0, 1))  # probability
+    scale_range: tuple[float, float] = setting((0.9, 1.1), ordered_pair())
+    translate_fraction: float = setting(0.05, within(0, 0.5, high_open=True))
+    rotation_degrees: float = setting(5.0, within(0, 45))
+    brightness: float = setting(0.1, at_least(0))  # +- fraction of the range
+    contrast_range: tuple[float, float] = setting((0.85, 1.15), ordered_pair())
+    gamma_range: tuple[float, float] = setting((0.8, 1.25), ordered_pair())
+    noise_std: float = setting(0.02, at_least(0))  # in units of the full intensity range
+    min_visible_fraction: float = setting(0.4, within(0, 1, low_open=True))  # a box keeping less is dropped
 
 
 @dataclass(frozen=True)
 class AnchorConfig:
-    levels: tuple[int, ...] = (3, 4, 5, 6, 7)
-    sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
-    scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    positive_iou: float = 0.5
-    negative_iou: float = 0.4
+    levels: tuple[int, ...] = setting((3, 4, 5, 6, 7), each(within(3, 7)), increasing())
+    sizes: tuple[float, ...] = setting((32.0, 64.0, 128.0, 256.0, 512.0), each(positive()))  # one per level
+    aspect_ratios: tuple[float, ...] = setting((0.5, 1.0, 2.0), each(positive()))  # height / width
+    scales: tuple[float, ...] = setting((1.0, 2 ** (1 / 3), 2 ** (2 / 3)), each(positive()))
+    positive_iou: float = setting(0.5, within(0, 1, low_open=True))
+    negative_iou: float = setting(0.4, within(0, 1, low_open=True))  # and at most positive_iou
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    num_classes: int = 1
-    weights: str = "none"  # "none", "imagenet" or a path to a weights file
-    fpn_channels: int = 256
-    head_convs: int = 4
+    num_classes: int = setting(1, at_least(1))
+    weights: str = setting("none", not_empty())  # "none", "imagenet" or a path to a weights file
+    fpn_channels: int = setting(256, positive())
+    head_convs: int = setting(4, at_least(0))
     head_group_norm: bool = False
-    prior_probability: float = 0.01
+    prior_probability: float = setting(0.01, within(0, 1, low_open=True, high_open=True))
     freeze_batch_norm: bool = False
     # Keras' ResNet50 uses 0.99; from scratch the weights move fast and 0.99 leaves the
     # inference-mode statistics far behind them for hundreds of steps.
-    batch_norm_momentum: float = 0.99
-    freeze_backbone_stages: int = 0  # 0 = train all; 1..5 freezes conv1..conv<N>
+    batch_norm_momentum: float = setting(0.99, within(0, 1, high_open=True))
+    freeze_backbone_stages: int = setting(0, within(0, 5))  # 0 = train all; 1..5 freezes conv1..conv<N>
     image_head: bool = True  # global "pneumonia present" logit on C5
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    alpha: float = 0.25
-    gamma: float = 2.0
-    smooth_l1_delta: float = 1.0 / 9.0
-    box_loss: str = "smooth_l1"  # "smooth_l1", "giou" or "ciou"
-    box_weight: float = 1.0
-    label_smoothing: float = 0.0
-    image_weight: float = 0.1
+    alpha: float = setting(0.25, within(0, 1))
+    gamma: float = setting(2.0, at_least(0))
+    smooth_l1_delta: float = setting(1.0 / 9.0, positive())
+    box_loss: str = setting("smooth_l1", one_of(BOX_LOSSES))
+    box_weight: float = setting(1.0, at_least(0))
+    label_smoothing: float = setting(0.0, within(0, 1, high_open=True))
+    image_weight: float = setting(0.1, at_least(0))
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    batch_size: int = 8
-    steps: int = 20000
-    optimizer: str = "sgd"  # "sgd" or "adamw"
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_steps: int = 500
-    schedule: str = "cosine"  # "cosine", "step" or "constant"
-    step_boundaries: tuple[float, ...] = (0.67, 0.89)  # fractions of `steps`
-    step_factor: float = 0.1
-    gradient_clip_norm: float = 10.0
+    batch_size: int = setting(8, at_least(1))
+    steps: int = setting(20000, at_least(1))
+    optimizer: str = setting("sgd", one_of(OPTIMIZERS))
+    learning_rate: float = setting(0.01, positive())
+    momentum: float = setting(0.9, within(0, 1, high_open=True))  # SGD only
+    weight_decay: float = setting(1e-4, at_least(0))
+    warmup_steps: int = setting(500, at_least(0))  # and below steps
+    schedule: str = setting("cosine", one_of(SCHEDULES))
+    step_boundaries: tuple[float, ...] = setting(  # fractions of `steps`
+        (0.67, 0.89), each(within(0, 1, low_open=True, high_open=True)), increasing())
+    step_factor: float = setting(0.1, within(0, 1, low_open=True))  # learning rate multiplier at each boundary
+    gradient_clip_norm: float = setting(10.0, at_least(0))  # 0 = off
     # "auto" (bfloat16 where the CPU/GPU computes it natively, float16 on GPUs of compute
     # capability 7.x, else float32), "float32", "mixed_bfloat16" or "mixed_float16".
-    mixed_precision: str = "auto"
-    intra_op_threads: int = 0  # threads inside one op; 0 = one per available core
-    inter_op_threads: int = 0  # ops run at once; 0 = min(2, cores)
+    mixed_precision: str = setting("auto", one_of(PRECISIONS))
+    intra_op_threads: int = setting(0, at_least(0))  # threads inside one op; 0 = one per available core
+    inter_op_threads: int = setting(0, at_least(0))  # ops run at once; 0 = min(2, cores)
     # > 0: time the first steps and one validation, then fit `steps` (the maximum), the warm-up,
     # validation and checkpoint intervals so that the whole command ends within this budget.
-    time_budget_minutes: float = 0.0
+    time_budget_minutes: float = setting(0.0, at_least(0))
     jit_compile: bool = False
     # "default" (one device), "mirrored" (this machine's devices) or "multi_worker" (a cluster
     # described by TF_CONFIG; see scripts/launch_workers.py).
-    strategy: str = "default"
-    seed: int = 0
+    strategy: str = setting("default", one_of(STRATEGIES))
+    seed: int = setting(0, at_least(0))
     deterministic: bool = False
-    # Retired: training reads a full permutation of the records per epoch (retinanet/data/order.py).
-    # Still read, so that the configs of earlier runs load; it changes nothing.
-    shuffle_buffer: int = 512
     # Share of training images with boxes; 0 = as they come (22.5 % in RSNA). Boxes are learned
     # from positive images only, while negatives are learned fast (see the README's demo notes).
-    positive_fraction: float = 0.0
-    validate_every: int = 1000  # steps
-    log_every: int = 50  # steps
-    checkpoint_every: int = 500  # steps
-    keep_checkpoints: int = 2  # latest checkpoints kept (weights + optimizer state); 1 saves the space of one
-    num_summary_images: int = 4
+    positive_fraction: float = setting(0.0, within(0, 1, high_open=True))
+    validate_every: int = setting(1000, at_least(1))  # steps
+    log_every: int = setting(50, at_least(1))  # steps
+    checkpoint_every: int = setting(500, at_least(1))  # steps
+    # Latest checkpoints kept (weights + optimizer state); 1 saves the space of one.
+    keep_checkpoints: int = setting(2, at_least(1))
+    num_summary_images: int = setting(4, at_least(0))
     weight_histograms: bool = False  # TensorBoard histograms of every weight at each validation
-    run_root: str = "runs"
+    run_root: str = setting("runs", not_empty())
 
 
 @dataclass(frozen=True)
 class PostprocessingConfig:
-    score_threshold: float = 0.05
-    pre_nms_top_k: int = 1000  # per pyramid level
-    nms_iou: float = 0.5
-    max_detections: int = 100
-    box_shrink: float = 1.0  # 0.83-0.875 helped in the competition
+    score_threshold: float = setting(0.05, within(0, 1))
+    pre_nms_top_k: int = setting(1000, at_least(1))  # per pyramid level
+    nms_iou: float = setting(0.5, within(0, 1))
+    max_detections: int = setting(100, at_least(1))
+    box_shrink: float = setting(1.0, within(0, 1, low_open=True))  # 0.83-0.875 helped in the competition
     flip_tta: bool = False
-    image_gating: str = "none"  # "none", "gate" or "multiply"
-    image_gate_threshold: float = 0.5
+    image_gating: str = setting("none", one_of(IMAGE_GATINGS))  # other than "none" needs model.image_head
+    image_gate_threshold: float = setting(0.5, within(0, 1))
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    score_threshold: float = 0.3  # boxes kept in the RSNA metric and the submission
-    sweep: tuple[float, float, float] = (0.05, 0.95, 0.05)  # start, stop, step
-    batch_size: int = 8
-    num_overlays: int = 6
+    score_threshold: float = setting(0.3, within(0, 1))  # boxes kept in the RSNA metric and the submission
+    sweep: tuple[float, float, float] = setting(  # start, stop, step
+        (0.05, 0.95, 0.05), Rule(lambda sweep: 0 <= sweep[0] < sweep[1] <= 1 and sweep[2] > 0,
+                                 "needs 0 <= start < stop <= 1, step > 0"))
+    batch_size: int = setting(8, at_least(1))
+    num_overlays: int = setting(6, at_least(0))
 
 
 @dataclass(frozen=True)
@@ -214,15 +240,24 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-CHOICES = {
-    "data.bad_file_policy": ("error", "skip"),
-    "loss.box_loss": ("smooth_l1", "giou", "ciou"),
-    "training.optimizer": ("sgd", "adamw"),
-    "training.schedule": ("cosine", "step", "constant"),
-    "training.mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-    "training.strategy": ("default", "mirrored", "multi_worker"),
-    "postprocessing.image_gating": ("none", "gate", "multiply"),
-}
+# Rules over several keys, checked once every key is in its own range.
+CROSS_FIELD_RULES = (
+    CrossFieldRule(("data.validation_fold", "data.num_folds"), lambda c: c.data.validation_fold < c.data.num_folds,
+                   "must be below data.num_folds"),
+    CrossFieldRule(("anchors.sizes", "anchors.levels"), lambda c: len(c.anchors.sizes) == len(c.anchors.levels),
+                   "needs one size per level"),
+    CrossFieldRule(("anchors.negative_iou", "anchors.positive_iou"),
+                   lambda c: c.anchors.negative_iou <= c.anchors.positive_iou, "must be at most anchors.positive_iou"),
+    CrossFieldRule(("training.warmup_steps", "training.steps"), lambda c: c.training.warmup_steps < c.training.steps,
+                   "must be below training.steps"),
+    CrossFieldRule(("training.time_budget_minutes", "training.strategy"),
+                   lambda c: not (c.training.strategy == "multi_worker" and c.training.time_budget_minutes),
+                   "must be 0 with training.strategy: multi_worker (each worker would time itself; set training.steps)"),
+    CrossFieldRule(("postprocessing.image_gating", "model.image_head"),
+                   lambda c: c.postprocessing.image_gating == "none" or c.model.image_head,
+                   "needs model.image_head: true (gating reads the image-level probability); set "
+                   "postprocessing.image_gating: none or model.image_head: true"),
+)
 
 
 def _convert(value, annotation, key: str):
@@ -282,89 +317,15 @@ def _build(cls, mapping: dict, prefix: str):
     return cls(**values)
 
 
-def _check(config: Config) -> None:
-    """Cross-field rules: raise ConfigError naming the key for an impossible value."""
-
-    def require(condition: bool, key: str, message: str) -> None:
-        if not condition:
-            raise ConfigError(f"{key}: {message}")
-
-    for key, allowed in CHOICES.items():
+def _drop_retired_keys(mapping: dict, source: str) -> dict:
+    """`mapping` without the RETIRED_KEYS it holds, each dropped with a note on stderr."""
+    kept = {section: dict(values) if isinstance(values, dict) else values for section, values in mapping.items()}
+    for key, reason in RETIRED_KEYS.items():
         section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        require(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
-
-    data, pre, aug, anchors = config.data, config.preprocessing, config.augmentation, config.anchors
-    require(data.num_folds >= 2, "data.num_folds", "must be at least 2")
-    require(0 <= data.validation_fold < data.num_folds, "data.validation_fold", "must be in [0, num_folds)")
-    require(data.original_size > 0, "data.original_size", "must be positive")
-    require(data.num_parallel_calls >= 0, "data.num_parallel_calls", "must be >= 0 (0 = one per core)")
-    require(data.max_images >= 0, "data.max_images", "must be >= 0")
-    if data.synthetic is not None:
-        s = data.synthetic
-        require(s.num_train >= 10, "data.synthetic.num_train", "must be at least 10")
-        require(s.num_test >= 0, "data.synthetic.num_test", "must be >= 0")
-        require(s.size >= 64, "data.synthetic.size", "must be at least 64")
-    require(all(v >= 32 and v % 32 == 0 for v in pre.image_size), "preprocessing.image_size",
-            "both sides must be positive multiples of 32 (the stride of C5)")
-    require(pre.channels in (1, 3), "preprocessing.channels", "must be 1 or 3")
-    require(pre.clahe_clip_limit > 0, "preprocessing.clahe_clip_limit", "must be positive")
-    require(pre.clahe_tile_grid >= 1, "preprocessing.clahe_tile_grid", "must be at least 1")
-    require(0 <= aug.horizontal_flip <= 1, "augmentation.horizontal_flip", "is a probability in [0, 1]")
-    for name in ("scale_range", "contrast_range", "gamma_range"):
-        low, high = getattr(aug, name)
-        require(0 < low <= high, f"augmentation.{name}", "needs 0 < low <= high")
-    require(0 <= aug.translate_fraction < 0.5, "augmentation.translate_fraction", "must be in [0, 0.5)")
-    require(0 <= aug.rotation_degrees <= 45, "augmentation.rotation_degrees", "must be in [0, 45]")
-    require(aug.brightness >= 0, "augmentation.brightness", "must be >= 0")
-    require(aug.noise_std >= 0, "augmentation.noise_std", "must be >= 0")
-    require(0 < aug.min_visible_fraction <= 1, "augmentation.min_visible_fraction", "must be in (0, 1]")
-    require(len(anchors.levels) == len(anchors.sizes), "anchors.sizes", "needs one size per level")
-    require(all(3 <= level <= 7 for level in anchors.levels), "anchors.levels", "must be within 3..7")
-    require(list(anchors.levels) == sorted(set(anchors.levels)), "anchors.levels", "must be increasing")
-    for name in ("sizes", "aspect_ratios", "scales"):
-        require(all(v > 0 for v in getattr(anchors, name)), f"anchors.{name}", "must be positive")
-    require(0 < anchors.negative_iou <= anchors.positive_iou <= 1, "anchors.negative_iou",
-            "needs 0 < negative_iou <= positive_iou <= 1")
-    model, loss, training = config.model, config.loss, config.training
-    require(model.num_classes >= 1, "model.num_classes", "must be at least 1")
-    require(0 < model.prior_probability < 1, "model.prior_probability", "must be in (0, 1)")
-    require(0 <= model.batch_norm_momentum < 1, "model.batch_norm_momentum", "must be in [0, 1)")
-    require(0 <= model.freeze_backbone_stages <= 5, "model.freeze_backbone_stages", "must be in 0..5")
-    require(model.head_convs >= 0, "model.head_convs", "must be >= 0")
-    require(model.fpn_channels > 0, "model.fpn_channels", "must be positive")
-    require(0 <= loss.alpha <= 1, "loss.alpha", "must be in [0, 1]")
-    require(loss.gamma >= 0, "loss.gamma", "must be >= 0")
-    require(loss.smooth_l1_delta > 0, "loss.smooth_l1_delta", "must be positive")
-    require(0 <= loss.label_smoothing < 1, "loss.label_smoothing", "must be in [0, 1)")
-    require(loss.box_weight >= 0, "loss.box_weight", "must be >= 0")
-    require(loss.image_weight >= 0, "loss.image_weight", "must be >= 0")
-    require(training.batch_size >= 1, "training.batch_size", "must be at least 1")
-    require(training.steps >= 1, "training.steps", "must be at least 1")
-    require(training.learning_rate > 0, "training.learning_rate", "must be positive")
-    require(0 <= training.warmup_steps < training.steps, "training.warmup_steps", "must be in [0, steps)")
-    require(list(training.step_boundaries) == sorted(training.step_boundaries)
-            and all(0 < b < 1 for b in training.step_boundaries),
-            "training.step_boundaries", "must be increasing fractions in (0, 1)")
-    for name in ("intra_op_threads", "inter_op_threads"):
-        require(getattr(training, name) >= 0, f"training.{name}", "must be >= 0 (0 = auto)")
-    require(0 <= training.positive_fraction < 1, "training.positive_fraction", "must be in [0, 1) (0 = as they come)")
-    require(training.time_budget_minutes >= 0, "training.time_budget_minutes", "must be >= 0 (0 = no budget)")
-    require(not (training.strategy == "multi_worker" and training.time_budget_minutes), "training.time_budget_minutes",
-            "must be 0 with training.strategy: multi_worker (each worker would time itself; set training.steps)")
-    require(training.gradient_clip_norm >= 0, "training.gradient_clip_norm", "must be >= 0 (0 = off)")
-    for name in ("validate_every", "log_every", "checkpoint_every", "keep_checkpoints"):
-        require(getattr(training, name) >= 1, f"training.{name}", "must be at least 1")
-    post, evaluation = config.postprocessing, config.evaluation
-    for key, value in (("postprocessing.score_threshold", post.score_threshold),
-                       ("postprocessing.nms_iou", post.nms_iou),
-                       ("evaluation.score_threshold", evaluation.score_threshold)):
-        require(0 <= value <= 1, key, "must be in [0, 1]")
-    require(post.max_detections >= 1, "postprocessing.max_detections", "must be at least 1")
-    require(post.pre_nms_top_k >= 1, "postprocessing.pre_nms_top_k", "must be at least 1")
-    require(0 < post.box_shrink <= 1, "postprocessing.box_shrink", "must be in (0, 1]")
-    start, stop, step = evaluation.sweep
-    require(0 <= start < stop <= 1 and step > 0, "evaluation.sweep", "needs 0 <= start < stop <= 1, step > 0")
+        if isinstance(kept.get(section), dict) and name in kept[section]:
+            del kept[section][name]
+            print(f"note: {source}: {key} is retired and ignored: {reason}", file=sys.stderr)
+    return kept
 
 
 def _parse_override(text: str) -> tuple[list[str], object]:
@@ -388,10 +349,12 @@ def _clamp_warmup(config: Config, source: str) -> Config:
 
 def config_from_dict(mapping: dict, source: str = "<dict>") -> Config:
     try:
-        config = _build(Config, mapping, "")
+        config = _build(Config, _drop_retired_keys(mapping, source), "")
         if config.training.steps >= 1:
             config = _clamp_warmup(config, source)
-        _check(config)
+        problems = violations(config, CROSS_FIELD_RULES)
+        if problems:
+            raise ConfigError(problems[0])
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
     return config

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
-
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy of `training.strategy`. Multi-worker must be made before TensorFlow runs an op."""

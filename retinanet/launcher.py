@@ -4,8 +4,8 @@ Worker i runs the same command with `TF_CONFIG` naming every worker's address on
 (free ports picked here) and itself as task i; its output goes to `<log_dir>/worker-<i>.log`
 (the chief's is also shown on the console). When one worker fails (an error, or killed), the
 others would wait for it forever in their next all-reduce: they are stopped, and the launcher
-exits with the failed worker's status. Running the same command with `--resume` continues
-from the chief's last checkpoint.
+exits with the failed worker's status. Running the same command with `--resume` in place of
+`--config` and `--set` continues from the chief's last checkpoint.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def launch(command: list[str], num_workers: int, log_dir: Path, *, poll_seconds:
             if failed:
                 index, code = failed[0]
                 print(f"error: worker {index} failed ({describe_status(code)}; see {log_dir / f'worker-{index}.log'}); "
-                      "stopping the others. Run the same command with --resume to continue from the last checkpoint.",
+                      "stopping the others. Run the same command with --resume in place of --config and --set "
+                      "to continue from the last checkpoint.",
                       file=sys.stderr, flush=True)
                 return 128 - code if code < 0 else code
             if all(code == 0 for code in codes):

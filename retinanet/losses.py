@@ -12,6 +12,7 @@ import math
 import tensorflow as tf
 
 from retinanet import boxes as box_ops
+from retinanet.config import BOX_LOSSES
 from retinanet.targets import NEGATIVE
 
 
@@ -71,8 +72,8 @@ class RetinaNetLoss:
     def __init__(self, num_classes: int = 1, *, alpha: float = 0.25, gamma: float = 2.0,
                  smooth_l1_delta: float = 1.0 / 9.0, box_loss: str = "smooth_l1", box_weight: float = 1.0,
                  label_smoothing: float = 0.0, anchors=None):
-        if box_loss not in ("smooth_l1", "giou", "ciou"):
-            raise ValueError(f"box_loss must be smooth_l1, giou or ciou, got {box_loss!r}")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
         if box_loss != "smooth_l1" and anchors is None:
             raise ValueError(f"box_loss={box_loss!r} decodes boxes and needs the anchors")
         self.num_classes = num_classes

@@ -13,8 +13,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from retinanet import boxes as box_ops
+from retinanet.config import IMAGE_GATINGS
 
-IMAGE_GATING_CHOICES = ("none", "gate", "multiply")
 # Boxes of the two TTA passes join one cluster above this IoU (the ensemble-boxes default).
 FUSION_IOU = 0.55
 
@@ -102,8 +102,8 @@ class Postprocessor:
                  score_threshold: float = 0.05, pre_nms_top_k: int = 1000, nms_iou: float = 0.5,
                  max_detections: int = 100, box_shrink: float = 1.0, flip_tta: bool = False,
                  image_gating: str = "none", image_gate_threshold: float = 0.5, fusion_iou: float = FUSION_IOU):
-        if image_gating not in IMAGE_GATING_CHOICES:
-            raise ValueError(f"image_gating must be one of {', '.join(IMAGE_GATING_CHOICES)}, got {image_gating!r}")
+        if image_gating not in IMAGE_GATINGS:
+            raise ValueError(f"image_gating must be one of {', '.join(IMAGE_GATINGS)}, got {image_gating!r}")
         self.anchors = tf.convert_to_tensor(anchors, tf.float32)
         self.level_sizes = list(level_sizes)
         self.image_size = tuple(image_size)

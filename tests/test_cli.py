@@ -143,3 +143,16 @@ def test_copied_run_directory_evaluates_and_infers_from_another_working_director
         assert metrics[key] == original[key], key
     document = json.loads((elsewhere / "out" / f"{inferred_dicom['path'].stem}.json").read_text())
     assert document["boxes"] == inferred_dicom["json"]["boxes"]
+
+
+@pytest.mark.parametrize("extra, named", [(["--config", "configs/demo.yaml"], "--config"),
+                                          (["--set", "training.steps=5"], "--set"),
+                                          (["--config", "configs/demo.yaml", "--set", "training.steps=5"],
+                                           "--config and --set")])
+def test_resume_refuses_config_and_set_instead_of_ignoring_them(tmp_path, capsys, extra, named):
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--resume", "--run-dir", str(tmp_path / "run"), *extra])
+    assert exit.value.code == 2
+    error = " ".join(capsys.readouterr().err.split())  # argparse wraps the message
+    assert f"config saved in {tmp_path / 'run'}/config.yaml, so {named} would be ignored" in error
+    assert "resume without them" in error and "new run" in error

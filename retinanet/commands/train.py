@@ -26,20 +26,31 @@ def run(args, parser) -> int:
         parser.error("--config is required")
     if args.resume and args.overwrite:
         parser.error("--resume continues the run in --run-dir and --overwrite deletes it: give one of them")
+    if args.resume and (args.config or args.set):
+        given = " and ".join(option for option, value in (("--config", args.config), ("--set", args.set)) if value)
+        parser.error(f"--resume continues the run with the config saved in {args.run_dir}/config.yaml, so {given} "
+                     "would be ignored: resume without them, or train with other settings as a new run "
+                     "(--config ... --set ... with another --run-dir)")
     import json
     from pathlib import Path
 
     from retinanet.config import ConfigError, load_config
+
+    try:
+        # Before TensorFlow loads (seconds): a config error is reported at once.
+        config = None if args.resume else load_config(args.config, args.set)
+        if config is not None and config.training.strategy == "multi_worker" and not args.run_dir:
+            # Each worker would name its own directory after the time it started.
+            raise ConfigError("training.strategy: multi_worker needs --run-dir (the same on every worker)")
+    except ConfigError as error:
+        return report_error(error)
+
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
     from retinanet.model.backbone import WeightsError
     from retinanet.training import TrainingError, default_run_dir, train
 
     try:
-        config = None if args.resume else load_config(args.config, args.set)
-        if config is not None and config.training.strategy == "multi_worker" and not args.run_dir:
-            # Each worker would name its own directory after the time it started.
-            raise ConfigError("training.strategy: multi_worker needs --run-dir (the same on every worker)")
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
         results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError) as error:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from retinanet.config import BAD_FILE_POLICIES
+
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 CLASS_NAMES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
@@ -110,8 +112,8 @@ def read_labels(
     same patient (the same box, or a second "no box" row) is a problem too; under "skip" only the
     repeat is left out. Records keep the CSV's order.
     """
-    if policy not in ("error", "skip"):
-        raise ValueError(f"policy must be 'error' or 'skip', got {policy!r}")
+    if policy not in BAD_FILE_POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(BAD_FILE_POLICIES)}, got {policy!r}")
     labels_csv = Path(labels_csv)
     frame = _read_csv(labels_csv, LABEL_COLUMNS)
     report = SkipReport()
