@@ -13,19 +13,51 @@ FEATURE_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")  #
 
 
 class WeightsError(ValueError):
-    """Backbone weights that cannot be had: no network, or a missing or mismatched file."""
+    """Backbone weights that cannot be had: no network, or a missing, unreadable or mismatched file."""
 
 
-def _resnet50(input_shape, weights):
+KERAS_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def _download_imagenet(input_shape) -> keras.Model:
     try:
-        return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
-    except Exception as error:  # Keras raises URLError/OSError/ValueError depending on the cause
-        if weights == "imagenet":
-            raise WeightsError(
-                f"could not download the ImageNet weights for ResNet50 ({error}). Offline, download "
-                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set model.weights "
-                "to its local path, or use model.weights: none") from None
-        raise WeightsError(f"could not load backbone weights from {weights}: {error}") from None
+        return keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=input_shape)
+    except Exception as error:  # Keras' get_file raises a bare Exception for HTTP and URL errors
+        raise WeightsError(
+            f"model.weights: imagenet: could not download the ImageNet weights for ResNet50 ({error}). Offline, "
+            f"download {KERAS_WEIGHTS_FILE} elsewhere and set model.weights to its local path, or use "
+            "model.weights: none") from None
+
+
+def _check_weights_path(path: str) -> None:
+    """Before the network is built: a path that cannot be a weights file."""
+    if not Path(path).is_file():
+        raise WeightsError(f"model.weights: file not found: {path}")
+    if not path.endswith(".h5"):
+        raise WeightsError(f"model.weights: {path} is not a Keras weights file (.h5), such as {KERAS_WEIGHTS_FILE}")
+
+
+def _load_weights_file(trunk: keras.Model, path: str) -> None:
+    """`trunk.load_weights(path)`, its failures told apart: a file that cannot be read (not HDF5,
+    truncated, no permission) and the weights of another network."""
+    try:
+        trunk.load_weights(path)
+    except OSError as error:  # raised by h5py
+        raise WeightsError(f"model.weights: cannot read {path}: corrupt, truncated or not readable ({error}); "
+                           "download it again") from None
+    except ValueError as error:  # raised by Keras for a layer count or a shape that differs
+        summary = str(error).strip().splitlines()[0]
+        raise WeightsError(f"model.weights: {path} holds weights of another network, not a ResNet50 without its "
+                           f"top ({summary}); expected Keras' {KERAS_WEIGHTS_FILE}") from None
+
+
+def _resnet50(input_shape, weights: str) -> keras.Model:
+    if weights == "imagenet":
+        return _download_imagenet(input_shape)
+    trunk = keras.applications.ResNet50(include_top=False, weights=None, input_shape=input_shape)
+    if weights != "none":
+        _load_weights_file(trunk, weights)
+    return trunk
 
 
 def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> keras.Model:
@@ -36,20 +68,19 @@ def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> 
     pretrained weights and one input channel, the first convolution's kernel is summed over
     its three input channels, which gives the same response to a grey image.
     """
-    if weights not in ("none", "imagenet") and not Path(weights).is_file():
-        raise WeightsError(f"model.weights: file not found: {weights}")
-    keras_weights = None if weights == "none" else weights
+    if weights not in ("none", "imagenet"):
+        _check_weights_path(weights)
     channels = input_shape[-1]
-    if keras_weights is not None and channels == 1:
-        pretrained = _resnet50((*input_shape[:2], 3), keras_weights)
-        trunk = _resnet50(input_shape, None)
+    if weights != "none" and channels == 1:
+        pretrained = _resnet50((*input_shape[:2], 3), weights)
+        trunk = _resnet50(input_shape, "none")
         for source, target in zip(pretrained.layers, trunk.layers):
             values = source.get_weights()
             if source.name == "conv1_conv":
                 values[0] = np.sum(values[0], axis=2, keepdims=True)
             target.set_weights(values)
     else:
-        trunk = _resnet50(input_shape, keras_weights)
+        trunk = _resnet50(input_shape, weights)
     outputs = [trunk.get_layer(name).output for name in FEATURE_LAYERS]
     return fuse_batch_norms(keras.Model(trunk.inputs, outputs, name="resnet50"))
 
