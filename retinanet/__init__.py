@@ -1,7 +1,7 @@
 """RetinaNet for pneumonia detection on the RSNA chest X-ray data (TensorFlow 2, Keras 3)."""
 
-import os
+from retinanet import quiet_start
 
-# TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the progress bars;
-# users who want it set TF_CPP_MIN_LOG_LEVEL themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before anything imports TensorFlow: its start-up chatter (and, without a GPU, its CUDA probe
+# error) hides the progress bars and reads as a failure. TF_CPP_MIN_LOG_LEVEL set by the user wins.
+quiet_start.install()
