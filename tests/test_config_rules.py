@@ -13,12 +13,11 @@ import typing
 import pytest
 import yaml
 
+from conftest import REPOSITORY_ROOT as REPOSITORY
 from retinanet import config as config_module
 from retinanet.config import CROSS_FIELD_RULES, RETIRED_KEYS, Config, ConfigError, load_config, save_config
-from retinanet.config_rules import (Rule, at_least, each, increasing, one_of, ordered_pair, positive, setting,
-                                    violations, within)
-
-REPOSITORY = __import__("pathlib").Path(__file__).resolve().parents[1]
+from retinanet.config_rules import (CrossFieldRule, Rule, at_least, each, increasing, one_of, ordered_pair, positive,
+                                    setting, violations, within)
 
 
 def _write(tmp_path, mapping, name="experiment.yaml"):
@@ -57,7 +56,6 @@ def test_violations_name_the_nested_key_and_the_value_and_check_fields_before_cr
         inner: Inner = dataclasses.field(default_factory=Inner)
         rate: float = setting(0.5, within(0, 1), Rule(lambda value: value != 0.25, "must not be a quarter"))
 
-    from retinanet.config_rules import CrossFieldRule
     never = (CrossFieldRule(("rate", "inner.size"), lambda config: False, "never holds"),)
     assert violations(Outer()) == []
     assert violations(Outer(inner=Inner(size=0), rate=0.25), never) == [
