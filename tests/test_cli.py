@@ -155,4 +155,4 @@ def test_resume_refuses_config_and_set_instead_of_ignoring_them(tmp_path, capsys
     assert exit.value.code == 2
     error = " ".join(capsys.readouterr().err.split())  # argparse wraps the message
     assert f"config saved in {tmp_path / 'run'}/config.yaml, so {named} would be ignored" in error
-    assert "resume without them" in error and "new run" in error
+    assert f"resume without {named}," in error and "new run" in error

@@ -29,7 +29,7 @@ def run(args, parser) -> int:
     if args.resume and (args.config or args.set):
         given = " and ".join(option for option, value in (("--config", args.config), ("--set", args.set)) if value)
         parser.error(f"--resume continues the run with the config saved in {args.run_dir}/config.yaml, so {given} "
-                     "would be ignored: resume without them, or train with other settings as a new run "
+                     f"would be ignored: resume without {given}, or train with other settings as a new run "
                      "(--config ... --set ... with another --run-dir)")
     import json
     from pathlib import Path
