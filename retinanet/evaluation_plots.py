@@ -43,6 +43,22 @@ def plot_sweep(metrics: dict, path: Path) -> None:
     _save(figure, path)
 
 
+def plot_fold_sweeps(sweeps: dict, threshold: float, path: Path, title: str = "Out-of-fold threshold sweep") -> None:
+    """RSNA metric against score threshold for each curve of `sweeps` ({label: (thresholds,
+    scores)}; the one labelled "out-of-fold" drawn bold), the chosen threshold marked."""
+    figure, axis = _pyplot().subplots(figsize=(6, 4))
+    for label, (thresholds, scores) in sweeps.items():
+        pooled = label == "out-of-fold"
+        axis.plot(thresholds, scores, label=label, color="black" if pooled else None,
+                  linewidth=2.5 if pooled else 1.0, alpha=1.0 if pooled else 0.7,
+                  marker="o" if pooled else None, markersize=3)
+    axis.axvline(threshold, color="red", linestyle=":", label=f"chosen {threshold:.2f}")
+    axis.set(xlabel="score threshold", ylabel="RSNA metric (mAP@0.40:0.75)", title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    _save(figure, path)
+
+
 def operating_point(scores, is_true_positive, num_gt: int, threshold: float) -> tuple[float, float]:
     """(recall, precision) of the detections scoring >= threshold; precision NaN when none is kept."""
     kept = np.asarray(scores) >= threshold

@@ -146,24 +146,47 @@ def best_of_sweep(ground_truth: dict, predictions: dict, thresholds) -> tuple[fl
     return best["score"], best["score_threshold"]
 
 
+def _checked_thresholds(thresholds) -> np.ndarray:
+    thresholds = np.asarray(thresholds, np.float64).reshape(-1)
+    if np.isnan(thresholds).any():
+        raise ValueError("score thresholds must not be NaN")
+    return thresholds
+
+
+def _image_scores_per_threshold(ground_truth: dict, predictions: dict, thresholds: np.ndarray):
+    """Yield (patient_id, scores [T, K]) for every ground-truth patient: its score at each IoU
+    threshold after dropping the predictions below each score threshold; NaN where skipped."""
+    for patient_id, gt_boxes, pred_boxes, pred_scores in _paired(ground_truth, predictions):
+        sorted_scores, match_rank = _rsna_match(gt_boxes, pred_boxes, pred_scores)
+        # Number of predictions scoring >= threshold; -sorted_scores is ascending.
+        num_kept = np.searchsorted(-sorted_scores, -thresholds, side="right")
+        yield patient_id, _scores_for_kept(len(gt_boxes), match_rank, num_kept)
+
+
+def image_score_table(ground_truth: dict, predictions: dict, thresholds) -> np.ndarray:
+    """Each image's competition score (mean over IOU_THRESHOLDS) at each score threshold: [N, K].
+
+    Rows follow the order of `ground_truth`; NaN marks an image skipped at that threshold (no
+    ground truth, no prediction kept). Column k's nanmean is `threshold_sweep`'s score at
+    thresholds[k]; per-image scores let callers pool images in other ways (folds, bootstrap).
+    """
+    thresholds = _checked_thresholds(thresholds)
+    rows = [scores.mean(axis=0) for _, scores in _image_scores_per_threshold(ground_truth, predictions, thresholds)]
+    return np.array(rows).reshape(len(rows), len(thresholds))
+
+
 def threshold_sweep(ground_truth: dict, predictions: dict, thresholds) -> list[dict]:
     """The RSNA metric after dropping predictions that score below each of `thresholds`.
 
     Returns one dict per threshold, in the given order: {"score_threshold", and the keys of
     `rsna_metric`}. Each image is matched once; a threshold then only counts kept predictions.
     """
-    thresholds = np.asarray(thresholds, np.float64).reshape(-1)
-    if np.isnan(thresholds).any():
-        raise ValueError("score thresholds must not be NaN")
+    thresholds = _checked_thresholds(thresholds)
     totals = np.zeros((len(IOU_THRESHOLDS), len(thresholds)))
     num_counted = np.zeros(len(thresholds), int)
     num_patients = 0
-    for _, gt_boxes, pred_boxes, pred_scores in _paired(ground_truth, predictions):
+    for _, image_scores in _image_scores_per_threshold(ground_truth, predictions, thresholds):
         num_patients += 1
-        sorted_scores, match_rank = _rsna_match(gt_boxes, pred_boxes, pred_scores)
-        # Number of predictions scoring >= threshold; -sorted_scores is ascending.
-        num_kept = np.searchsorted(-sorted_scores, -thresholds, side="right")
-        image_scores = _scores_for_kept(len(gt_boxes), match_rank, num_kept)
         counted = ~np.isnan(image_scores[0])
         totals += np.where(counted[None, :], image_scores, 0.0)
         num_counted += counted

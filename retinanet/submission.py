@@ -89,7 +89,7 @@ def write_submission(path: str | Path, predictions: dict, patient_ids) -> None:
         raise
 
 
-def _parse_prediction_string(text: str, where: str, image_size: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def parse_prediction_string(text: str, where: str, image_size: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """"c x y w h ..." -> (boxes [M, 4] `x1, y1, x2, y2`, scores [M]); SubmissionError naming `where`.
 
     Confidences must lie in [0, 1]; with `image_size`, boxes must lie inside the square image
@@ -158,7 +158,7 @@ def read_submission(path: str | Path, expected_patient_ids=None, image_size: flo
                 if expected is not None and patient_id not in expected:
                     raise SubmissionError(f"{where}: unknown patientId (not among the expected patients)")
                 line_of[patient_id] = line
-                predictions[patient_id] = _parse_prediction_string(row[1] if len(row) > 1 else "", where,
+                predictions[patient_id] = parse_prediction_string(row[1] if len(row) > 1 else "", where,
                                                                    image_size)
     except (csv.Error, UnicodeDecodeError) as error:
         raise SubmissionError(f"{path}: not a readable CSV: {error}") from None

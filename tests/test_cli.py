@@ -18,7 +18,8 @@ from retinanet.cli import COMMANDS, main
 
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "pydicom", "cv2", "matplotlib", "numpy")
 SCRIPT_OF_COMMAND = {"synth": "make_synthetic.py", "prepare": "prepare_data.py", "train": "train.py",
-                     "evaluate": "evaluate.py", "infer": "infer.py", "score": "score.py", "export": "export.py"}
+                     "cross-validate": "cross_validate.py", "evaluate": "evaluate.py", "infer": "infer.py",
+                     "score": "score.py", "export": "export.py"}
 
 
 def run_cli(*arguments, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -36,7 +37,7 @@ def test_every_job_has_a_command_and_a_script_wrapper():
     assert list(COMMANDS) == list(SCRIPT_OF_COMMAND)
     for command, script in SCRIPT_OF_COMMAND.items():
         text = (REPOSITORY_ROOT / "scripts" / script).read_text()
-        assert f"run_module({command})" in text, script
+        assert f"run_module({command.replace('-', '_')})" in text, script
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

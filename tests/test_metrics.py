@@ -14,6 +14,7 @@ from retinanet.metrics import (
     average_precision,
     coco_map,
     image_level_metrics,
+    image_score_table,
     pairwise_iou,
     precision_recall_curve,
     rsna_image_scores,
@@ -208,6 +209,20 @@ def test_threshold_sweep_equals_metric_on_filtered_predictions():
         assert result["num_skipped"] == expected["num_skipped"]
         for t in IOU_THRESHOLDS:
             assert result["per_threshold"][t] == pytest.approx(expected["per_threshold"][t], abs=1e-12)
+
+
+def test_image_score_table_holds_the_loop_scores_of_every_image():
+    ground_truth, predictions = random_data_set(seed=6, num_images=60)
+    thresholds = [0.0, 0.5, 0.8]
+    table = image_score_table(ground_truth, predictions, thresholds)
+    assert table.shape == (60, 3)
+    for row, (patient_id, gt_boxes) in zip(table, ground_truth.items()):
+        boxes, scores = predictions.get(patient_id, (np.zeros((0, 4)), np.zeros(0)))
+        for value, threshold in zip(row, thresholds):
+            expected = loop_image_score(gt_boxes, boxes[scores >= threshold], scores[scores >= threshold])
+            assert np.isnan(value) if expected is None else value == pytest.approx(expected, abs=1e-12)
+    swept = threshold_sweep(ground_truth, predictions, thresholds)
+    np.testing.assert_allclose(np.nanmean(table, axis=0), [item["score"] for item in swept], atol=1e-12)
 
 
 # --- COCO AP against pycocotools --------------------------------------------------------------
