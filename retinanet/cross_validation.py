@@ -216,6 +216,12 @@ def write_out_of_fold_predictions(parent: Path, records_of: dict, progress: bool
     return stamp
 
 
+def _all_patients(parent: Path) -> int:
+    import pandas as pd
+
+    return len(pd.read_csv(parent / SPLIT_FILE, dtype={"patientId": str}))
+
+
 def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = True) -> dict:
     """Pool the folds' predictions of their held-out patients; write the files of the module docstring."""
     from retinanet.evaluation_plots import plot_fold_sweeps
@@ -235,11 +241,13 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     kept = {patient_id: (boxes[scores >= threshold], scores[scores >= threshold])
             for patient_id, (boxes, scores) in predictions.items()}
     write_submission(parent / SUBMISSION_FILE, kept, list(ground_truth))
-    analysis["files"] = {name: str(parent / name) for name in (PREDICTIONS_FILE, SUBMISSION_FILE, METRICS_FILE,
-                                                               THRESHOLD_FILE, SUMMARY_CSV, SUMMARY_MARKDOWN, PLOT_FILE)}
+    written = (PREDICTIONS_FILE, SUBMISSION_FILE, METRICS_FILE, THRESHOLD_FILE, SUMMARY_CSV, SUMMARY_MARKDOWN, PLOT_FILE)
+    analysis["files"] = {name: str(parent / name) for name in written}
     analysis["weights"] = stamp
     write_json_atomically(parent / METRICS_FILE, _json_ready(analysis))
-    write_json_atomically(parent / THRESHOLD_FILE, {"score_threshold": threshold, "rsna_metric": analysis["rsna_metric"],
+    # The format of a run's threshold.json (see `retinanet evaluate --write-threshold`).
+    write_json_atomically(parent / THRESHOLD_FILE, {"score_threshold": threshold,
+                                                    "rsna_metric": analysis["rsna_metric"],
                                                     "metrics": str(parent / METRICS_FILE)})
     best_steps = {fold: json.loads((fold_dir(parent, fold) / "best.json").read_text())["step"] for fold in folds}
     analysis["summary"] = write_summary(summary_rows(analysis, best_steps), parent / SUMMARY_CSV,
@@ -302,6 +310,7 @@ def format_report(analysis: dict) -> str:
              f"Out-of-fold RSNA metric {analysis['rsna_metric']:.4f} (95% bootstrap interval over patients "
              f"{low:.4f}-{high:.4f}) at score threshold {analysis['threshold']:.2f}, chosen on the out-of-fold sweep; "
              f"{analysis['rsna_metric_configured']:.4f} at the configured {analysis['configured_threshold']:.2f}",
-             f"{analysis['num_patients']} of {analysis['num_training_patients']} training patients predicted out of fold"]
+             f"{analysis['num_patients']} of {analysis['num_training_patients']} training patients predicted "
+             "out of fold"]
     lines += [f"{name:22s} {path}" for name, path in analysis["files"].items()]
     return "\n".join(lines)

@@ -198,7 +198,8 @@ def test_bootstrap_interval_is_reproducible_and_as_wide_as_the_binomial_one():
 def test_predictions_file_round_trips_and_names_a_bad_line(tmp_path):
     path = tmp_path / "oof_predictions.csv"
     boxes = np.array([[10.0, 20.0, 40.0, 80.0], [0.0, 0.0, 5.5, 6.5]])
-    write_predictions(path, [("b", 1, boxes, np.array([0.2, 0.9]), 0.75), ("a", 0, np.zeros((0, 4)), np.zeros(0), None)])
+    write_predictions(path, [("b", 1, boxes, np.array([0.2, 0.9]), 0.75),
+                             ("a", 0, np.zeros((0, 4)), np.zeros(0), None)])
     predictions, folds, probabilities = read_predictions(path)
     assert folds == {"b": 1, "a": 0} and probabilities == {"b": 0.75, "a": None}
     np.testing.assert_allclose(predictions["b"][0], boxes[[1, 0]])  # most confident first
