@@ -135,6 +135,8 @@ class AnchorConfig:
     scales: tuple[float, ...] = setting((1.0, 2 ** (1 / 3), 2 ** (2 / 3)), each(positive()))
     positive_iou: float = setting(0.5, within(0, 1, low_open=True))
     negative_iou: float = setting(0.4, within(0, 1, low_open=True))  # and at most positive_iou
+    # Each box's best anchors become positive even below positive_iou (retinanet/targets.py).
+    allow_low_quality_matches: bool = False
 
 
 @dataclass(frozen=True)

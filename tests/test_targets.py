@@ -7,6 +7,7 @@ import pytest
 
 from retinanet import boxes as box_ops
 from retinanet.anchors import generate_anchors_numpy
+from retinanet.config import AnchorConfig
 from retinanet.targets import IGNORE, NEGATIVE, LabelEncoder
 
 SEED_ANCHORS = np.array([[1, 5, 17, 25], [22, 3, 38, 15], [4, 16, 22, 37], [23, 23, 38, 35]], np.float32)
@@ -130,3 +131,98 @@ def test_real_anchors_two_boxes_two_classes():
     assert (targets[:, 4] == 0).sum() > 0 and (targets[:, 4] == 1).sum() > 0
     np.testing.assert_array_equal(targets[positive, 4], classes[best[positive]])
     np.testing.assert_array_equal(targets[:, 4] >= 0, positive)
+
+
+# --- low-quality matches (anchors.allow_low_quality_matches) -------------------------------------
+
+def test_low_quality_match_makes_every_tied_best_anchor_positive():
+    # The box [0, 0, 10, 3] overlaps the two identical anchors at IoU 30/100 = 0.3, the shifted one
+    # at 15/115 (intersection 5 x 3, union 100 + 30 - 15) and the far one not at all.
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [5, 0, 15, 10], [40, 40, 50, 50]], np.float32)
+    box, classes = np.array([[0, 0, 10, 3]], np.float32), np.array([7], np.float32)
+    plain = LabelEncoder(anchors)(box, classes).numpy()
+    np.testing.assert_array_equal(plain[:, 4], NEGATIVE)  # 0.3 < negative_iou: the box trains nothing
+    matched = LabelEncoder(anchors, allow_low_quality_matches=True)(box, classes).numpy()
+    np.testing.assert_array_equal(matched[:, 4], [7, 7, NEGATIVE, NEGATIVE])
+    # Anchor centre (5, 5), 10 x 10; box centre (5, 1.5), 10 x 3.
+    expected = [0.0, (1.5 - 5) / 10 / 0.1, 0.0, np.log(3 / 10) / 0.2]
+    np.testing.assert_allclose(matched[0, :4], expected, atol=1e-5)
+    np.testing.assert_allclose(matched[1, :4], expected, atol=1e-5)
+    np.testing.assert_array_equal(matched[2:, :4], 0.0)
+
+
+def test_low_quality_match_gives_the_anchor_to_the_box_it_is_best_for():
+    # Q = [0, 0, 10, 9] overlaps X most (0.9) but is the best anchor of Y (40/90 against P's 0.4):
+    # Y gains Q, and X keeps P (IoU 1).
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 9]], np.float32)
+    boxes, classes = np.array([[0, 0, 10, 10], [0, 0, 10, 4]], np.float32), np.array([1, 2], np.float32)
+    np.testing.assert_array_equal(LabelEncoder(anchors)(boxes, classes).numpy()[:, 4], [1, 1])
+    matched = LabelEncoder(anchors, allow_low_quality_matches=True)(boxes, classes).numpy()
+    np.testing.assert_array_equal(matched[:, 4], [1, 2])
+    np.testing.assert_allclose(matched[1, :4], box_ops.encode(boxes[1], anchors[1]).numpy(), atol=1e-5)
+
+
+def test_an_anchor_best_for_two_boxes_goes_to_the_one_it_overlaps_most():
+    anchors = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    boxes, classes = np.array([[0, 0, 10, 2], [0, 0, 10, 3]], np.float32), np.array([1, 2], np.float32)
+    matched = LabelEncoder(anchors, allow_low_quality_matches=True)(boxes, classes).numpy()
+    np.testing.assert_array_equal(matched[:, 4], [2, NEGATIVE])  # IoU 0.3 beats 0.2
+
+
+def test_a_box_no_anchor_touches_and_an_empty_image_gain_no_positive():
+    encoder = LabelEncoder(SEED_ANCHORS, allow_low_quality_matches=True)
+    far = encoder(np.array([[100, 100, 110, 110]], np.float32), np.array([0], np.float32)).numpy()
+    np.testing.assert_array_equal(far[:, 4], NEGATIVE)
+    empty = encoder(np.zeros([0, 4], np.float32), np.zeros([0], np.float32)).numpy()
+    np.testing.assert_array_equal(empty[:, 4], NEGATIVE)
+
+
+def oracle_targets_states(anchors, boxes, classes, allow_low_quality_matches, positive=0.5, negative=0.4):
+    """Anchor states by plain loops: an independent reading of the matching rule."""
+    iou = numpy_iou(anchors, boxes)
+    states, matched = np.full(len(anchors), NEGATIVE), np.full(len(anchors), -1)
+    for a in range(len(anchors)):
+        best = int(iou[a].argmax())
+        if iou[a, best] >= positive:
+            states[a], matched[a] = classes[best], best
+        elif iou[a, best] >= negative:
+            states[a] = IGNORE
+    if allow_low_quality_matches:
+        owner_iou = np.full(len(anchors), -1.0)
+        for b in range(len(boxes)):
+            top = iou[:, b].max()
+            for a in np.flatnonzero(iou[:, b] >= top - 1e-6) if top > 1e-6 else []:
+                if iou[a, b] > owner_iou[a]:
+                    owner_iou[a], states[a], matched[a] = iou[a, b], classes[b], b
+    return states, matched
+
+
+@pytest.mark.parametrize("allow_low_quality_matches", [False, True])
+def test_states_match_a_loop_oracle_on_real_anchors(allow_low_quality_matches):
+    anchors = generate_anchors_numpy((128, 128), AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)))
+    rng = np.random.default_rng(3)
+    corners = rng.uniform(0, 100, size=(6, 2))
+    # Tall and flat boxes of 6-40 px: several have no anchor at IoU 0.5.
+    sizes = rng.uniform(6, 40, size=(6, 2)) * np.array([[1, 3]] * 3 + [[3, 0.5]] * 3)
+    boxes = np.concatenate([corners, np.minimum(corners + sizes, 128)], axis=1).astype(np.float32)
+    classes = np.arange(6, dtype=np.float32)
+    targets = LabelEncoder(anchors, allow_low_quality_matches=allow_low_quality_matches)(boxes, classes).numpy()
+    states, matched = oracle_targets_states(anchors, boxes, classes, allow_low_quality_matches)
+    np.testing.assert_array_equal(targets[:, 4], states)
+    positive = states >= 0
+    decoded = box_ops.decode(targets[positive, :4], anchors[positive]).numpy()
+    np.testing.assert_allclose(decoded, boxes[matched[positive]], atol=1e-2)
+    plain_positive = numpy_iou(anchors, boxes).max(axis=0) >= 0.5
+    assert not plain_positive.all()  # the case the option exists for
+    boxes_with_positive = np.isin(np.arange(6), matched[positive])
+    assert boxes_with_positive.all() == allow_low_quality_matches
+
+
+def test_statistics_positive_anchors_follow_the_option():
+    from retinanet.data.statistics import positive_anchors
+
+    config = AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0))
+    box = [[10, 10, 16, 40]]  # 6 x 30 px: no anchor reaches IoU 0.5
+    assert len(positive_anchors(box, (128, 128), config)[0]) == 0
+    forced, _ = positive_anchors(box, (128, 128), AnchorConfig(sizes=config.sizes, allow_low_quality_matches=True))
+    assert len(forced) >= 1

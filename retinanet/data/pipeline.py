@@ -234,7 +234,8 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
     dataset, records, load = source_dataset(config, records, progress, split)
     image_size = tuple(config.preprocessing.image_size)
     encoder = LabelEncoder(generate_anchors(image_size, config.anchors),
-                           positive_iou=config.anchors.positive_iou, negative_iou=config.anchors.negative_iou)
+                           positive_iou=config.anchors.positive_iou, negative_iou=config.anchors.negative_iou,
+                           allow_low_quality_matches=config.anchors.allow_low_quality_matches)
     augmentation = config.augmentation
     channels = config.preprocessing.channels
     augmenter = Augmenter(augmentation, image_size, config.training.seed)

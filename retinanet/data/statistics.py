@@ -99,8 +99,8 @@ def anchor_coverage(records: list[Record], image_size: tuple[int, int],
     anchor of `image_size` (height, width). One row per box: patient_id, box_index, width,
     height (input pixels), best_iou (highest IoU with any anchor), best_level (the pyramid level
     of that anchor), num_positive_anchors (anchors with IoU >= positive_iou) and
-    has_positive (at least one). Training has no low-quality-match fallback: a box without a
-    positive anchor never trains the box head, and the anchors on it are ignored or even
+    has_positive (at least one). Unless `anchors.allow_low_quality_matches` is on, a box without
+    a positive anchor never trains the box head, and the anchors on it are ignored or even
     labelled background.
     """
     image_size = tuple(image_size)
@@ -190,7 +190,8 @@ def positive_anchors(boxes, image_size: tuple[int, int],
     """
     image_size = tuple(image_size)
     anchors = generate_anchors_numpy(image_size, anchor_config)
-    encoder = LabelEncoder(anchors, positive_iou=anchor_config.positive_iou, negative_iou=anchor_config.negative_iou)
+    encoder = LabelEncoder(anchors, positive_iou=anchor_config.positive_iou, negative_iou=anchor_config.negative_iou,
+                           allow_low_quality_matches=anchor_config.allow_low_quality_matches)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     states = encoder(boxes, np.zeros(len(boxes), np.float32)).numpy()[:, 4]
     positive_mask = states >= 0  # positive anchors carry their class id; NEGATIVE and IGNORE are < 0
