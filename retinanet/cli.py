@@ -1,6 +1,6 @@
 """The `retinanet` command: `retinanet <job> [arguments]`, one job per module of retinanet.commands.
 
-    retinanet synth | prepare | train | cross-validate | evaluate | infer | score | export  [--help]
+    retinanet synth | prepare | fit-anchors | train | cross-validate | evaluate | infer | score | export  [--help]
 
 Also reachable as `python -m retinanet`; `scripts/<name>.py` run the same code.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retinanet.commands import cross_validate, evaluate, export, infer, prepare, score, synth, train
+from retinanet.commands import cross_validate, evaluate, export, fit_anchors, infer, prepare, score, synth, train
 
 # In the order of a project's life.
-COMMANDS = {"synth": synth, "prepare": prepare, "train": train, "cross-validate": cross_validate,
-            "evaluate": evaluate, "infer": infer, "score": score, "export": export}
+COMMANDS = {"synth": synth, "prepare": prepare, "fit-anchors": fit_anchors, "train": train,
+            "cross-validate": cross_validate, "evaluate": evaluate, "infer": infer, "score": score, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,9 +17,9 @@ from conftest import REPOSITORY_ROOT, SYNTHETIC_SIZE, TINY_OVERRIDES
 from retinanet.cli import COMMANDS, main
 
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "pydicom", "cv2", "matplotlib", "numpy")
-SCRIPT_OF_COMMAND = {"synth": "make_synthetic.py", "prepare": "prepare_data.py", "train": "train.py",
-                     "cross-validate": "cross_validate.py", "evaluate": "evaluate.py", "infer": "infer.py",
-                     "score": "score.py", "export": "export.py"}
+SCRIPT_OF_COMMAND = {"synth": "make_synthetic.py", "prepare": "prepare_data.py", "fit-anchors": "fit_anchors.py",
+                     "train": "train.py", "cross-validate": "cross_validate.py", "evaluate": "evaluate.py",
+                     "infer": "infer.py", "score": "score.py", "export": "export.py"}
 
 
 def run_cli(*arguments, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
