@@ -205,6 +205,9 @@ class TrainingConfig:
     num_summary_images: int = setting(4, at_least(0))
     weight_histograms: bool = False  # TensorBoard histograms of every weight at each validation
     run_root: str = setting("runs", not_empty())
+    # > 0: keep an exponential moving average of the weights (Keras' optimizer EMA, this decay per
+    # step); validation, best.weights.h5 and final.weights.h5 use the averaged weights. 0 = off.
+    ema_decay: float = setting(0.0, within(0, 1, high_open=True))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A run directory holds `config.yaml` (resolved), `split.csv` (the folds it used),
 `checkpoints/` (latest, atomic, with optimizer state and step), `best.weights.h5` (best
-validation RSNA metric), `final.weights.h5`, `log.jsonl`, `validation.json` and `tensorboard/`.
+validation RSNA metric), `final.weights.h5` (both the moving average of the weights with
+`training.ema_decay`, which validation judges), `log.jsonl`, `validation.json` and `tensorboard/`.
 One directory holds one run: a new run into it is refused unless it resumes or overwrites.
 Every validation step is also a checkpoint step, so a resumed run never replays a validation;
 see retinanet/run_directory.py for what makes the directory recoverable.
@@ -29,6 +30,7 @@ from retinanet.config import Config, TrainingConfig, load_config, save_config
 from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
 from retinanet.data.rsna import Record
 from retinanet.distributed import barrier, make_strategy, remove_write_directory, worker_role, write_directory
+from retinanet.ema import averaged_weights
 from retinanet.hardware import dtype_policy, prepare_runtime
 from retinanet.losses import image_loss, loss_from_config
 from retinanet.model.retinanet import build_model_from_config
@@ -90,10 +92,13 @@ def schedule_from_config(training: TrainingConfig) -> WarmupDecay:
 
 def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = None) -> keras.optimizers.Optimizer:
     schedule = schedule or schedule_from_config(training)
+    # Keras keeps the weights' moving average itself (retinanet/ema.py).
+    ema = {"use_ema": True, "ema_momentum": training.ema_decay} if training.ema_decay else {}
     if training.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay)
+        optimizer = keras.optimizers.SGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay,
+                                         **ema)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=training.weight_decay)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=training.weight_decay, **ema)
     if training.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -343,6 +348,11 @@ class Trainer:
         return step > 0 and (step % self.config.training.validate_every == 0 or step == self.config.training.steps)
 
     def validate(self) -> dict:
+        """`_validate` on the moving average of the weights with `training.ema_decay` (on the weights otherwise)."""
+        with averaged_weights(self.model, self.optimizer):
+            return self._validate()
+
+    def _validate(self) -> dict:
         """Validate, log, keep the best weights, then record the step as validated (in this order, so
         that a run killed before the record re-runs this validation on resume). The chief alone
         validates: the other workers' results hold the step only."""
@@ -422,11 +432,12 @@ class Trainer:
                 results = self.validate()
                 bar.write(_validation_line(step, results))
         bar.close()
-        _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
-        if not self.is_chief:
-            return {"step": self.step, "scalars": {}, "overlays": []}
-        if results is None:  # resumed a finished run: its last validation is already recorded
-            results = {**self.validator.run(), "step": self.step}
+        with averaged_weights(self.model, self.optimizer):
+            _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
+            if not self.is_chief:
+                return {"step": self.step, "scalars": {}, "overlays": []}
+            if results is None:  # resumed a finished run: its last validation is already recorded
+                results = {**self.validator.run(), "step": self.step}
         save_rgb(self.run_dir / "validation_predictions.png",
                  validation_picture(self.validator.records, results, len(results["overlays"])))
         for writer in self.writers.values():
