@@ -1,5 +1,6 @@
 """The tf.data pipeline and the preprocessed-image cache on a tiny synthetic set."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -207,3 +208,22 @@ def test_positive_fraction_sets_the_share_of_images_with_boxes(fraction, expecte
     share = np.mean([count > 0 for _, count in drawn])
     assert share == pytest.approx(expected, abs=0.03)
     assert {source for source, _ in drawn} == {f"image{i}" for i in range(20)}  # nothing left out
+
+
+def test_low_quality_matches_reach_the_targets_of_the_pipeline(data_root, tmp_path):
+    """With anchors four times as tall as wide few boxes reach IoU 0.5; the option gives every box its best anchor."""
+    config = make_config(data_root, tmp_path / "cache")
+    tall = dataclasses.replace(config.anchors, aspect_ratios=(4.0,), scales=(1.0,))
+    anchors = generate_anchors_numpy((SIZE, SIZE), tall)
+    boxes_without_positive = {}
+    for allow in (False, True):
+        anchor_config = dataclasses.replace(tall, allow_low_quality_matches=allow)
+        dataset, records = build_dataset_and_records(dataclasses.replace(config, anchors=anchor_config), "validation",
+                                                     progress=False)
+        states = np.concatenate([batch["targets"][..., 4].numpy() for batch in dataset])
+        missing = 0
+        for record, record_states in zip(records, states):
+            for box in record.boxes * (SIZE / 256):
+                missing += not (record_states[numpy_iou(anchors, box).argmax()] >= 0)
+        boxes_without_positive[allow] = missing
+    assert boxes_without_positive[False] > 0 and boxes_without_positive[True] == 0

@@ -226,3 +226,8 @@ def test_statistics_positive_anchors_follow_the_option():
     assert len(positive_anchors(box, (128, 128), config)[0]) == 0
     forced, _ = positive_anchors(box, (128, 128), AnchorConfig(sizes=config.sizes, allow_low_quality_matches=True))
     assert len(forced) >= 1
+
+
+def test_low_quality_matches_are_off_by_default():
+    assert AnchorConfig().allow_low_quality_matches is False
+    assert LabelEncoder(SEED_ANCHORS).allow_low_quality_matches is False
