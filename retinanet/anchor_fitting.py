@@ -162,7 +162,7 @@ def fit_anchors(records: list[Record], config: Config, *, num_ratios: int | None
     """Fit `config.anchors`' ratios and scales to the boxes of `records`; measure both anchor sets.
 
     The counts default to the config's (the same anchors per location, so the heads keep their shape);
-    the config's own values are one of the starts, so the fitted mean IoU is never lower.
+    with the config's counts its own values are one of the starts, so the fitted mean IoU is never lower.
     """
     anchors = config.anchors
     shapes = input_box_shapes(records, config)
