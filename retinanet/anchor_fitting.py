@@ -10,8 +10,9 @@ of a box to the anchors is 1 - its best IoU with any anchor shape. Lloyd-style a
 that factored set: (1) give every box its best (level, ratio, scale); (2) move each ratio to
 the median log aspect ratio of its boxes, and each scale to the median of
 log(sqrt(box area) / sizes[level]) of its boxes (medians: robust to RSNA's long tails). Several
-starts (the config's values, quantiles, seeded k-means++ draws), the best mean IoU kept: no library clusters with this distance on a factored
-set (scikit-learn's KMeans is Euclidean only), and this takes milliseconds.
+starts (the config's values, quantiles, seeded k-means++ draws), the best mean IoU kept. Written
+here because no library clusters with this distance on a factored set (scikit-learn's KMeans is
+Euclidean only); it takes milliseconds.
 """
 
 from __future__ import annotations

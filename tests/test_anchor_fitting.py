@@ -110,7 +110,8 @@ def tall_records(count: int = 24, seed: int = 0) -> list[Record]:
         height = width * rng.uniform(1.5, 4.0)
         x, y = rng.uniform(0, 1024 - width), rng.uniform(0, 1024 - min(height, 1000))
         boxes = np.array([[x, y, x + width, min(1024.0, y + height)]], np.float32)
-        records.append(Record(f"p{index}", f"p{index}.dcm", boxes if index % 3 else np.zeros((0, 4)), int(index % 3 > 0)))
+        positive = index % 3 > 0
+        records.append(Record(f"p{index}", f"p{index}.dcm", boxes if positive else np.zeros((0, 4)), int(positive)))
     return records
 
 
