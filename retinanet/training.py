@@ -183,6 +183,8 @@ class Trainer:
         if resume:
             if not (self.source_dir / "config.yaml").is_file():
                 raise TrainingError(f"--resume: {self.source_dir} holds no config.yaml; is it a run directory?")
+            if tf.train.latest_checkpoint(str(self.source_dir / "checkpoints")) is None:
+                raise TrainingError(stopped_before_first_checkpoint(self.source_dir))
             config = load_config(self.source_dir / "config.yaml")
         elif config.training.strategy != "multi_worker":
             start_fresh(self.run_dir, overwrite)  # a multi-worker run's chief checks once it knows its role
@@ -446,6 +448,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, overwrit
         return trainer.fit()
     finally:
         remove_write_directory(trainer.run_dir, trainer.source_dir)
+
+
+def stopped_before_first_checkpoint(run_dir: Path) -> str:
+    """What to say when `--resume` finds a run that never wrote a checkpoint: there is nothing to
+    continue, but its config and split are there to start it again from step 0."""
+    return (f"--resume: the run in {run_dir} was stopped before its first checkpoint (none in "
+            f"{run_dir / 'checkpoints'}), so there is nothing to resume; start it again from step 0 with: "
+            f"retinanet train --config {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite")
 
 
 def start_fresh(run_dir: Path, overwrite: bool) -> None:

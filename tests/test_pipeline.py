@@ -207,3 +207,21 @@ def test_positive_fraction_sets_the_share_of_images_with_boxes(fraction, expecte
     share = np.mean([count > 0 for _, count in drawn])
     assert share == pytest.approx(expected, abs=0.03)
     assert {source for source, _ in drawn} == {f"image{i}" for i in range(20)}  # nothing left out
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_split_without_a_readable_image_is_a_named_error(data_root, tmp_path, use_cache, capsys):
+    from retinanet.data.pipeline import NoReadableImageError
+
+    root = tmp_path / "rsna"
+    shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("splits"))
+    for image in (root / "stage_2_train_images").iterdir():
+        image.write_bytes(image.read_bytes()[:300])  # truncated DICOM
+    config = make_config(root, tmp_path / "cache", bad_file_policy="skip", use_cache=use_cache)
+    validation = prepare_split(config, progress=False).validation
+    listing = tmp_path / "cache" / "skipped_images_validation.csv"
+    with pytest.raises(NoReadableImageError, match=f"none of the {len(validation)} validation image") as raised:
+        build_dataset(config, "validation", progress=False)
+    assert "data.bad_file_policy" in str(raised.value) and str(listing) in str(raised.value)
+    assert isinstance(raised.value, DicomReadError)  # what every command reports as `error: ...`
+    assert len(listing.read_text().splitlines()) == len(validation) + 1  # header + every image
