@@ -37,6 +37,7 @@ from retinanet.run_directory import (last_finite_checkpoint, last_validated_step
                                      record_validated_step, record_validation_due, remove_run,
                                      remove_stale_temporaries, run_entries, trim_log, validation_due_step,
                                      write_json_atomically)
+from retinanet.safe_writes import save_checkpoint, save_weights_atomically, write_text_atomically
 from retinanet.tensorboard_logging import log_run_start, log_validation_details
 from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
 from retinanet.visualize import save_rgb
@@ -108,12 +109,6 @@ def set_seeds(seed: int, deterministic: bool) -> None:
 def default_run_dir(config: Config, config_path: str | Path | None) -> Path:
     name = Path(config_path).stem if config_path else "run"
     return Path(config.training.run_root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _atomic_save_weights(model: keras.Model, path: Path) -> None:
-    temporary = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
-    model.save_weights(temporary)
-    temporary.replace(path)
 
 
 def _selection_metric(scalars: dict) -> float:
@@ -313,7 +308,7 @@ class Trainer:
                   "validate_every": fitted.validate_every, "checkpoint_every": fitted.checkpoint_every,
                   "fitted_at_step": self.step, **{f"seconds_{key}": value for key, value in vars(timing).items()},
                   "device": self.device_line}
-        (self.run_dir / "budget.json").write_text(json.dumps(record, indent=2))
+        write_text_atomically(self.run_dir / "budget.json", json.dumps(record, indent=2))
         print(f"Time budget {training.time_budget_minutes:g} min: {fitted.steps} of {training.steps} steps fit "
               f"({timing.step:.2f} s/step, {timing.validation:.1f} s per validation, {timing.checkpoint:.1f} s per "
               f"checkpoint, {timing.elapsed:.0f} s spent); warm-up {fitted.warmup_steps}, validation every "
@@ -339,7 +334,7 @@ class Trainer:
         self._check_finite("writing a checkpoint")
         if validation_follows:
             record_validation_due(self.run_dir, self.step)
-        self.manager.save(checkpoint_number=self.step)
+        save_checkpoint(self.manager, self.step)
 
     def _is_validation_step(self, step: int) -> bool:
         return step > 0 and (step % self.config.training.validate_every == 0 or step == self.config.training.steps)
@@ -365,7 +360,7 @@ class Trainer:
         if metric > self.best_metric:
             self._check_finite("writing best.weights.h5")
             self.best_metric = metric
-            _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")
+            save_weights_atomically(self.model, self.run_dir / "best.weights.h5")
             write_json_atomically(self.run_dir / "best.json", {"step": step, **results["scalars"]})
         record_validated_step(self.run_dir, step)
         return results
@@ -424,7 +419,7 @@ class Trainer:
                 results = self.validate()
                 bar.write(_validation_line(step, results))
         bar.close()
-        _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
+        save_weights_atomically(self.model, self.run_dir / "final.weights.h5")
         if not self.is_chief:
             return {"step": self.step, "scalars": {}, "overlays": []}
         if results is None:  # resumed a finished run: its last validation is already recorded

@@ -542,3 +542,23 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_how_to_start_a
     started_again = script("train.py", *arguments, "--no-progress")
     assert started_again.returncode == 0, started_again.stderr[-2000:]
     assert (run_dir / "final.weights.h5").is_file() and tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_the_previous_one_resumes(tiny_data, tmp_path):
+    from retinanet.safe_writes import FileWriteError
+
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_data, tmp_path / "cache", steps=4, validate_every=4, checkpoint_every=2)
+    trainer = Trainer(config, run_dir, progress=False)
+    # The step-4 checkpoint cannot be written (TensorFlow cannot make its temporary directory).
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "ckpt-4_temp").write_text("in the way")
+    with pytest.raises(FileWriteError, match="could not write the checkpoint .*ckpt-4: .*latest complete checkpoint "
+                                             "is still .*ckpt-2.*--resume"):
+        trainer.fit()
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-2")
+    (run_dir / "checkpoints" / "ckpt-4_temp").unlink()
+    resumed = Trainer(config, run_dir, resume=True, progress=False)
+    assert resumed.step == 2
+    assert resumed.fit()["step"] == 4 and (run_dir / "best.weights.h5").is_file()
