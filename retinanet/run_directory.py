@@ -14,13 +14,13 @@ A run directory belongs to one run: `RUN_ENTRIES` are what training (and `evalua
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from retinanet.safe_writes import write_text_atomically
 
 VALIDATION_STATE = "validation.json"
 LOG = "log.jsonl"
@@ -49,11 +49,12 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete what a write interrupted by a kill or a full disk leaves behind; returns the paths.
 
     TensorFlow writes a checkpoint into `checkpoints/<prefix>_temp/` and removes it once the
-    checkpoint is complete; weights files are written as `*.tmp.weights.h5` and then renamed.
+    checkpoint is complete; weights and JSON files are written as `*.tmp.weights.h5` and
+    `*.tmp.json` and then renamed (retinanet/safe_writes.py).
     """
     run_dir = Path(run_dir)
     stale = sorted(path for path in (run_dir / "checkpoints").glob("*_temp") if path.is_dir())
-    stale += sorted(run_dir.glob("*.tmp.weights.h5"))
+    stale += sorted(run_dir.glob("*.tmp.weights.h5")) + sorted(run_dir.glob("*.tmp.json"))
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path)
@@ -63,16 +64,9 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 
 def write_json_atomically(path: Path, document: dict) -> None:
-    """Write JSON to a temporary file beside `path`, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(document, file, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write JSON to a temporary file beside `path`, then rename: a kill never leaves half a file,
+    a full disk never leaves a broken one (FileWriteError)."""
+    write_text_atomically(path, json.dumps(document, indent=2))
 
 
 def _validation_state(run_dir: Path) -> dict | None:

@@ -39,6 +39,7 @@ from retinanet.run_directory import (last_finite_checkpoint, last_validated_step
                                      record_validated_step, record_validation_due, remove_run,
                                      remove_stale_temporaries, run_entries, trim_log, validation_due_step,
                                      write_json_atomically)
+from retinanet.safe_writes import save_checkpoint, save_weights_atomically, write_text_atomically
 from retinanet.tensorboard_logging import log_run_start, log_validation_details
 from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
 from retinanet.visualize import save_rgb
@@ -115,12 +116,6 @@ def default_run_dir(config: Config, config_path: str | Path | None) -> Path:
     return Path(config.training.run_root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _atomic_save_weights(model: keras.Model, path: Path) -> None:
-    temporary = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
-    model.save_weights(temporary)
-    temporary.replace(path)
-
-
 def _selection_metric(scalars: dict) -> float:
     """What picks the best weights: the RSNA metric at the score threshold that is best on
     validation (the one evaluation then chooses). It is NaN when no image is scored (no
@@ -188,6 +183,8 @@ class Trainer:
         if resume:
             if not (self.source_dir / "config.yaml").is_file():
                 raise TrainingError(f"--resume: {self.source_dir} holds no config.yaml; is it a run directory?")
+            if tf.train.latest_checkpoint(str(self.source_dir / "checkpoints")) is None:
+                raise TrainingError(stopped_before_first_checkpoint(self.source_dir))
             config = load_config(self.source_dir / "config.yaml")
         elif config.training.strategy != "multi_worker":
             start_fresh(self.run_dir, overwrite)  # a multi-worker run's chief checks once it knows its role
@@ -316,7 +313,7 @@ class Trainer:
                   "validate_every": fitted.validate_every, "checkpoint_every": fitted.checkpoint_every,
                   "fitted_at_step": self.step, **{f"seconds_{key}": value for key, value in vars(timing).items()},
                   "device": self.device_line}
-        (self.run_dir / "budget.json").write_text(json.dumps(record, indent=2))
+        write_text_atomically(self.run_dir / "budget.json", json.dumps(record, indent=2))
         print(f"Time budget {training.time_budget_minutes:g} min: {fitted.steps} of {training.steps} steps fit "
               f"({timing.step:.2f} s/step, {timing.validation:.1f} s per validation, {timing.checkpoint:.1f} s per "
               f"checkpoint, {timing.elapsed:.0f} s spent); warm-up {fitted.warmup_steps}, validation every "
@@ -342,7 +339,7 @@ class Trainer:
         self._check_finite("writing a checkpoint")
         if validation_follows:
             record_validation_due(self.run_dir, self.step)
-        self.manager.save(checkpoint_number=self.step)
+        save_checkpoint(self.manager, self.step)
 
     def _is_validation_step(self, step: int) -> bool:
         return step > 0 and (step % self.config.training.validate_every == 0 or step == self.config.training.steps)
@@ -373,7 +370,7 @@ class Trainer:
         if metric > self.best_metric:
             self._check_finite("writing best.weights.h5")
             self.best_metric = metric
-            _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")
+            save_weights_atomically(self.model, self.run_dir / "best.weights.h5")
             write_json_atomically(self.run_dir / "best.json", {"step": step, **results["scalars"]})
         record_validated_step(self.run_dir, step)
         return results
@@ -433,7 +430,7 @@ class Trainer:
                 bar.write(_validation_line(step, results))
         bar.close()
         with averaged_weights(self.model, self.optimizer):
-            _atomic_save_weights(self.model, self.run_dir / "final.weights.h5")
+            save_weights_atomically(self.model, self.run_dir / "final.weights.h5")
             if not self.is_chief:
                 return {"step": self.step, "scalars": {}, "overlays": []}
             if results is None:  # resumed a finished run: its last validation is already recorded
@@ -457,6 +454,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, overwrit
         return trainer.fit()
     finally:
         remove_write_directory(trainer.run_dir, trainer.source_dir)
+
+
+def stopped_before_first_checkpoint(run_dir: Path) -> str:
+    """What to say when `--resume` finds a run that never wrote a checkpoint: there is nothing to
+    continue, but its config and split are there to start it again from step 0."""
+    return (f"--resume: the run in {run_dir} was stopped before its first checkpoint (none in "
+            f"{run_dir / 'checkpoints'}), so there is nothing to resume; start it again from step 0 with: "
+            f"retinanet train --config {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite")
 
 
 def start_fresh(run_dir: Path, overwrite: bool) -> None:

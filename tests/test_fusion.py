@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from ensemble_boxes import weighted_boxes_fusion as reference_fusion  # a test dependency
 
 from retinanet.anchors import generate_anchors_numpy, level_sizes
 from retinanet.postprocess import Postprocessor, weighted_box_fusion
@@ -120,6 +121,60 @@ def test_matches_a_plain_loop_on_random_clusters(seed):
     np.testing.assert_allclose(fused_scores, [item[1] for item in expected], atol=1e-5)
     np.testing.assert_allclose(fused_boxes, np.stack([item[0] for item in expected]), atol=1e-3)
     assert fused_classes.tolist() == [item[2] for item in expected]
+
+
+def random_passes(rng, num_passes: int, num_clusters: int = 4, boxes_per_pass: int = 6):
+    """Per pass: boxes [n, 4] in normalised coordinates inside (0, 1), scores [n], classes [n],
+    scattered around a few shared objects, as the passes of one image would be."""
+    centres = rng.uniform(0.2, 0.8, size=(num_clusters, 2))
+    half_sizes = rng.uniform(0.04, 0.15, size=(num_clusters, 2))
+    cluster_classes = rng.integers(0, 2, num_clusters)
+    passes = []
+    for _ in range(num_passes):
+        count = int(rng.integers(1, boxes_per_pass + 1))
+        cluster = rng.integers(num_clusters, size=count)
+        centre = centres[cluster] + rng.normal(0, 0.015, (count, 2))
+        half = half_sizes[cluster] * rng.uniform(0.8, 1.2, (count, 2))
+        boxes = np.clip(np.concatenate([centre - half, centre + half], axis=1), 0.001, 0.999)
+        classes = np.where(rng.uniform(size=count) < 0.1, 1 - cluster_classes[cluster], cluster_classes[cluster])
+        passes.append((boxes, rng.uniform(0.05, 1.0, count), classes))
+    return passes
+
+
+@pytest.mark.parametrize("num_passes", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_the_ensemble_boxes_package(seed, num_passes):
+    """Against ensemble_boxes.weighted_boxes_fusion (conf_type "avg", equal weights, no score
+    threshold) on boxes it accepts unchanged: inside [0, 1] with a positive area. Intended
+    differences outside that: ensemble-boxes clips coordinates to [0, 1], swaps reversed corners
+    and drops zero-area boxes (it expects normalised boxes from any model), where this fusion
+    takes the decoder's valid pixel boxes as they are; and it leaves the order of equal scores
+    unspecified, where this fusion keeps the input order."""
+    passes = random_passes(np.random.default_rng(seed), num_passes)
+    expected_boxes, expected_scores, expected_classes = reference_fusion(
+        [boxes.tolist() for boxes, _, _ in passes], [scores.tolist() for _, scores, _ in passes],
+        [classes.tolist() for _, _, classes in passes], iou_thr=0.55, skip_box_thr=0.0, conf_type="avg")
+    pooled_boxes = np.concatenate([boxes for boxes, _, _ in passes]).reshape(-1, 4)
+    pooled_scores = np.concatenate([scores for _, scores, _ in passes])
+    pooled_classes = np.concatenate([classes for _, _, classes in passes])
+    fused_boxes, fused_scores, fused_classes, count = run_fusion(pooled_boxes, pooled_scores, pooled_classes,
+                                                                 num_passes=num_passes)
+    assert count == len(expected_scores)
+    np.testing.assert_allclose(fused_scores, expected_scores, atol=1e-6)
+    np.testing.assert_allclose(fused_boxes, expected_boxes, atol=1e-6)
+    assert fused_classes.tolist() == expected_classes.astype(int).tolist()
+
+
+def test_the_ensemble_boxes_comparison_sees_fusion_across_passes():
+    """The random cases above are not trivially one box per cluster."""
+    fused_counts, box_counts = [], []
+    for seed in range(8):
+        passes = random_passes(np.random.default_rng(seed), 2)
+        boxes = np.concatenate([boxes for boxes, _, _ in passes])
+        box_counts.append(len(boxes))
+        fused_counts.append(run_fusion(boxes, np.concatenate([s for _, s, _ in passes]),
+                                       np.concatenate([c for _, _, c in passes]))[3])
+    assert sum(fused_counts) < 0.8 * sum(box_counts)
 
 
 def test_works_in_a_graph_on_a_batch():

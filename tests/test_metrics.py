@@ -7,6 +7,8 @@ import io
 import itertools
 
 import numpy as np
+from pycocotools.coco import COCO  # a test dependency (the `test` extra): never skipped
+from pycocotools.cocoeval import COCOeval
 import pytest
 
 from retinanet.metrics import (
@@ -252,8 +254,6 @@ def coco_data_set(seed, num_images=30):
 
 
 def pycocotools_stats(ground_truth, predictions):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     def xywh(box):
         return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
@@ -281,7 +281,6 @@ def pycocotools_stats(ground_truth, predictions):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_average_precision_and_coco_map_agree_with_pycocotools(seed):
-    pytest.importorskip("pycocotools")
     ground_truth, predictions = coco_data_set(seed)
     stats = pycocotools_stats(ground_truth, predictions)
     assert coco_map(ground_truth, predictions) == pytest.approx(stats[0], abs=1e-6)

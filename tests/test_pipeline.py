@@ -227,3 +227,105 @@ def test_low_quality_matches_reach_the_targets_of_the_pipeline(data_root, tmp_pa
                 missing += not (record_states[numpy_iou(anchors, box).argmax()] >= 0)
         boxes_without_positive[allow] = missing
     assert boxes_without_positive[False] > 0 and boxes_without_positive[True] == 0
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_split_without_a_readable_image_is_a_named_error(data_root, tmp_path, use_cache, capsys):
+    from retinanet.data.pipeline import NoReadableImageError
+
+    root = tmp_path / "rsna"
+    shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("splits"))
+    for image in (root / "stage_2_train_images").iterdir():
+        image.write_bytes(image.read_bytes()[:300])  # truncated DICOM
+    config = make_config(root, tmp_path / "cache", bad_file_policy="skip", use_cache=use_cache)
+    validation = prepare_split(config, progress=False).validation
+    listing = tmp_path / "cache" / "skipped_images_validation.csv"
+    with pytest.raises(NoReadableImageError, match=f"none of the {len(validation)} validation image") as raised:
+        build_dataset(config, "validation", progress=False)
+    assert "data.bad_file_policy" in str(raised.value) and str(listing) in str(raised.value)
+    assert isinstance(raised.value, DicomReadError)  # what every command reports as `error: ...`
+    assert len(listing.read_text().splitlines()) == len(validation) + 1  # header + every image
+
+
+def cache_directory(config, cache_dir):
+    return cache_dir / settings_key(config.preprocessing)
+
+
+def test_a_full_disk_while_caching_keeps_the_earlier_images_and_index(data_root, tmp_path, monkeypatch):
+    from test_safe_writes import FullDiskFile
+
+    from retinanet import safe_writes
+    from retinanet.safe_writes import FileWriteError
+
+    config = make_config(data_root, tmp_path / "cache")
+    records = prepare_split(config, progress=False).train[:4]
+    build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    directory = cache_directory(config, tmp_path / "cache")
+    before = {path.name: path.read_bytes() for path in directory.iterdir()}
+    for record in records:  # every source changed: each image is written again
+        os.utime(record.image_path, ns=(1, 1))
+    monkeypatch.setattr(safe_writes, "open", FullDiskFile, raising=False)
+    with pytest.raises(FileWriteError, match=f"could not write {directory}.*No space left on device; the previous"):
+        build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == before  # nothing half-written
+    # With space again, the images are rebuilt from the intact index.
+    cached, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    assert set(cached) == {r.patient_id for r in records}
+    assert set(json.loads((directory / "index.json").read_text())) == set(cached)
+
+
+@pytest.mark.parametrize("corrupt, warning", [
+    ('{"patient": {"source": ["x", 1', "is not valid JSON"),  # cut short
+    ("[1, 2, 3]", "is not a JSON object"),
+    (None, "1 of 4 entries of the cache index"),  # one entry of the wrong form
+])
+def test_a_corrupt_cache_index_is_reported_and_rebuilt(data_root, tmp_path, corrupt, warning, capsys):
+    config = make_config(data_root, tmp_path / "cache")
+    records = prepare_split(config, progress=False).train[:4]
+    first, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    expected = {pid: np.fromfile(item.path, np.uint8) for pid, item in first.items()}
+    index_path = cache_directory(config, tmp_path / "cache") / "index.json"
+    original = json.loads(index_path.read_text())
+    index = json.loads(index_path.read_text())
+    if corrupt is None:
+        index[records[0].patient_id] = {"source": "not a signature"}
+        corrupt = json.dumps(index)
+    index_path.write_text(corrupt)
+    rebuilt, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    printed = capsys.readouterr().err
+    assert "warning: " in printed and warning in printed and str(index_path) in printed
+    assert set(rebuilt) == set(expected)
+    for pid, item in rebuilt.items():
+        np.testing.assert_array_equal(np.fromfile(item.path, np.uint8), expected[pid])
+    assert json.loads(index_path.read_text()) == original
+
+
+def test_a_cached_image_of_the_wrong_size_is_rebuilt(data_root, tmp_path):
+    config = make_config(data_root, tmp_path / "cache")
+    records = prepare_split(config, progress=False).train[:2]
+    first, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    path = first[records[0].patient_id].path
+    good = open(path, "rb").read()
+    with open(path, "wb") as file:  # as a write cut short by a crash before writes were atomic
+        file.write(good[:100])
+    build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    assert open(path, "rb").read() == good
+
+
+@pytest.mark.parametrize("module, constant", [("retinanet.data.dicom", "READER_VERSION"),
+                                              ("retinanet.data.preprocess", "PREPROCESSING_VERSION")])
+def test_a_new_reader_or_preprocessing_version_starts_a_new_cache(data_root, tmp_path, monkeypatch, module, constant):
+    import importlib
+
+    config = make_config(data_root, tmp_path / "cache")
+    records = prepare_split(config, progress=False).train[:2]
+    old_key = settings_key(config.preprocessing)
+    old, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    monkeypatch.setattr(importlib.import_module(module), constant, getattr(importlib.import_module(module), constant) + 1)
+    new_key = settings_key(config.preprocessing)
+    assert new_key != old_key
+    new, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
+    for record in records:  # every image read again by the new code, none reused from the old cache
+        assert new_key in new[record.patient_id].path and old_key in old[record.patient_id].path
+        assert os.path.isfile(new[record.patient_id].path)

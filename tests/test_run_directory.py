@@ -59,8 +59,9 @@ def test_stale_temporaries_are_removed_and_complete_files_kept(tmp_path):
         (checkpoints / name).write_bytes(b"")
     (tmp_path / "best.tmp.weights.h5").write_bytes(b"half")
     (tmp_path / "best.weights.h5").write_bytes(b"whole")
+    (tmp_path / "validation.tmp.json").write_text('{"last_val')  # a kill during write_json_atomically
     removed = remove_stale_temporaries(tmp_path)
-    assert sorted(path.name for path in removed) == ["best.tmp.weights.h5", "ckpt-7_temp"]
+    assert sorted(path.name for path in removed) == ["best.tmp.weights.h5", "ckpt-7_temp", "validation.tmp.json"]
     assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint", "ckpt-6.data-00000-of-00001",
                                                                    "ckpt-6.index"]
     assert (tmp_path / "best.weights.h5").read_bytes() == b"whole"

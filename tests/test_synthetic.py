@@ -183,3 +183,28 @@ def test_command_line_script(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert len(_rows(tmp_path / "cli" / "stage_2_train_labels.csv")) >= 4
     assert len(list((tmp_path / "cli" / "stage_2_test_images").glob("*.dcm"))) == 1
+
+
+def blocked_by_a_file(tmp_path: Path) -> tuple[Path, str]:
+    """An --out below a regular file: no directory can be made there, not even by root."""
+    (tmp_path / "notes.txt").write_text("a file, not a directory")
+    return tmp_path / "notes.txt" / "synthetic", str(tmp_path / "notes.txt" / "synthetic")
+
+
+def blocked_at_the_labels(tmp_path: Path) -> tuple[Path, str]:
+    """The images are written, then the labels file cannot be: a directory holds its name."""
+    (tmp_path / "out" / "stage_2_train_labels.csv").mkdir(parents=True)
+    return tmp_path / "out", str(tmp_path / "out" / "stage_2_train_labels.csv")
+
+
+def blocked_in_proc(tmp_path: Path) -> tuple[Path, str]:
+    """A file system where nobody may create a directory."""
+    return Path("/proc/synthetic-rsna"), "/proc/synthetic-rsna"
+
+
+@pytest.mark.parametrize("blocked", [blocked_by_a_file, blocked_at_the_labels, blocked_in_proc])
+def test_an_unwritable_output_is_a_named_error(blocked, tmp_path, script, clean_error):
+    out, named_path = blocked(tmp_path)
+    completed = script("make_synthetic.py", "--out", out, "--num-train", "2", "--num-test", "0", "--size", "64",
+                       "--no-progress")
+    clean_error(completed, f"cannot write the data set to {out}", named_path)

@@ -509,3 +509,56 @@ def test_train_script_refuses_a_second_run_into_the_same_directory(tiny_run, scr
     assert (tiny_run.run_dir / "best.json").read_text() == before
     both = script("train.py", "--run-dir", tiny_run.run_dir, "--resume", "--overwrite")
     assert both.returncode == 2 and "give one of them" in both.stderr
+
+
+@pytest.mark.slow
+def test_train_script_names_a_data_set_without_a_readable_image(script, clean_error, tmp_path):
+    from conftest import TINY_OVERRIDES
+
+    data_dir = generate_synthetic_rsna(tmp_path / "data", num_train=8, num_test=0, size=128, seed=2, progress=False)
+    for image in (data_dir / "stage_2_train_images").iterdir():
+        image.write_bytes(image.read_bytes()[:300])  # truncated: no decoder can read it
+    overrides = [f"data.root={data_dir}", f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic=null",
+                 "data.original_size=128", "data.num_folds=4", "data.bad_file_policy=skip", *TINY_OVERRIDES]
+    completed = script("train.py", "--config", REPO / "configs" / "demo.yaml", *(f"--set={o}" for o in overrides),
+                       "--run-dir", tmp_path / "run", "--no-progress")
+    clean_error(completed, "none of the 6 train image(s) could be read", "data.bad_file_policy",
+                str(tmp_path / "cache" / "skipped_images_train.csv"))
+
+
+@pytest.mark.slow
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_how_to_start_again(tiny_data, tmp_path, script,
+                                                                                     clean_error):
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_data, tmp_path / "cache", steps=2, validate_every=2, checkpoint_every=2)
+    Trainer(config, run_dir, progress=False)  # set up, then stopped before step 1
+    (run_dir / "checkpoints" / "ckpt-2_temp").mkdir(parents=True)  # and during the first checkpoint write
+    completed = script("train.py", "--resume", "--run-dir", run_dir, "--no-progress")
+    clean_error(completed, f"the run in {run_dir} was stopped before its first checkpoint", "nothing to resume")
+    advice = completed.stderr.strip().splitlines()[-1].split("start it again from step 0 with: ")[1]
+    assert advice == f"retinanet train --config {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite"
+    # The advice works.
+    arguments = advice.split()[2:]
+    started_again = script("train.py", *arguments, "--no-progress")
+    assert started_again.returncode == 0, started_again.stderr[-2000:]
+    assert (run_dir / "final.weights.h5").is_file() and tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous_one(tiny_data, tmp_path):
+    from retinanet.safe_writes import FileWriteError
+
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_data, tmp_path / "cache", steps=4, validate_every=4, checkpoint_every=2)
+    trainer = Trainer(config, run_dir, progress=False)
+    # The step-4 checkpoint cannot be written (TensorFlow cannot make its temporary directory).
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "ckpt-4_temp").write_text("in the way")
+    with pytest.raises(FileWriteError, match="could not write the checkpoint .*ckpt-4: .*latest complete checkpoint "
+                                             "is still .*ckpt-2.*--resume"):
+        trainer.fit()
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    assert latest.endswith("ckpt-2") and trainer.step == 4
+    # What --resume does with it: the step-2 state comes back whole.
+    trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+    assert trainer.step == 2

@@ -4,9 +4,11 @@ Decoding a 1024 px JPEG DICOM and CLAHE cost far more than a training step's inp
 each image is processed once and stored as raw uint8 pixels at the network input size
 (a 512 px image is 256 KiB; reading it back costs nothing next to decoding a PNG, which
 kept the cached pipeline below 100 images/s on two cores). The cache lives
-in `<cache_dir>/<settings key>/`, where the key hashes the preprocessing settings: changing
-them starts a new cache. `index.json` records each image's source file (size and mtime), so
-an image whose DICOM changed is rebuilt and the rest are reused.
+in `<cache_dir>/<settings key>/`, where the key hashes the preprocessing settings and the
+versions of the reader and preprocessing code: changing them starts a new cache. `index.json`
+records each image's source file (size and mtime), so an image whose DICOM changed is rebuilt
+and the rest are reused; an index that cannot be read is reported and rebuilt. Files are
+replaced atomically (retinanet/safe_writes.py): a full disk leaves the earlier ones intact.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +24,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from retinanet.config import PreprocessingConfig
+from retinanet.data import dicom, preprocess
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import preprocess_image
 from retinanet.data.rsna import Record, SkipReport
+from retinanet.safe_writes import write_bytes_atomically, write_text_atomically
 
 CACHE_VERSION = 2
 
@@ -36,9 +41,41 @@ class CachedImage:
 
 
 def settings_key(config: PreprocessingConfig) -> str:
-    settings = {"version": CACHE_VERSION, "image_size": list(config.image_size), "clahe": config.clahe,
-                "clip_limit": config.clahe_clip_limit, "tile_grid": config.clahe_tile_grid}
+    """The cache directory's name: a hash of everything that decides the cached pixels, the
+    settings and the versions of the code that reads and preprocesses the images."""
+    settings = {"version": CACHE_VERSION, "reader": dicom.READER_VERSION,
+                "preprocessing": preprocess.PREPROCESSING_VERSION, "image_size": list(config.image_size),
+                "clahe": config.clahe, "clip_limit": config.clahe_clip_limit, "tile_grid": config.clahe_tile_grid}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_entry(entry) -> bool:
+    """An index entry as `build_cache` writes it: source [path, size, mtime], scale, original size."""
+    return (isinstance(entry, dict) and isinstance(entry.get("source"), list) and len(entry["source"]) == 3
+            and isinstance(entry.get("scale"), (int, float)) and isinstance(entry.get("original_size"), list)
+            and len(entry["original_size"]) == 2)
+
+
+def read_index(index_path: Path) -> dict:
+    """The cache's index; an unreadable one, or entries of the wrong form, are reported on stderr
+    and left out, so that their images are read and cached again."""
+    if not index_path.is_file():
+        return {}
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        print(f"warning: the cache index {index_path} is not valid JSON ({error}); its images are cached again",
+              file=sys.stderr)
+        return {}
+    if not isinstance(index, dict):
+        print(f"warning: the cache index {index_path} is not a JSON object; its images are cached again",
+              file=sys.stderr)
+        return {}
+    malformed = [patient_id for patient_id, entry in index.items() if not _is_entry(entry)]
+    if malformed:
+        print(f"warning: {len(malformed)} of {len(index)} entries of the cache index {index_path} are malformed "
+              f"(e.g. {malformed[0]!r}); their images are cached again", file=sys.stderr)
+    return {patient_id: entry for patient_id, entry in index.items() if patient_id not in malformed}
 
 
 def _source_signature(path: str) -> list:
@@ -64,7 +101,8 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
     directory = Path(cache_dir) / settings_key(config)
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index = read_index(index_path)
+    pixels_per_image = config.image_size[0] * config.image_size[1]
     report = SkipReport()
     cached: dict[str, CachedImage] = {}
     todo = []
@@ -72,7 +110,7 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
         entry = index.get(record.patient_id)
         path = directory / f"{record.patient_id}.raw"
         if (entry and os.path.exists(record.image_path) and entry["source"] == _source_signature(record.image_path)
-                and path.is_file()):
+                and path.is_file() and path.stat().st_size == pixels_per_image):
             cached[record.patient_id] = CachedImage(str(path), entry["scale"], tuple(entry["original_size"]))
         else:
             todo.append(record)
@@ -83,9 +121,7 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
         except DicomReadError as error:
             return record, None, str(error)
         path = directory / f"{record.patient_id}.raw"
-        temporary = path.with_suffix(".tmp")
-        image.tofile(temporary)
-        temporary.replace(path)
+        write_bytes_atomically(path, image.tobytes())
         return record, CachedImage(str(path), scale, tuple(original_size)), None
 
     if not todo:
@@ -104,7 +140,5 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
                 index[record.patient_id] = {"source": _source_signature(record.image_path), "scale": item.scale,
                                             "original_size": list(item.original_size)}
     finally:
-        temporary = index_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(index))
-        temporary.replace(index_path)
+        write_text_atomically(index_path, json.dumps(index))
     return cached, report

@@ -43,6 +43,11 @@ HIGH_PERCENT = 99.5
 # enough for a window and much cheaper on 3000 x 3000 detector images.
 PERCENTILE_SAMPLE_PIXELS = 1_000_000
 
+# The version of what `read_image` returns for a file. The preprocessed-image cache keys on it:
+# bump it with any change that alters the pixels read (a window rule, an inversion, a decoder
+# choice), so that no cache filled by the old reader is reused.
+READER_VERSION = 1
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

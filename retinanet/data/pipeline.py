@@ -30,6 +30,10 @@ from retinanet.targets import LabelEncoder
 SPLITS = ("train", "validation")
 
 
+class NoReadableImageError(DicomReadError):
+    """Every image of a split was unreadable and skipped: there is nothing to build a dataset from."""
+
+
 @dataclass(frozen=True)
 class PreparedSplit:
     train: list[Record]
@@ -147,9 +151,14 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
                                           num_workers=workers(data.num_parallel_calls), progress=progress)
         sources = [r.image_path for r in records]
         scales = np.zeros(len(records), np.float32)  # computed while reading
-    report_skips(report, "unreadable image(s)", Path(data.cache_dir) / f"skipped_images_{split}.csv")
+    skip_list = Path(data.cache_dir) / f"skipped_images_{split}.csv"
+    report_skips(report, "unreadable image(s)", skip_list)
     if not records:
-        raise ValueError("no readable images to build a dataset from")
+        if not len(report):
+            raise NoReadableImageError(f"no {split} images to build a dataset from")
+        where, reason = report.skipped[0]
+        raise NoReadableImageError(f"none of the {len(report)} {split} image(s) could be read (all skipped under "
+                                   f"data.bad_file_policy: skip), e.g. {where}: {reason}; all of them: {skip_list}")
     padded, counts = _padded_boxes(records)
 
     def load(source, boxes, count, scale):

@@ -13,6 +13,10 @@ import tensorflow as tf
 
 from retinanet.config import PreprocessingConfig
 
+# As dicom.READER_VERSION, for `preprocess_image` (CLAHE, letterbox): the cache keys on it, so
+# bump it with any change to the pixels it returns.
+PREPROCESSING_VERSION = 1
+
 # ImageNet channel means of Keras' ResNet50 ("caffe" mode, BGR); a grey image has equal channels.
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 

@@ -25,6 +25,10 @@ def build_fpn(features, channels: int = 256, levels: tuple[int, ...] = (3, 4, 5,
     if 6 in levels or 7 in levels:
         pyramid[6] = layers.Conv2D(channels, 3, strides=2, padding="same", name="fpn_p6")(c5)
     if 7 in levels:
-        pyramid[7] = layers.Conv2D(channels, 3, strides=2, padding="same", name="fpn_p7")(
+        # Computed in float32 under any policy: oneDNN's bfloat16 kernel gradient of a 3x3/2
+        # convolution over a 1x1 input (P6 of inputs up to 128 px) is often garbage, NaN or
+        # 1e28 (TensorFlow 2.21, AMX CPU), which sent 64-128 px bf16 runs to NaN. P7 costs
+        # next to nothing at any size.
+        pyramid[7] = layers.Conv2D(channels, 3, strides=2, padding="same", name="fpn_p7", dtype="float32")(
             layers.ReLU(name="fpn_p6_relu")(pyramid[6]))
     return [pyramid[level] for level in levels]
