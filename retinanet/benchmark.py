@@ -19,6 +19,7 @@ from retinanet.config import load_config
 from retinanet.data.dicom import read_image
 from retinanet.data.preprocess import apply_clahe, normalize
 from retinanet.inference import Detector, build_untrained_model
+from retinanet.postprocess import network_pass
 
 STAGES = ("read", "preprocess", "network", "postprocess")
 
@@ -43,8 +44,11 @@ def time_keras(detector: Detector, path: Path, repeats: int, warmup: int) -> dic
     """Median ms per stage of the Keras path; each stage ends with its results in numpy."""
     post = detector.postprocessor
     spec = tf.TensorSpec([None, *detector.image_size, detector.config.preprocessing.channels], tf.float32)
-    network = tf.function(lambda images: post.run_model(detector.model, images), input_signature=[spec])
-    finish = tf.function(post.from_outputs)
+    network = tf.function(lambda images: [outputs for outputs, _ in post.run_model(detector.model, images)],
+                          input_signature=[spec])
+    mirrored = [False, True] if post.flip_tta else [False]
+    finish = tf.function(lambda outputs, scales, sizes: post(
+        [network_pass(item, flag) for item, flag in zip(outputs, mirrored)], scales, sizes))
 
     def run() -> dict:
         times, start = {}, time.perf_counter()
@@ -53,10 +57,10 @@ def time_keras(detector: Detector, path: Path, repeats: int, warmup: int) -> dic
         processed, scale = detector.preprocess(image)
         images = normalize(processed[None, ..., None], detector.config.preprocessing.channels)
         times["preprocess"], start = time.perf_counter() - start, time.perf_counter()
-        outputs, mirrored = network(images)
-        _ = [tensor.numpy() for tensor in tf.nest.flatten((outputs, mirrored)) if tensor is not None]
+        outputs = network(images)
+        _ = [tensor.numpy() for tensor in tf.nest.flatten(outputs)]
         times["network"], start = time.perf_counter() - start, time.perf_counter()
-        result = finish(outputs, mirrored, tf.constant([scale], tf.float32))
+        result = finish(outputs, tf.constant([scale], tf.float32), tf.constant([image.shape[:2]], tf.int32))
         _ = {key: value.numpy() for key, value in result.items()}
         times["postprocess"] = time.perf_counter() - start
         return times

@@ -40,10 +40,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split
 from retinanet.data.rsna import Record
+from retinanet.detections import keep_above, predict_dataset
 from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
 from retinanet.inference import THRESHOLD_FILE, Detector, resolve_source
 from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
@@ -70,25 +70,14 @@ def held_out_records(config, split_file=None, progress: bool = True) -> tuple[li
 def predict_records(detector: Detector, records: list[Record], progress: bool = True):
     """Detections for records -> (records used, {patient_id: (boxes [M, 4], scores [M])}, probabilities [N] or None).
 
-    Boxes are in original pixels; every detection above postprocessing.score_threshold is kept.
+    Boxes are in original pixels, clipped to the image; every detection above
+    postprocessing.score_threshold is kept.
     """
     dataset, records = build_dataset_and_records(detector.config, "validation", records=records, training=False,
                                                  progress=progress)
-    detections, probabilities = [], []
-    for batch in tqdm(dataset, desc="evaluating", unit="batch", disable=not progress, leave=False):
-        output = detector.detect_normalized(batch["images"], batch["scales"])
-        for boxes, scores, count in zip(output["boxes"], output["scores"], output["num_detections"]):
-            detections.append((boxes[:count].astype(np.float64), scores[:count].astype(np.float64)))
-        if detector.has_image_head:
-            probabilities.append(output["image_probabilities"])
-    by_patient = {record.patient_id: detection for record, detection in zip(records, detections)}
-    return records, by_patient, (np.concatenate(probabilities) if probabilities else None)
-
-
-def keep_above(detections: dict, threshold: float) -> dict:
-    """{patient_id: (boxes, scores)} without the boxes scoring below `threshold`."""
-    return {patient_id: (boxes[scores >= threshold], scores[scores >= threshold])
-            for patient_id, (boxes, scores) in detections.items()}
+    predicted = predict_dataset(detector.forward, dataset, progress, "evaluating")
+    by_patient = {record.patient_id: detection for record, detection in zip(records, predicted.detections)}
+    return records, by_patient, predicted.probabilities
 
 
 def compute_metrics(records: list[Record], detections: dict, probabilities, *, threshold: float, sweep,

@@ -54,6 +54,7 @@ import tensorflow as tf
 from retinanet import boxes as box_ops
 from retinanet.data.preprocess import normalize
 from retinanet.inference import Detector
+from retinanet.postprocess import keep_above_in_graph
 
 GREY_ONLY = "expected a grey [H, W] / [H, W, 1] or RGB [H, W, 3] uint8 image"
 # OpenCV's fixed-point RGB -> grey weights (0.299, 0.587, 0.114 scaled by 2^15, rounded to nearest),
@@ -153,17 +154,9 @@ class ServingModule(tf.Module):
         tf.debugging.assert_positive(sizes, message="sizes must be positive")
         tf.debugging.assert_less_equal(sizes, tf.shape(grey)[1:3], message="a size exceeds the padded array")
         letterboxed, scales = self._letterbox_batch(grey, sizes)
-        result = self._postprocessor.detect(self.model, normalize(letterboxed, self._channels), scales)
-        limits = tf.cast(tf.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], axis=1), tf.float32)
-        boxes = tf.clip_by_value(result["boxes"], 0.0, limits[:, None, :])
-        valid = tf.sequence_mask(result["num_detections"], tf.shape(result["scores"])[1])
-        keep = tf.logical_and(valid, result["scores"] >= self.score_threshold)
-        # Kept detections first, most confident first (they already are: this only makes sure).
-        order = tf.argsort(tf.where(keep, result["scores"], -1.0), axis=1, direction="DESCENDING", stable=True)
-        keep = tf.gather(keep, order, batch_dims=1)
-        outputs = {"boxes": tf.where(keep[..., None], tf.gather(boxes, order, batch_dims=1), 0.0),
-                   "scores": tf.where(keep, tf.gather(result["scores"], order, batch_dims=1), 0.0),
-                   "num_detections": tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)}
+        result = self._postprocessor.detect([self.model], normalize(letterboxed, self._channels), scales, sizes)
+        result = keep_above_in_graph(result, self.score_threshold)
+        outputs = {key: result[key] for key in ("boxes", "scores", "num_detections")}
         if self._has_image_head:
             outputs["image_probability"] = result["image_probabilities"]
         return outputs

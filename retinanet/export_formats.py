@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from retinanet.detections import per_image_results
 from retinanet.export import export_detector, network_function, serving_info
 from retinanet.inference import Detector, build_inference_model
+from retinanet.postprocess import NetworkPass
 
 MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
 ONNX_OPSET = 17
@@ -129,23 +131,11 @@ def load_onnx(path):
 def detect_with_network(run_network, detector: Detector, image: np.ndarray, threshold: float | None = None) -> dict:
     """Original grey uint8 [h, w] -> a `Detector` result, the network run by `run_network`
     (`load_tflite` / `load_onnx`) and everything else as `Detector.detect_array` does it."""
-    threshold = detector.threshold if threshold is None else threshold
     processed, scale = detector.preprocess(image)
-    outputs = run_network(processed[None])
-    mirrored = run_network(processed[None, :, ::-1]) if detector.config.postprocessing.flip_tta else None
-    probability = None
-    if "image_probability" in outputs:
-        probability = float(outputs["image_probability"].reshape(-1)[0])
-        if mirrored is not None:
-            probability = (probability + float(mirrored["image_probability"].reshape(-1)[0])) / 2
-    result = detector.postprocessor(
-        tf.constant(outputs["predictions"]), tf.constant([scale], tf.float32),
-        flipped_predictions=None if mirrored is None else tf.constant(mirrored["predictions"]),
-        image_probabilities=None if probability is None else tf.constant([probability], tf.float32))
-    count = int(result["num_detections"][0])
-    boxes = result["boxes"][0, :count].numpy().astype(np.float64)
-    scores = result["scores"][0, :count].numpy().astype(np.float64)
-    height, width = image.shape[:2]
-    boxes = np.clip(boxes, 0.0, [width, height, width, height])
-    keep = scores >= threshold
-    return {"boxes": boxes[keep], "scores": scores[keep], "image_probability": probability}
+    passes = [(run_network(processed[None]), False)]
+    if detector.config.postprocessing.flip_tta:
+        passes.append((run_network(processed[None, :, ::-1]), True))
+    passes = [NetworkPass(tf.constant(outputs["predictions"]), outputs.get("image_probability"), mirrored)
+              for outputs, mirrored in passes]
+    result = detector.postprocessor(passes, tf.constant([scale], tf.float32), tf.constant([image.shape[:2]], tf.int32))
+    return per_image_results(result, detector.threshold if threshold is None else threshold)[0]

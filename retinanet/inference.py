@@ -29,6 +29,7 @@ from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
 from retinanet.data.rsna import SkipReport
 from retinanet.hardware import dtype_policy, inference_precision, workers
+from retinanet.detections import forward_function, per_image_results
 from retinanet.postprocess import postprocessor_from_config
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -209,9 +210,8 @@ class Detector:
         self.has_image_head = "image_logits" in model.output
         self.postprocessor = postprocessor_from_config(config, generate_anchors(self.image_size, config.anchors),
                                                        level_sizes(self.image_size, config.anchors))
-        spec = tf.TensorSpec([None, *self.image_size, config.preprocessing.channels], tf.float32)
-        self._detect = tf.function(lambda images, scales: self.postprocessor.detect(self.model, images, scales),
-                                   input_signature=[spec, tf.TensorSpec([None], tf.float32)])
+        # Batch {"images", "scales", "original_sizes"} -> (Postprocessor result, {}), traced once.
+        self.forward = forward_function([model], self.postprocessor)
 
     @classmethod
     def load(cls, *, checkpoint=None, run_dir=None, config_path=None, threshold: float | None = None) -> "Detector":
@@ -231,11 +231,6 @@ class Detector:
         model = build_inference_model(source.config, source.weights)
         return cls(source.config, model, threshold=chosen, source=source, threshold_origin=origin)
 
-    def detect_normalized(self, images, scales) -> dict:
-        """Normalised network inputs [B, H, W, C] float32 and scales [B] -> the Postprocessor dict
-        (all detections above postprocessing.score_threshold, padded), as numpy arrays."""
-        result = self._detect(tf.convert_to_tensor(images, tf.float32), tf.convert_to_tensor(scales, tf.float32))
-        return {key: value.numpy() for key, value in result.items()}
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Original uint8 [h, w] -> (network-size uint8 [H, W], scale), as for training."""
@@ -243,19 +238,10 @@ class Detector:
 
     def detect_preprocessed(self, images, scales, original_sizes, threshold: float | None = None) -> list[dict]:
         """Preprocessed uint8 [B, H, W], scales [B] and original (h, w) sizes -> B results."""
-        threshold = self.threshold if threshold is None else threshold
-        images = normalize(np.asarray(images, np.uint8)[..., None], self.config.preprocessing.channels)
-        output = self.detect_normalized(images, np.asarray(scales, np.float32))
-        results = []
-        for index, (height, width) in enumerate(original_sizes):
-            count = int(output["num_detections"][index])
-            boxes = output["boxes"][index, :count].astype(np.float64)
-            scores = output["scores"][index, :count].astype(np.float64)
-            boxes = np.clip(boxes, 0.0, [width, height, width, height])
-            keep = scores >= threshold
-            probability = float(output["image_probabilities"][index]) if self.has_image_head else None
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "image_probability": probability})
-        return results
+        batch = {"images": normalize(np.asarray(images, np.uint8)[..., None], self.config.preprocessing.channels),
+                 "scales": tf.constant(scales, tf.float32), "original_sizes": tf.constant(original_sizes, tf.int32)}
+        result, _ = self.forward(batch)
+        return per_image_results(result, self.threshold if threshold is None else threshold)
 
     def detect_array(self, image: np.ndarray, threshold: float | None = None) -> dict:
         """Original grey uint8 [h, w] -> one result."""

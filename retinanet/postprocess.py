@@ -1,14 +1,22 @@
-"""Network outputs -> fixed-size detections, in-graph for whole batches.
+"""Network outputs -> fixed-size detections in original pixels, in-graph for whole batches.
 
-Sigmoid scores, top-k per pyramid level, decode with the encoder's variance, class-aware NMS,
-clip to the image, then back to original pixels by the letterbox scale. Test-time options
-from the RSNA top solutions: horizontal-flip TTA whose two passes are merged by weighted box
-fusion (`weighted_box_fusion`), box scores gated or rescaled by the image-level probability,
-and boxes shrunk about their centres. `Postprocessor.detect` runs the model pass(es) and all
-of it; `__call__` post-processes predictions that were computed elsewhere.
+This is the one detections path of validation, evaluation, inference and export. Its input is
+one or more `NetworkPass`es over the same batch (the plain input, its mirror image with flip
+TTA, other models of an ensemble) plus each image's letterbox info: the scale from original
+to input pixels and the original (height, width). Each pass: sigmoid scores, top-k per pyramid
+level, decode with the encoder's variance, clip to the input, class-aware NMS; mirrored passes
+are mirrored back. Several passes are merged by weighted box fusion (`weighted_box_fusion`,
+as the RSNA top solutions merged flip TTA and folds). Then the box scores are gated or
+rescaled by the image-level probability, the boxes shrunk about their centres, divided by the
+scale and clipped to the original image. The letterbox puts the image in the top-left corner
+of the input, so the offset between the two frames is zero.
+
+`retinanet.detections` turns the padded result into per-image numpy arrays and runs datasets.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -87,15 +95,52 @@ def weighted_box_fusion(boxes, scores, classes, valid, *, iou_threshold: float =
             tf.gather(cluster_class, order, batch_dims=1), count)
 
 
+class NetworkPass(NamedTuple):
+    """One network pass over a batch of B images, an input of `Postprocessor` (a named tuple, so
+    that lists of them pass into a tf.function).
+
+    predictions [B, A, 4 + K]: box deltas and class logits, one row per anchor of the
+    postprocessor; image_probabilities [B] from the image-level head, or None without it;
+    mirrored: the pass saw the images flipped left-right (its boxes are mirrored back).
+    """
+
+    predictions: object
+    image_probabilities: object = None
+    mirrored: bool = False
+
+
+def network_pass(outputs: dict, mirrored: bool = False) -> NetworkPass:
+    """A Keras RetinaNet's output dict ("predictions", optional "image_logits") -> NetworkPass."""
+    probabilities = None
+    if "image_logits" in outputs:
+        probabilities = tf.sigmoid(tf.reshape(tf.cast(outputs["image_logits"], tf.float32), [-1]))
+    return NetworkPass(outputs["predictions"], probabilities, mirrored)
+
+
+def keep_above_in_graph(result: dict, threshold) -> dict:
+    """A `Postprocessor` result without the detections scoring below `threshold` (in-graph).
+
+    The valid detections of an image are its first num_detections, in descending score, so the
+    ones kept are again a prefix: only the counts and the padding change.
+    """
+    size = tf.shape(result["scores"])[1]
+    keep = tf.sequence_mask(result["num_detections"], size) & (result["scores"] >= threshold)
+    return {**result, "num_detections": tf.reduce_sum(tf.cast(keep, tf.int32), axis=1),
+            "boxes": tf.where(keep[..., None], result["boxes"], 0.0), "scores": tf.where(keep, result["scores"], 0.0),
+            "classes": tf.where(keep, result["classes"], 0)}
+
+
 class Postprocessor:
-    """Callable: (predictions [B, A, 4 + K], scales [B]) -> dict of
+    """Callable: (passes: list of NetworkPass, scales [B], original_sizes [B, 2]) -> dict of
 
-    "boxes" [B, D, 4] (`x1, y1, x2, y2`, original pixels), "scores" [B, D], "classes" [B, D]
-    int32 and "num_detections" [B] int32; D = max_detections, padded with zeros.
+    "boxes" [B, D, 4] (`x1, y1, x2, y2`, original pixels, inside the original image), "scores"
+    [B, D] (descending), "classes" [B, D] int32 and "num_detections" [B] int32, padded with
+    zeros past each count; plus "image_probabilities" [B] (the mean over the passes) when the
+    passes carry them. D = max_detections. Every pass must come from a network with this
+    postprocessor's input size and anchors.
 
-    `flip_tta` and `image_gating` need more than one set of predictions: `detect(model, ...)`
-    runs the model on the images (and their mirror images) and applies them; `__call__` applies
-    them only to the `flipped_predictions` and `image_probabilities` it is given.
+    `run_model` gives the passes of one Keras model (two with `flip_tta`); `detect` runs a list
+    of models and post-processes all their passes together.
     """
 
     def __init__(self, anchors, level_sizes: list[int], image_size: tuple[int, int], *, num_classes: int = 1,
@@ -149,22 +194,19 @@ class Postprocessor:
             score_threshold=self.score_threshold, clip_boxes=False)
         return nms.nmsed_boxes, nms.nmsed_scores, tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections
 
-    def fuse_flipped(self, detections, flipped_detections):
-        """Two `suppress` results, the second from the mirrored input -> one, by weighted box fusion.
-
-        The second pass's boxes are mirrored back (x -> input width - x) first; the fused
-        detections keep the `suppress` layout and are cut to the D most confident.
-        """
-        boxes, scores, classes, count = detections
-        flipped_boxes, flipped_scores, flipped_classes, flipped_count = flipped_detections
+    def unmirror(self, boxes):
+        """Boxes [..., 4] found on the mirrored input -> the same boxes on the input (x -> width - x)."""
         width = float(self.image_size[1])
-        x1, y1, x2, y2 = tf.unstack(flipped_boxes, axis=-1)
-        unflipped = tf.stack([width - x2, y1, width - x1, y2], axis=-1)
-        valid = tf.concat([tf.sequence_mask(count, self.max_detections),
-                           tf.sequence_mask(flipped_count, self.max_detections)], axis=1)
+        x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+        return tf.stack([width - x2, y1, width - x1, y2], axis=-1)
+
+    def fuse(self, detections):
+        """Several `suppress` results over the same images, boxes in the same frame -> one, by weighted
+        box fusion (one pass per result); cut to the D most confident, in the `suppress` layout."""
+        valid = tf.concat([tf.sequence_mask(count, self.max_detections) for *_, count in detections], axis=1)
         fused_boxes, fused_scores, fused_classes, fused_count = weighted_box_fusion(
-            tf.concat([boxes, unflipped], 1), tf.concat([scores, flipped_scores], 1),
-            tf.concat([classes, flipped_classes], 1), valid, iou_threshold=self.fusion_iou, num_passes=2)
+            *(tf.concat([item[part] for item in detections], axis=1) for part in range(3)), valid,
+            iou_threshold=self.fusion_iou, num_passes=len(detections))
         keep = self.max_detections
         return (fused_boxes[:, :keep], fused_scores[:, :keep], fused_classes[:, :keep],
                 tf.minimum(fused_count, keep))
@@ -180,56 +222,69 @@ class Postprocessor:
             return scores * probabilities[:, None], num_detections
         return scores, num_detections
 
-    def __call__(self, predictions, scales, *, flipped_predictions=None, image_probabilities=None):
-        """See the class docstring; `flipped_predictions` [B, A, 4 + K] come from the horizontally
-        mirrored inputs, `image_probabilities` [B] from the image head."""
-        boxes, scores, classes, count = self.suppress(predictions)
-        if flipped_predictions is not None:
-            boxes, scores, classes, count = self.fuse_flipped((boxes, scores, classes, count),
-                                                              self.suppress(flipped_predictions))
-        if image_probabilities is not None:
-            scores, count = self.gate(scores, count, image_probabilities)
+    def image_probabilities(self, passes):
+        """The mean image probability [B] over the passes, or None when no pass has one."""
+        with_head = [item.image_probabilities is not None for item in passes]
+        if not any(with_head):
+            if self.image_gating != "none":
+                raise ValueError(f"postprocessing.image_gating={self.image_gating} needs the image head "
+                                 "(model.image_head: true)")
+            return None
+        if not all(with_head):
+            raise ValueError("some passes have image probabilities and some not: mix no models with and "
+                             "without the image head")
+        return tf.add_n([tf.reshape(tf.cast(item.image_probabilities, tf.float32), [-1])
+                         for item in passes]) / len(passes)
+
+    def __call__(self, passes, scales, original_sizes):
+        """See the class docstring."""
+        if not passes:
+            raise ValueError("no network pass to post-process")
+        detections = []
+        for item in passes:
+            boxes, scores, classes, count = self.suppress(item.predictions)
+            detections.append((self.unmirror(boxes) if item.mirrored else boxes, scores, classes, count))
+        boxes, scores, classes, count = detections[0] if len(detections) == 1 else self.fuse(detections)
+        probabilities = self.image_probabilities(passes)
+        if probabilities is not None:
+            scores, count = self.gate(scores, count, probabilities)
         if self.box_shrink != 1.0:
             boxes = box_ops.shrink(boxes, self.box_shrink)
-        boxes = boxes / tf.reshape(tf.cast(scales, tf.float32), [-1, 1, 1])
+        boxes = to_original_pixels(boxes, scales, original_sizes)
         valid = tf.sequence_mask(count, self.max_detections)
-        return {"boxes": tf.where(valid[..., None], boxes, 0.0), "scores": tf.where(valid, scores, 0.0),
-                "classes": tf.where(valid, classes, 0), "num_detections": count}
-
-    def run_model(self, model, images):
-        """The model's output dicts for images [B, H, W, C] (normalised) -> (original, mirrored or None).
-
-        With `flip_tta` the mirrored images run in the same batch as the originals.
-        """
-        if not self.flip_tta:
-            return model(images, training=False), None
-        outputs = model(tf.concat([images, tf.reverse(images, axis=[2])], axis=0), training=False)
-        batch = tf.shape(images)[0]
-        return ({key: value[:batch] for key, value in outputs.items()},
-                {key: value[batch:] for key, value in outputs.items()})
-
-    def from_outputs(self, outputs, mirrored_outputs, scales):
-        """`run_model`'s outputs and scales [B] -> the `__call__` dict, plus "image_probabilities" [B]
-        (the mean of both passes with flip TTA) when the model has the image head."""
-        probabilities = None
-        if "image_logits" in outputs:
-            passes = [outputs] + ([mirrored_outputs] if mirrored_outputs is not None else [])
-            probabilities = tf.add_n([tf.sigmoid(tf.reshape(tf.cast(item["image_logits"], tf.float32), [-1]))
-                                      for item in passes]) / len(passes)
-        elif self.image_gating != "none":
-            raise ValueError(f"postprocessing.image_gating={self.image_gating} needs the image head "
-                             "(model.image_head: true)")
-        result = self(outputs["predictions"], scales,
-                      flipped_predictions=None if mirrored_outputs is None else mirrored_outputs["predictions"],
-                      image_probabilities=probabilities)
+        result = {"boxes": tf.where(valid[..., None], boxes, 0.0), "scores": tf.where(valid, scores, 0.0),
+                  "classes": tf.where(valid, classes, 0), "num_detections": count}
         if probabilities is not None:
             result["image_probabilities"] = probabilities
         return result
 
-    def detect(self, model, images, scales):
-        """Model pass(es) and post-processing: images [B, H, W, C] (normalised), scales [B] -> the
-        `from_outputs` dict."""
-        return self.from_outputs(*self.run_model(model, images), scales)
+    def run_model(self, model, images) -> list[tuple[dict, bool]]:
+        """The model's output dicts for images [B, H, W, C] (normalised) -> [(outputs, mirrored)],
+        the plain pass first; with `flip_tta` the mirrored images run in the same batch."""
+        if not self.flip_tta:
+            return [(model(images, training=False), False)]
+        outputs = model(tf.concat([images, tf.reverse(images, axis=[2])], axis=0), training=False)
+        batch = tf.shape(images)[0]
+        return [({key: value[:batch] for key, value in outputs.items()}, False),
+                ({key: value[batch:] for key, value in outputs.items()}, True)]
+
+    def detect(self, models, images, scales, original_sizes):
+        """Model pass(es) of every model of `models` (a list: an ensemble fuses all their passes)
+        and post-processing: images [B, H, W, C] (normalised), scales [B], original_sizes [B, 2]."""
+        passes = [network_pass(outputs, mirrored) for model in models
+                  for outputs, mirrored in self.run_model(model, images)]
+        return self(passes, scales, original_sizes)
+
+
+def to_original_pixels(boxes, scales, original_sizes):
+    """Boxes [B, D, 4] in letterboxed input pixels -> original pixels, clipped to each original image.
+
+    scales [B]: original -> input factor; original_sizes [B, 2]: (height, width).
+    """
+    boxes = boxes / tf.reshape(tf.cast(scales, tf.float32), [-1, 1, 1])
+    sizes = tf.cast(original_sizes, tf.float32)
+    limits = tf.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], axis=1)[:, None, :]
+    return tf.clip_by_value(boxes, 0.0, limits)
 
 
 def postprocessor_from_config(config, anchors, level_sizes) -> Postprocessor:

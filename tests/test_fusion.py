@@ -8,7 +8,7 @@ import tensorflow as tf
 from ensemble_boxes import weighted_boxes_fusion as reference_fusion  # a test dependency
 
 from retinanet.anchors import generate_anchors_numpy, level_sizes
-from retinanet.postprocess import Postprocessor, weighted_box_fusion
+from retinanet.postprocess import NetworkPass, Postprocessor, weighted_box_fusion
 
 IMAGE_SIZE = (128, 128)
 ANCHORS = generate_anchors_numpy(IMAGE_SIZE)
@@ -214,8 +214,9 @@ def test_flip_tta_mirrors_the_second_pass_back_and_fuses():
     box = [20.0, 30.0, 60.0, 100.0]
     mirrored = [128 - 64.0, 30.0, 128 - 24.0, 100.0]  # the same opacity seen 4 px further right
     postprocessor = Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE, flip_tta=True, max_detections=5)
-    result = postprocessor(predictions_with(box, 2.0), np.array([0.5], np.float32),
-                           flipped_predictions=predictions_with(mirrored, 0.0))
+    passes = [NetworkPass(tf.constant(predictions_with(box, 2.0))),
+              NetworkPass(tf.constant(predictions_with(mirrored, 0.0)), mirrored=True)]
+    result = postprocessor(passes, tf.constant([0.5]), tf.constant([[256, 256]]))
     assert int(result["num_detections"][0]) == 1
     high, low = sigmoid(2.0), sigmoid(0.0)
     x1 = (high * 20.0 + low * 24.0) / (high + low)
@@ -229,8 +230,8 @@ def test_flip_tta_mirrors_the_second_pass_back_and_fuses():
     ("none", 0.2, 1, 1.0), ("gate", 0.2, 0, 0.0), ("gate", 0.7, 1, 1.0), ("multiply", 0.2, 1, 0.2)])
 def test_image_gating(gating, probability, expected_count, expected_factor):
     postprocessor = Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE, image_gating=gating, image_gate_threshold=0.5)
-    result = postprocessor(predictions_with([20.0, 30.0, 60.0, 100.0], 1.0), np.array([1.0], np.float32),
-                           image_probabilities=np.array([probability], np.float32))
+    passes = [NetworkPass(tf.constant(predictions_with([20.0, 30.0, 60.0, 100.0], 1.0)), tf.constant([probability]))]
+    result = postprocessor(passes, tf.constant([1.0]), tf.constant([[128, 128]]))
     assert int(result["num_detections"][0]) == expected_count
     assert float(result["scores"][0, 0]) == pytest.approx(sigmoid(1.0) * expected_factor, abs=1e-6)
     if expected_count == 0:
@@ -259,7 +260,7 @@ def test_detect_runs_both_passes_and_averages_the_image_probability():
     model = TwoPassModel(predictions_with(box, 2.0), predictions_with([68.0, 30.0, 108.0, 100.0], 2.0),
                          [1.0, -1.0])
     postprocessor = Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE, flip_tta=True, image_gating="multiply")
-    result = postprocessor.detect(model, tf.zeros([1, 128, 128, 3]), tf.constant([1.0]))
+    result = postprocessor.detect([model], tf.zeros([1, 128, 128, 3]), tf.constant([1.0]), tf.constant([[128, 128]]))
     assert float(result["image_probabilities"][0]) == pytest.approx(0.5, abs=1e-6)
     assert int(result["num_detections"][0]) == 1
     assert float(result["scores"][0, 0]) == pytest.approx(sigmoid(2.0) * 0.5, abs=1e-5)
@@ -272,4 +273,30 @@ def test_gating_without_an_image_head_is_an_error():
 
     postprocessor = Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE, image_gating="gate")
     with pytest.raises(ValueError, match="image head"):
-        postprocessor.detect(model, tf.zeros([1, 128, 128, 3]), tf.constant([1.0]))
+        postprocessor.detect([model], tf.zeros([1, 128, 128, 3]), tf.constant([1.0]), tf.constant([[128, 128]]))
+
+
+def test_an_ensemble_fuses_every_pass_of_every_model():
+    # Two models, flip TTA: four passes. Three see the box (two of them mirrored); one sees nothing.
+    box = [20.0, 30.0, 60.0, 100.0]
+    mirrored = [128 - 60.0, 30.0, 128 - 20.0, 100.0]
+    nothing = predictions_with(box, -20.0)
+    models = [TwoPassModel(predictions_with(box, 2.0), predictions_with(mirrored, 2.0), [0.0, 0.0]),
+              TwoPassModel(predictions_with(box, 0.0), nothing, [2.0, 2.0])]
+    postprocessor = Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE, flip_tta=True)
+    result = postprocessor.detect(models, tf.zeros([1, 128, 128, 3]), tf.constant([1.0]), tf.constant([[128, 128]]))
+    assert int(result["num_detections"][0]) == 1
+    members = [sigmoid(2.0), sigmoid(2.0), sigmoid(0.0)]
+    # ensemble-boxes "avg": mean member score times min(members, passes) / passes.
+    assert float(result["scores"][0, 0]) == pytest.approx(np.mean(members) * 3 / 4, abs=1e-5)
+    np.testing.assert_allclose(result["boxes"].numpy()[0, 0], box, atol=0.1)
+    expected = np.mean([sigmoid(0.0), sigmoid(0.0), sigmoid(2.0), sigmoid(2.0)])
+    assert float(result["image_probabilities"][0]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_passes_with_and_without_image_probabilities_are_an_error():
+    postprocessor = Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE)
+    predictions = tf.constant(predictions_with([20.0, 30.0, 60.0, 100.0], 1.0))
+    with pytest.raises(ValueError, match="image head"):
+        postprocessor([NetworkPass(predictions, tf.constant([0.5])), NetworkPass(predictions)],
+                      tf.constant([1.0]), tf.constant([[128, 128]]))

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from retinanet import boxes as box_ops
 from retinanet.anchors import generate_anchors_numpy, level_sizes
-from retinanet.postprocess import Postprocessor
+from retinanet.postprocess import NetworkPass, Postprocessor, keep_above_in_graph
 
 IMAGE_SIZE = (128, 128)
 ANCHORS = generate_anchors_numpy(IMAGE_SIZE)
@@ -46,7 +47,17 @@ def make_predictions(entries, num_classes=1, batch=1):
 
 
 def make_postprocessor(**kwargs):
-    return Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE, **kwargs)
+    """callable(predictions, scales[, original_sizes]) -> the result of one plain pass; the originals
+    default to the whole input divided by the scale, so that only the input edge clips."""
+    postprocessor = Postprocessor(ANCHORS, LEVEL_SIZES, IMAGE_SIZE, **kwargs)
+
+    def run(predictions, scales, original_sizes=None):
+        if original_sizes is None:
+            original_sizes = np.ceil(np.array(IMAGE_SIZE)[None, :] / np.asarray(scales)[:, None])
+        return postprocessor([NetworkPass(tf.constant(predictions))], tf.constant(scales, tf.float32),
+                             tf.constant(np.asarray(original_sizes), tf.int32))
+
+    return run
 
 
 def test_recovers_boxes_in_original_pixels_sorted():
@@ -158,6 +169,27 @@ def test_boxes_are_clipped_to_the_image():
     predictions = make_predictions([[(best_anchor(box), box, 3.0, 0)]])
     result = make_postprocessor()(predictions, np.array([1.0], np.float32))
     np.testing.assert_allclose(result["boxes"].numpy()[0, 0], [100.0, 90.0, 128.0, 128.0], atol=0.05)
+
+
+def test_boxes_are_clipped_to_the_original_image_not_the_padding():
+    # A 256 x 200 (height x width) original letterboxed at scale 0.5 fills 128 x 100 of the input;
+    # the 28 px right of it are padding, where the network may still put a box edge.
+    box = [80.0, 10.0, 120.0, 60.0]
+    predictions = make_predictions([[(best_anchor(box), box, 3.0, 0)]])
+    result = make_postprocessor()(predictions, np.array([0.5], np.float32), np.array([[256, 200]]))
+    np.testing.assert_allclose(result["boxes"].numpy()[0, 0], [160.0, 20.0, 200.0, 120.0], atol=0.1)
+
+
+def test_threshold_in_graph_keeps_the_prefix_above_it():
+    entries = [(best_anchor(box), box, logit, 0) for box, logit in
+               [([10.0, 10.0, 40.0, 60.0], 3.0), ([70.0, 60.0, 120.0, 124.0], 0.0), ([60.0, 5.0, 90.0, 40.0], -1.0)]]
+    result = make_postprocessor(max_detections=4)(make_predictions([entries]), np.array([1.0], np.float32))
+    assert int(result["num_detections"][0]) == 3
+    kept = keep_above_in_graph(result, 0.4)  # sigmoid: 0.95, 0.5, 0.27
+    assert int(kept["num_detections"][0]) == 2
+    np.testing.assert_allclose(kept["scores"].numpy()[0], [sigmoid(3.0), sigmoid(0.0), 0.0, 0.0], rtol=1e-5)
+    np.testing.assert_array_equal(kept["boxes"].numpy()[0, 2:], 0.0)
+    np.testing.assert_allclose(kept["boxes"].numpy()[0, :2], result["boxes"].numpy()[0, :2])
 
 
 def test_batch_with_per_image_scales():

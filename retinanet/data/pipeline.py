@@ -2,8 +2,8 @@
 
 `prepare_split(config)` reads and validates the labels (generating the synthetic data set
 first when the config asks for it) and fixes the patient-level folds in a split file.
-`build_dataset(config, split)` then streams `{"images", "targets", "image_labels", "scales"}`
-batches, from the preprocessed cache (default) or straight from the DICOMs.
+`build_dataset(config, split)` then streams `{"images", "targets", "image_labels", "scales",
+"original_sizes"}` batches, from the preprocessed cache (default) or straight from the DICOMs.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def _padded_boxes(records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
 def source_dataset(config: Config, records: list[Record], progress: bool = True, split: str = "train"):
     """(dataset of sources, records used, `load`), in record order.
 
-    `load(*element)` gives `(image uint8 [H, W, 1], boxes [N, 4] in input pixels, scale)`.
+    `load(*element)` gives `(image uint8 [H, W, 1], boxes [N, 4] in input pixels, scale, original
+    (height, width) int32 [2])`.
     The records used can be fewer: under bad_file_policy=skip, unreadable images are left out
     here, before any epoch starts, and listed in `<data.cache_dir>/skipped_images_<split>.csv`.
     """
@@ -146,11 +147,13 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
         records = [r for r in records if r.patient_id in cached]
         sources = [cached[r.patient_id].path for r in records]
         scales = np.array([cached[r.patient_id].scale for r in records], np.float32)
+        sizes = np.array([cached[r.patient_id].original_size for r in records], np.int32).reshape(-1, 2)
     else:
         records, report = validate_images(records, policy=data.bad_file_policy,
                                           num_workers=workers(data.num_parallel_calls), progress=progress)
         sources = [r.image_path for r in records]
         scales = np.zeros(len(records), np.float32)  # computed while reading
+        sizes = np.zeros((len(records), 2), np.int32)  # read with the image
     skip_list = Path(data.cache_dir) / f"skipped_images_{split}.csv"
     report_skips(report, "unreadable image(s)", skip_list)
     if not records:
@@ -161,21 +164,21 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
                                    f"data.bad_file_policy: skip), e.g. {where}: {reason}; all of them: {skip_list}")
     padded, counts = _padded_boxes(records)
 
-    def load(source, boxes, count, scale):
+    def load(source, boxes, count, scale, original_size):
         if data.use_cache:
             image = tf.reshape(tf.io.decode_raw(tf.io.read_file(source), tf.uint8), (*image_size, 1))
         else:
             def read(path):
-                processed, read_scale, _ = load_preprocessed(path.decode(), pre)
-                return processed, np.float32(read_scale)
+                processed, read_scale, read_size = load_preprocessed(path.decode(), pre)
+                return processed, np.float32(read_scale), np.array(read_size, np.int32)
 
-            image, scale = tf.numpy_function(read, [source], (tf.uint8, tf.float32))
+            image, scale, original_size = tf.numpy_function(read, [source], (tf.uint8, tf.float32, tf.int32))
             image = tf.reshape(image, image_size)[..., None]
-            scale = tf.reshape(scale, [])
+            scale, original_size = tf.reshape(scale, []), tf.reshape(original_size, [2])
         image = tf.ensure_shape(image, (*image_size, 1))
-        return image, boxes[:count] * scale, scale
+        return image, boxes[:count] * scale, scale, original_size
 
-    dataset = tf.data.Dataset.from_tensor_slices((sources, padded, counts, scales))
+    dataset = tf.data.Dataset.from_tensor_slices((sources, padded, counts, scales, sizes))
     return dataset, records, load
 
 
@@ -215,7 +218,8 @@ def build_dataset(config: Config, split: str, *, records: list[Record] | None = 
                   progress: bool = True, start_step: int = 0, worker: int = 0, num_workers: int = 1,
                   batch_size: int | None = None) -> tf.data.Dataset:
     """Batches of `{"images": float32 [B, H, W, C], "targets": float32 [B, A, 5],
-    "image_labels": float32 [B], "scales": float32 [B]}`.
+    "image_labels": float32 [B], "scales": float32 [B], "original_sizes": int32 [B, 2]}` (scale:
+    original -> input pixels; original (height, width)).
 
     `split` is "train" or "validation"; training (default: split == "train") shuffles,
     augments and repeats forever. `records` overrides the split's records.
@@ -263,14 +267,14 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
     dataset = dataset.map(lambda element, position: (element, augmentation_seed(position, config.training.seed)))
 
     def prepare(example, seed):
-        image, boxes, scale = load(*example)
+        image, boxes, scale, original_size = load(*example)
         if training and augmentation.enabled:
             image, boxes = tf.numpy_function(augmenter, [image, boxes, seed], (tf.uint8, tf.float32), stateful=False)
             image, boxes = tf.ensure_shape(image, (*image_size, 1)), tf.ensure_shape(boxes, (None, 4))
         targets = encoder(boxes, tf.zeros(tf.shape(boxes)[:1]))
         image_label = tf.cast(tf.shape(boxes)[0] > 0, tf.float32)
         return {"images": normalize_fused(image, channels), "targets": targets, "image_labels": image_label,
-                "scales": scale}
+                "scales": scale, "original_sizes": original_size}
 
     dataset = dataset.map(prepare, num_parallel_calls=parallel, deterministic=deterministic)
     if batch_size is None:

@@ -50,10 +50,20 @@ def preprocess_image(image: np.ndarray, config: PreprocessingConfig) -> tuple[np
     return letterbox(image, tuple(config.image_size))
 
 
+def channel_means(channels: int) -> np.ndarray:
+    """The value `normalize` subtracts from each of `channels` channels: the BGR means for 3, their
+    mean for 1 (one grey channel stands for all three)."""
+    means = np.asarray(IMAGENET_BGR_MEAN, np.float64)
+    return (means if channels == 3 else np.full(channels, means.mean())).astype(np.float32)
+
+
 def normalize(images, channels: int):
     """uint8 or float [..., H, W, 1] grey in 0..255 -> float32 [..., H, W, channels] for ResNet50."""
     images = tf.cast(images, tf.float32)
-    mean = tf.constant(IMAGENET_BGR_MEAN, tf.float32)
-    if channels == 1:
-        return images - tf.reduce_mean(mean)
-    return tf.repeat(images, channels, axis=-1) - mean
+    return tf.repeat(images, channels, axis=-1) - tf.constant(channel_means(channels))
+
+
+def denormalize(images, channels: int) -> np.ndarray:
+    """`normalize`'s output float [..., H, W, channels] -> the grey uint8 [..., H, W] it came from."""
+    grey = np.asarray(images, np.float32)[..., 0] + channel_means(channels)[0]
+    return np.clip(np.round(grey), 0, 255).astype(np.uint8)
