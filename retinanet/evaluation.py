@@ -45,9 +45,10 @@ from retinanet.data.pipeline import build_dataset_and_records, default_split_fil
 from retinanet.data.rsna import Record
 from retinanet.detections import keep_above, predict_dataset
 from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
-from retinanet.inference import THRESHOLD_FILE, Detector, resolve_source
+from retinanet.inference import Detector
 from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                sweep_thresholds, threshold_sweep)
+from retinanet.runs import resolve_source, write_threshold
 from retinanet.submission import write_submission
 
 
@@ -197,10 +198,8 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     metrics = _json_ready(metrics)
     (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if write_threshold:
-        path = source.run_dir / THRESHOLD_FILE
-        path.write_text(json.dumps({"score_threshold": metrics["best_threshold"],
-                                    "rsna_metric": metrics["best_rsna_metric"],
-                                    "metrics": str(Path(output_dir) / "metrics.json")}, indent=2))
+        path = write_threshold(source.run_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
+                               Path(output_dir) / "metrics.json")
         metrics["threshold_file"] = str(path)
     return metrics
 

@@ -6,6 +6,8 @@ resolved `config.yaml` (preprocessing, anchors, post-processing), the weights
 score threshold chosen by evaluation (`threshold.json`, written by `retinanet evaluate
 --write-threshold`; without it `evaluation.score_threshold` of the config).
 
+The run directory's layout and how a run's pieces are found are `retinanet.runs`'.
+
 Images go through exactly the training preprocessing (`read_image`, CLAHE, letterbox with
 OpenCV); boxes come back as `x1, y1, x2, y2` in the original image's pixels, clipped to it.
 """
@@ -16,7 +18,7 @@ import json
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,125 +26,18 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from retinanet.anchors import generate_anchors, level_sizes
-from retinanet.config import Config, ConfigError, load_config
+from retinanet.config import Config
 from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
 from retinanet.data.rsna import SkipReport
-from retinanet.hardware import dtype_policy, inference_precision, workers
 from retinanet.detections import forward_function, per_image_results
+from retinanet.hardware import dtype_policy, inference_precision, workers
 from retinanet.postprocess import postprocessor_from_config
-
-WEIGHTS_SUFFIX = ".weights.h5"
-RUN_WEIGHTS = ("best.weights.h5", "final.weights.h5")  # in order of preference
-CONFIG_FILE = "config.yaml"
-THRESHOLD_FILE = "threshold.json"
-
-
-class ModelLoadError(ValueError):
-    """A run directory, checkpoint, config or threshold file that cannot be used; names the path."""
+from retinanet.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold, resolve_source
 
 
 class InputError(ValueError):
     """An inference input that cannot be processed (missing path, empty directory)."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a Detector's pieces come from.
-
-    weights: a `.weights.h5` file or a tf.train.Checkpoint prefix; run_dir: the directory that
-    holds (or would hold) `threshold.json`.
-    """
-
-    config: Config
-    config_path: Path
-    weights: Path
-    run_dir: Path
-
-
-def _load_config(path: Path) -> Config:
-    if not path.is_file():
-        raise ModelLoadError(f"config file not found: {path}")
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        raise ModelLoadError(f"cannot use config {path}: {error}") from None
-
-
-def _latest_checkpoint(directory: Path) -> Path | None:
-    latest = tf.train.latest_checkpoint(str(directory))
-    return Path(latest) if latest else None
-
-
-def source_from_run_dir(run_dir: str | Path) -> ModelSource:
-    """The config, best available weights and threshold location of a run directory."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ModelLoadError(f"run directory not found: {run_dir}")
-    config_path = run_dir / CONFIG_FILE
-    config = _load_config(config_path)
-    for name in RUN_WEIGHTS:
-        if (run_dir / name).is_file():
-            return ModelSource(config, config_path, run_dir / name, run_dir)
-    latest = _latest_checkpoint(run_dir / "checkpoints")
-    if latest is None:
-        raise ModelLoadError(f"no weights in run directory {run_dir} (expected {' or '.join(RUN_WEIGHTS)} "
-                             "or a checkpoint in checkpoints/)")
-    return ModelSource(config, config_path, latest, run_dir)
-
-
-def source_from_checkpoint(checkpoint: str | Path, config_path: str | Path | None = None) -> ModelSource:
-    """A `.weights.h5` file, a tf.train.Checkpoint prefix or a `checkpoints/` directory.
-
-    Without `config_path` the config is the `config.yaml` beside the checkpoint or in its parent.
-    """
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        latest = _latest_checkpoint(checkpoint)
-        if latest is None:
-            raise ModelLoadError(f"no checkpoint in directory {checkpoint} (for a run directory use --run-dir)")
-        checkpoint = latest
-    elif not (checkpoint.is_file() or Path(f"{checkpoint}.index").is_file()):
-        raise ModelLoadError(f"checkpoint not found: {checkpoint}")
-    elif checkpoint.is_file() and not checkpoint.name.endswith(WEIGHTS_SUFFIX):
-        raise ModelLoadError(f"{checkpoint}: not a {WEIGHTS_SUFFIX} file or a tf.train.Checkpoint prefix")
-    folders = [checkpoint.parent, checkpoint.parent.parent]
-    if config_path is None:
-        found = [folder / CONFIG_FILE for folder in folders if (folder / CONFIG_FILE).is_file()]
-        if not found:
-            raise ModelLoadError(f"no {CONFIG_FILE} beside {checkpoint} or in its parent directory; "
-                                 "pass the config explicitly (--config)")
-        config_path = found[0]
-        run_dir = config_path.parent
-    else:
-        config_path = Path(config_path)
-        run_dir = next((folder for folder in folders if (folder / THRESHOLD_FILE).is_file()), checkpoint.parent)
-    return ModelSource(_load_config(config_path), config_path, checkpoint, run_dir)
-
-
-def resolve_source(*, checkpoint=None, run_dir=None, config_path=None) -> ModelSource:
-    """Exactly one of `checkpoint` and `run_dir`; `config_path` only with a checkpoint."""
-    if (checkpoint is None) == (run_dir is None):
-        raise ModelLoadError("give either a checkpoint or a run directory")
-    if run_dir is not None:
-        if config_path is not None:
-            raise ModelLoadError("a run directory brings its own config; --config goes with --checkpoint")
-        return source_from_run_dir(run_dir)
-    return source_from_checkpoint(checkpoint, config_path)
-
-
-def read_threshold(run_dir: Path, default: float) -> tuple[float, str]:
-    """(score threshold, where it came from): `<run_dir>/threshold.json` if present, else `default`."""
-    path = Path(run_dir) / THRESHOLD_FILE
-    if not path.is_file():
-        return float(default), "config evaluation.score_threshold"
-    try:
-        threshold = json.loads(path.read_text())["score_threshold"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{path}: expected JSON with a score_threshold ({error})") from None
-    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ModelLoadError(f"{path}: score_threshold must be a number in [0, 1], got {threshold!r}")
-    return float(threshold), str(path)
 
 
 def build_untrained_model(config: Config):

@@ -1,12 +1,10 @@
 """Build everything from a config and train: custom loop, checkpoints, validation, TensorBoard.
 
-A run directory holds `config.yaml` (resolved), `split.csv` (the folds it used),
-`checkpoints/` (latest, atomic, with optimizer state and step), `best.weights.h5` (best
-validation RSNA metric), `final.weights.h5` (both the moving average of the weights with
-`training.ema_decay`, which validation judges), `log.jsonl`, `validation.json` and `tensorboard/`.
+What a run directory holds, and what makes it recoverable, is described in retinanet/runs.py;
+`best.weights.h5` and `final.weights.h5` hold the moving average of the weights with
+`training.ema_decay`, which validation judges.
 One directory holds one run: a new run into it is refused unless it resumes or overwrites.
-Every validation step is also a checkpoint step, so a resumed run never replays a validation;
-see retinanet/run_directory.py for what makes the directory recoverable.
+Every validation step is also a checkpoint step, so a resumed run never replays a validation.
 """
 
 from __future__ import annotations
@@ -35,11 +33,11 @@ from retinanet.hardware import dtype_policy, prepare_runtime
 from retinanet.losses import image_loss, loss_from_config
 from retinanet.model.retinanet import build_model_from_config
 from retinanet.postprocess import postprocessor_from_config
-from retinanet.run_directory import (last_finite_checkpoint, last_validated_step, non_finite_variables,
-                                     record_validated_step, record_validation_due, remove_run,
-                                     remove_stale_temporaries, run_entries, trim_log, validation_due_step,
-                                     write_json_atomically)
-from retinanet.safe_writes import save_checkpoint, save_weights_atomically, write_text_atomically
+from retinanet import runs
+from retinanet.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
+                            record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
+                            validation_due_step, write_json_atomically)
+from retinanet.safe_writes import save_checkpoint, save_weights_atomically
 from retinanet.tensorboard_logging import log_run_start, log_validation_details
 from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
 from retinanet.visualize import save_rgb
@@ -181,11 +179,11 @@ class Trainer:
         if resume and overwrite:
             raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
         if resume:
-            if not (self.source_dir / "config.yaml").is_file():
-                raise TrainingError(f"--resume: {self.source_dir} holds no config.yaml; is it a run directory?")
-            if tf.train.latest_checkpoint(str(self.source_dir / "checkpoints")) is None:
+            if not (self.source_dir / runs.CONFIG_FILE).is_file():
+                raise TrainingError(f"--resume: {self.source_dir} holds no {runs.CONFIG_FILE}; is it a run directory?")
+            if tf.train.latest_checkpoint(str(self.source_dir / runs.CHECKPOINTS)) is None:
                 raise TrainingError(stopped_before_first_checkpoint(self.source_dir))
-            config = load_config(self.source_dir / "config.yaml")
+            config = load_config(self.source_dir / runs.CONFIG_FILE)
         elif config.training.strategy != "multi_worker":
             start_fresh(self.run_dir, overwrite)  # a multi-worker run's chief checks once it knows its role
         self.started = time.monotonic()  # the time budget counts from here
@@ -216,7 +214,7 @@ class Trainer:
             barrier(self.strategy)  # the chief first writes the split and fills the image cache
         for path in remove_stale_temporaries(self.run_dir):
             print(f"Removed {path}, left by an interrupted write")
-        split_path = self.source_dir / "split.csv"
+        split_path = self.source_dir / runs.SPLIT_FILE
         prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
         if self.is_chief:
             if not split_path.is_file():
@@ -246,10 +244,10 @@ class Trainer:
         self.loss = loss_from_config(config, self.anchors)
         self.postprocessor = postprocessor_from_config(config, self.anchors, level_sizes(image_size, config.anchors))
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints",
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / runs.CHECKPOINTS,
                                                   max_to_keep=training.keep_checkpoints)
         if resume:
-            latest = tf.train.latest_checkpoint(str(self.source_dir / "checkpoints"))  # the chief's, on every worker
+            latest = tf.train.latest_checkpoint(str(self.source_dir / runs.CHECKPOINTS))  # the chief's, on every worker
             if latest is None:
                 raise TrainingError(f"--resume: no checkpoint in {self.source_dir / 'checkpoints'}")
             self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -260,10 +258,10 @@ class Trainer:
         self.train_dataset = self.strategy.distribute_datasets_from_function(self._training_input)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
                                    progress=progress) if self.is_chief else None
-        self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
+        self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / runs.TENSORBOARD / name))
                         for name in ("train", "validation")}
-        log_run_start(self.run_dir / "tensorboard", config, self.run_dir.name)
-        best_path = self.run_dir / "best.json"
+        log_run_start(self.run_dir / runs.TENSORBOARD, config, self.run_dir.name)
+        best_path = self.run_dir / runs.BEST_RECORD
         self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
         if not resume:
             record_validated_step(self.run_dir, 0)  # from now on this record, not the log, tells
@@ -283,13 +281,13 @@ class Trainer:
         with self.writers[name].as_default(step=step):
             for key, value in scalars.items():
                 tf.summary.scalar(key, value)
-        with open(self.run_dir / "log.jsonl", "a") as log:
+        with open(self.run_dir / runs.LOG, "a") as log:
             log.write(json.dumps({"split": name, "step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
 
     def _save_config(self) -> None:
-        split_file = str((self.run_dir / "split.csv").resolve())
+        split_file = str((self.run_dir / runs.SPLIT_FILE).resolve())
         save_config(replace(self.config, data=replace(self.config.data, split_file=split_file)),
-                    self.run_dir / "config.yaml")
+                    self.run_dir / runs.CONFIG_FILE)
 
     def _fit_to_budget(self, step_seconds: float) -> dict:
         """Time a checkpoint and a validation, shorten the run to `training.time_budget_minutes`,
@@ -313,7 +311,7 @@ class Trainer:
                   "validate_every": fitted.validate_every, "checkpoint_every": fitted.checkpoint_every,
                   "fitted_at_step": self.step, **{f"seconds_{key}": value for key, value in vars(timing).items()},
                   "device": self.device_line}
-        write_text_atomically(self.run_dir / "budget.json", json.dumps(record, indent=2))
+        write_json_atomically(self.run_dir / runs.BUDGET_FILE, record)
         print(f"Time budget {training.time_budget_minutes:g} min: {fitted.steps} of {training.steps} steps fit "
               f"({timing.step:.2f} s/step, {timing.validation:.1f} s per validation, {timing.checkpoint:.1f} s per "
               f"checkpoint, {timing.elapsed:.0f} s spent); warm-up {fitted.warmup_steps}, validation every "
@@ -368,10 +366,10 @@ class Trainer:
                                self.model if self.config.training.weight_histograms else None)
         metric = _selection_metric(results["scalars"])
         if metric > self.best_metric:
-            self._check_finite("writing best.weights.h5")
+            self._check_finite(f"writing {runs.BEST_WEIGHTS}")
             self.best_metric = metric
-            save_weights_atomically(self.model, self.run_dir / "best.weights.h5")
-            write_json_atomically(self.run_dir / "best.json", {"step": step, **results["scalars"]})
+            save_weights_atomically(self.model, self.run_dir / runs.BEST_WEIGHTS)
+            write_json_atomically(self.run_dir / runs.BEST_RECORD, {"step": step, **results["scalars"]})
         record_validated_step(self.run_dir, step)
         return results
 
@@ -430,12 +428,12 @@ class Trainer:
                 bar.write(_validation_line(step, results))
         bar.close()
         with averaged_weights(self.model, self.optimizer):
-            save_weights_atomically(self.model, self.run_dir / "final.weights.h5")
+            save_weights_atomically(self.model, self.run_dir / runs.FINAL_WEIGHTS)
             if not self.is_chief:
                 return {"step": self.step, "scalars": {}, "overlays": []}
             if results is None:  # resumed a finished run: its last validation is already recorded
                 results = {**self.validator.run(), "step": self.step}
-        save_rgb(self.run_dir / "validation_predictions.png",
+        save_rgb(self.run_dir / runs.VALIDATION_PICTURE,
                  validation_picture(self.validator.records, results, len(results["overlays"])))
         for writer in self.writers.values():
             writer.flush()
@@ -460,8 +458,8 @@ def stopped_before_first_checkpoint(run_dir: Path) -> str:
     """What to say when `--resume` finds a run that never wrote a checkpoint: there is nothing to
     continue, but its config and split are there to start it again from step 0."""
     return (f"--resume: the run in {run_dir} was stopped before its first checkpoint (none in "
-            f"{run_dir / 'checkpoints'}), so there is nothing to resume; start it again from step 0 with: "
-            f"retinanet train --config {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite")
+            f"{run_dir / runs.CHECKPOINTS}), so there is nothing to resume; start it again from step 0 with: "
+            f"retinanet train --config {run_dir / runs.CONFIG_FILE} --run-dir {run_dir} --overwrite")
 
 
 def start_fresh(run_dir: Path, overwrite: bool) -> None:
@@ -478,6 +476,6 @@ def start_fresh(run_dir: Path, overwrite: bool) -> None:
 def split_records_of_run(run_dir: str | Path) -> tuple[Config, list[Record]]:
     """A run's config and its held-out records, from the split file saved with it."""
     run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
-    prepared = prepare_split(config, run_dir / "split.csv", progress=False)
+    config = load_config(run_dir / runs.CONFIG_FILE)
+    prepared = prepare_split(config, run_dir / runs.SPLIT_FILE, progress=False)
     return config, prepared.validation

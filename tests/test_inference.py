@@ -109,66 +109,6 @@ def test_empty_directory_is_a_clean_error(tiny_run, tmp_path, script, clean_erro
     clean_error(completed, f"no DICOM files (.dcm, .dicom) in directory {tmp_path}")
 
 
-# --- Fast unit tests: locating a run's pieces -----------------------------------------------------
-
-
-@pytest.fixture
-def run_with_config(tmp_path):
-    """A directory holding only a valid config.yaml."""
-    from pathlib import Path
-
-    from retinanet.config import load_config, save_config
-
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    save_config(load_config(demo), run_dir / "config.yaml")
-    return run_dir
-
-
-def test_run_directory_without_weights_is_an_error(run_with_config):
-    from retinanet.inference import source_from_run_dir
-
-    with pytest.raises(ModelLoadError, match=f"no weights in run directory {run_with_config}"):
-        source_from_run_dir(run_with_config)
-    with pytest.raises(ModelLoadError, match="run directory not found"):
-        source_from_run_dir(run_with_config / "absent")
-
-
-def test_checkpoint_finds_the_config_beside_it_or_in_its_parent(run_with_config):
-    from retinanet.inference import resolve_source
-
-    beside = run_with_config / "best.weights.h5"
-    beside.write_bytes(b"weights")
-    nested = run_with_config / "checkpoints" / "extra.weights.h5"
-    nested.parent.mkdir()
-    nested.write_bytes(b"weights")
-    for checkpoint in (beside, nested):
-        source = resolve_source(checkpoint=checkpoint)
-        assert source.config_path == run_with_config / "config.yaml" and source.run_dir == run_with_config
-        assert source.weights == checkpoint
-    assert resolve_source(run_dir=run_with_config).weights == beside
-    with pytest.raises(ModelLoadError, match="not a .weights.h5 file"):
-        (run_with_config / "notes.txt").write_text("hello")
-        resolve_source(checkpoint=run_with_config / "notes.txt")
-    with pytest.raises(ModelLoadError, match="config file not found"):
-        resolve_source(checkpoint=beside, config_path=run_with_config / "missing.yaml")
-    with pytest.raises(ModelLoadError, match="either a checkpoint or a run directory"):
-        resolve_source(checkpoint=beside, run_dir=run_with_config)
-
-
-def test_threshold_file_is_read_and_checked(tmp_path):
-    from retinanet.inference import read_threshold
-
-    assert read_threshold(tmp_path, 0.3) == (0.3, "config evaluation.score_threshold")
-    (tmp_path / "threshold.json").write_text(json.dumps({"score_threshold": 0.45}))
-    assert read_threshold(tmp_path, 0.3) == (0.45, str(tmp_path / "threshold.json"))
-    for content in ("{not json", json.dumps({"score_threshold": 2.0}), json.dumps({"threshold": 0.2})):
-        (tmp_path / "threshold.json").write_text(content)
-        with pytest.raises(ModelLoadError, match=str(tmp_path / "threshold.json")):
-            read_threshold(tmp_path, 0.3)
-
-
 # --- Unreadable files in a directory, and weights that do not fit the config ----------------------
 
 

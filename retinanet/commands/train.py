@@ -31,7 +31,6 @@ def run(args, parser) -> int:
         parser.error(f"--resume continues the run with the config saved in {args.run_dir}/config.yaml, so {given} "
                      f"would be ignored: resume without {given}, or train with other settings as a new run "
                      "(--config ... --set ... with another --run-dir)")
-    import json
     from pathlib import Path
 
     from retinanet.config import ConfigError, load_config
@@ -48,6 +47,7 @@ def run(args, parser) -> int:
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
     from retinanet.model.backbone import WeightsError
+    from retinanet.runs import BEST_WEIGHTS, TENSORBOARD, VALIDATION_PICTURE, read_best_record
     from retinanet.safe_writes import FileWriteError
     from retinanet.training import TrainingError, default_run_dir, train
 
@@ -62,12 +62,12 @@ def run(args, parser) -> int:
     print(f"\nHeld-out validation at step {results['step']}:")
     for key, value in results["scalars"].items():
         print(f"  {key:22s} {value:.4f}")
-    best = json.loads((run_dir / "best.json").read_text())
+    best = read_best_record(run_dir)
     print(f"\nRun directory:    {run_dir}")
-    print(f"Best weights:     {run_dir / 'best.weights.h5'} (step {best['step']}: RSNA metric "
+    print(f"Best weights:     {run_dir / BEST_WEIGHTS} (step {best['step']}: RSNA metric "
           f"{best['best_rsna_metric']:.4f} at the score threshold chosen on validation, {best['best_threshold']:.2f}; "
           f"{best['rsna_metric']:.4f} at the configured one)")
-    print(f"Predictions:      {run_dir / 'validation_predictions.png'}")
-    print(f"TensorBoard:      tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"Predictions:      {run_dir / VALIDATION_PICTURE}")
+    print(f"TensorBoard:      tensorboard --logdir {run_dir / TENSORBOARD}")
     print(f"Evaluate:         retinanet evaluate --run-dir {run_dir} --output {run_dir / 'evaluation'}")
     return 0

@@ -1,17 +1,21 @@
-"""The run-directory rules behind recoverable training: one run per directory, finite checkpoints,
-the validation record, the log trimmed on resume and stale temporaries removed."""
+"""retinanet.runs: the run-directory rules behind recoverable training (one run per directory,
+finite checkpoints, the validation record, the log trimmed on resume, stale temporaries
+removed), locating a run's config, weights and threshold, and its file names."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.run_directory import (checkpoint_is_finite, last_finite_checkpoint, last_validated_step,
-                                     non_finite_variables, record_validated_step, record_validation_due,
-                                     remove_run, remove_stale_temporaries, run_entries, trim_log,
-                                     validation_due_step)
+from retinanet.config import load_config, save_config
+from retinanet.runs import (RUN_ENTRIES, ModelLoadError, checkpoint_is_finite, last_finite_checkpoint,
+                            last_validated_step, latest_run, non_finite_variables, read_threshold,
+                            record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
+                            resolve_source, run_entries, source_from_run_dir, trim_log, validation_due_step,
+                            write_threshold)
 from retinanet.training import TrainingError, start_fresh
 
 
@@ -125,3 +129,79 @@ def test_a_run_without_the_validation_record_is_read_from_its_log(tmp_path):
     assert last_validated_step(tmp_path) == 3
     record_validated_step(tmp_path, 6)  # the record wins once it exists
     assert last_validated_step(tmp_path) == 6
+
+
+# --- Fast unit tests: locating a run's pieces -----------------------------------------------------
+
+
+@pytest.fixture
+def run_with_config(tmp_path):
+    """A directory holding only a valid config.yaml."""
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(load_config(demo), run_dir / "config.yaml")
+    return run_dir
+
+
+def test_run_directory_without_weights_is_an_error(run_with_config):
+    with pytest.raises(ModelLoadError, match=f"no weights in run directory {run_with_config}"):
+        source_from_run_dir(run_with_config)
+    with pytest.raises(ModelLoadError, match="run directory not found"):
+        source_from_run_dir(run_with_config / "absent")
+
+
+def test_checkpoint_finds_the_config_beside_it_or_in_its_parent(run_with_config):
+    beside = run_with_config / "best.weights.h5"
+    beside.write_bytes(b"weights")
+    nested = run_with_config / "checkpoints" / "extra.weights.h5"
+    nested.parent.mkdir()
+    nested.write_bytes(b"weights")
+    for checkpoint in (beside, nested):
+        source = resolve_source(checkpoint=checkpoint)
+        assert source.config_path == run_with_config / "config.yaml" and source.run_dir == run_with_config
+        assert source.weights == checkpoint
+    assert resolve_source(run_dir=run_with_config).weights == beside
+    with pytest.raises(ModelLoadError, match="not a .weights.h5 file"):
+        (run_with_config / "notes.txt").write_text("hello")
+        resolve_source(checkpoint=run_with_config / "notes.txt")
+    with pytest.raises(ModelLoadError, match="config file not found"):
+        resolve_source(checkpoint=beside, config_path=run_with_config / "missing.yaml")
+    with pytest.raises(ModelLoadError, match="either a checkpoint or a run directory"):
+        resolve_source(checkpoint=beside, run_dir=run_with_config)
+
+
+def test_threshold_file_is_read_and_checked(tmp_path):
+    assert read_threshold(tmp_path, 0.3) == (0.3, "config evaluation.score_threshold")
+    (tmp_path / "threshold.json").write_text(json.dumps({"score_threshold": 0.45}))
+    assert read_threshold(tmp_path, 0.3) == (0.45, str(tmp_path / "threshold.json"))
+    for content in ("{not json", json.dumps({"score_threshold": 2.0}), json.dumps({"threshold": 0.2})):
+        (tmp_path / "threshold.json").write_text(content)
+        with pytest.raises(ModelLoadError, match=str(tmp_path / "threshold.json")):
+            read_threshold(tmp_path, 0.3)
+
+
+def test_threshold_written_is_read_back(tmp_path):
+    path = write_threshold(tmp_path, 0.35, 0.21, tmp_path / "evaluation" / "metrics.json")
+    assert path == tmp_path / "threshold.json"
+    assert json.loads(path.read_text())["rsna_metric"] == 0.21
+    assert read_threshold(tmp_path, 0.5) == (0.35, str(path))
+
+
+def test_run_entries_keep_the_names_existing_runs_have():
+    # Runs written before this module existed must still load: the names are part of the format.
+    assert RUN_ENTRIES == ("config.yaml", "split.csv", "checkpoints", "best.weights.h5", "best.json",
+                           "final.weights.h5", "log.jsonl", "tensorboard", "validation_predictions.png",
+                           "validation.json", "budget.json", "threshold.json")
+
+
+def test_latest_run_is_the_newest_directory_with_a_config(tmp_path):
+    import os
+
+    assert latest_run(tmp_path) is None
+    for name, mtime in (("old", 1_000), ("new", 2_000), ("notes", 3_000)):
+        (tmp_path / name).mkdir()
+        if name != "notes":  # not a run: no config.yaml
+            (tmp_path / name / "config.yaml").write_text("{}")
+            os.utime(tmp_path / name / "config.yaml", (mtime, mtime))
+    assert latest_run(tmp_path) == tmp_path / "new"
