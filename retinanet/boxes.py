@@ -46,16 +46,31 @@ def area(boxes):
     return sizes[..., 0] * sizes[..., 1]
 
 
+def intersection_and_union(boxes_a, boxes_b):
+    """[..., 4] and [..., 4] (broadcast against each other) -> (intersection [...], union [...]) areas.
+
+    The one overlap primitive behind IoU, GIoU/CIoU and fusion; `retinanet.metrics` has its
+    numpy twin. Sizes are `x2 - x1`, no +1; a degenerate box has area 0.
+    """
+    boxes_a = tf.convert_to_tensor(boxes_a, tf.float32)
+    boxes_b = tf.convert_to_tensor(boxes_b, tf.float32)
+    top_left = tf.maximum(boxes_a[..., :2], boxes_b[..., :2])
+    bottom_right = tf.minimum(boxes_a[..., 2:], boxes_b[..., 2:])
+    sizes = tf.maximum(bottom_right - top_left, 0.0)
+    intersection = sizes[..., 0] * sizes[..., 1]
+    return intersection, area(boxes_a) + area(boxes_b) - intersection
+
+
+def iou(boxes_a, boxes_b):
+    """[..., 4] and [..., 4] (broadcast) -> [...] intersection over union (0 where the union is empty)."""
+    return tf.math.divide_no_nan(*intersection_and_union(boxes_a, boxes_b))
+
+
 def pairwise_iou(boxes_a, boxes_b):
     """[N, 4], [M, 4] -> [N, M] intersection over union (0 where the union is empty)."""
     boxes_a = tf.convert_to_tensor(boxes_a, tf.float32)
     boxes_b = tf.convert_to_tensor(boxes_b, tf.float32)
-    top_left = tf.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = tf.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    sizes = tf.maximum(bottom_right - top_left, 0.0)
-    intersection = sizes[..., 0] * sizes[..., 1]
-    union = area(boxes_a)[:, None] + area(boxes_b)[None, :] - intersection
-    return tf.math.divide_no_nan(intersection, union)
+    return iou(boxes_a[:, None, :], boxes_b[None, :, :])
 
 
 def clip(boxes, height, width):

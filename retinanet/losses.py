@@ -40,10 +40,7 @@ def smooth_l1(targets, predictions, delta: float = 1.0 / 9.0):
 def iou_loss(target_boxes, predicted_boxes, kind: str = "giou"):
     """1 - GIoU or 1 - CIoU of matching boxes [..., 4] -> [...]."""
     eps = 1e-7
-    top_left = tf.maximum(target_boxes[..., :2], predicted_boxes[..., :2])
-    bottom_right = tf.minimum(target_boxes[..., 2:], predicted_boxes[..., 2:])
-    intersection = tf.reduce_prod(tf.maximum(bottom_right - top_left, 0.0), axis=-1)
-    union = box_ops.area(target_boxes) + box_ops.area(predicted_boxes) - intersection
+    intersection, union = box_ops.intersection_and_union(target_boxes, predicted_boxes)
     iou = intersection / (union + eps)
     enclosing_top_left = tf.minimum(target_boxes[..., :2], predicted_boxes[..., :2])
     enclosing_bottom_right = tf.maximum(target_boxes[..., 2:], predicted_boxes[..., 2:])

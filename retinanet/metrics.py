@@ -26,20 +26,30 @@ COCO_MAX_DETECTIONS = 100
 _NO_BOXES = np.zeros((0, 4))
 
 
-def pairwise_iou(boxes_a, boxes_b) -> np.ndarray:
-    """[N, 4], [M, 4] -> [N, M] float64 IoU; 0 where the union is empty.
+def intersection_and_union(boxes_a, boxes_b) -> tuple[np.ndarray, np.ndarray]:
+    """[..., 4] and [..., 4] (broadcast) -> float64 (intersection [...], union [...]) areas.
 
-    Sizes are `x2 - x1` with no +1, as in the competition's reference kernel and pycocotools.
+    The numpy twin of `retinanet.boxes.intersection_and_union`: sizes are `x2 - x1` with no +1,
+    as in the competition's reference kernel and pycocotools; a degenerate box has area 0.
     """
+    boxes_a = np.asarray(boxes_a, np.float64)
+    boxes_b = np.asarray(boxes_b, np.float64)
+    sizes = np.maximum(np.minimum(boxes_a[..., 2:], boxes_b[..., 2:]) - np.maximum(boxes_a[..., :2], boxes_b[..., :2]),
+                       0.0)
+    intersection = sizes[..., 0] * sizes[..., 1]
+
+    def area(boxes):
+        extent = np.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
+        return extent[..., 0] * extent[..., 1]
+
+    return intersection, area(boxes_a) + area(boxes_b) - intersection
+
+
+def pairwise_iou(boxes_a, boxes_b) -> np.ndarray:
+    """[N, 4], [M, 4] -> [N, M] float64 IoU; 0 where the union is empty."""
     boxes_a = np.asarray(boxes_a, np.float64).reshape(-1, 4)
     boxes_b = np.asarray(boxes_b, np.float64).reshape(-1, 4)
-    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    sizes = np.maximum(bottom_right - top_left, 0.0)
-    intersection = sizes[..., 0] * sizes[..., 1]
-    area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
-    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - intersection
+    intersection, union = intersection_and_union(boxes_a[:, None, :], boxes_b[None, :, :])
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
 
 

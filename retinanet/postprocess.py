@@ -27,16 +27,6 @@ from retinanet.config import IMAGE_GATINGS
 FUSION_IOU = 0.55
 
 
-def _iou_with_box(boxes, box):
-    """IoU of boxes [B, N, 4] with one box per image [B, 4] -> [B, N] (0 where the union is empty)."""
-    top_left = tf.maximum(boxes[..., :2], box[:, None, :2])
-    bottom_right = tf.minimum(boxes[..., 2:], box[:, None, 2:])
-    sizes = tf.maximum(bottom_right - top_left, 0.0)
-    intersection = sizes[..., 0] * sizes[..., 1]
-    union = box_ops.area(boxes) + box_ops.area(box)[:, None] - intersection
-    return tf.math.divide_no_nan(intersection, union)
-
-
 def weighted_box_fusion(boxes, scores, classes, valid, *, iou_threshold: float = FUSION_IOU,
                         num_passes: int = 2):
     """Weighted box fusion (Solovyev et al. 2021, as `ensemble_boxes`, conf_type "avg") per image.
@@ -65,7 +55,7 @@ def weighted_box_fusion(boxes, scores, classes, valid, *, iou_threshold: float =
     def body(index, weighted_sum, weight, members, cluster_class, count):
         box, score, label, active = boxes[:, index], scores[:, index], classes[:, index], valid[:, index]
         fused = weighted_sum / tf.maximum(weight, 1e-12)[..., None]
-        overlap = _iou_with_box(fused, box)
+        overlap = box_ops.iou(fused, box[:, None, :])  # [B, N]
         eligible = (tf.range(size)[None] < count[:, None]) & tf.equal(cluster_class, label[:, None])
         overlap = tf.where(eligible, overlap, -1.0)
         best = tf.argmax(overlap, axis=1, output_type=tf.int32)

@@ -197,3 +197,45 @@ def test_decode_clamps_huge_size_deltas():
     # The log-size delta is clamped to MAX_LOG_SIZE_DELTA.
     expected_size = 10 * math.exp(box_ops.MAX_LOG_SIZE_DELTA)
     np.testing.assert_allclose(result[0, 2:] - result[0, :2], [expected_size, expected_size], rtol=1e-4)
+
+
+# --- One overlap primitive, TensorFlow and numpy twins, against hand-computed areas --------------
+
+# (box a, box b, intersection, union), worked out by hand.
+OVERLAP_CASES = [
+    ([0, 0, 2, 2], [1, 1, 3, 3], 1.0, 7.0),  # corners overlap by a 1 x 1 square
+    ([0, 0, 10, 10], [0, 0, 10, 6], 60.0, 100.0),  # one inside the other
+    ([0, 0, 4, 2], [4, 0, 6, 2], 0.0, 12.0),  # touching edges: no overlap
+    ([0, 0, 3, 3], [5, 5, 7, 8], 0.0, 15.0),  # apart
+    ([2, 2, 2, 5], [0, 0, 4, 4], 0.0, 16.0),  # zero width: area 0
+    ([1.5, 0.5, 4.5, 2.5], [2.0, 1.0, 6.0, 2.0], 2.5, 7.5),  # fractional: 2.5 x 1 of 3 x 2 = 6 and 4 x 1 = 4
+]
+
+
+@pytest.mark.parametrize("twin", ["tensorflow", "numpy"])
+def test_intersection_and_union_twins_match_hand_computed_areas(twin):
+    from retinanet.metrics import intersection_and_union as numpy_twin
+
+    boxes_a = np.array([case[0] for case in OVERLAP_CASES], np.float32)
+    boxes_b = np.array([case[1] for case in OVERLAP_CASES], np.float32)
+    if twin == "tensorflow":
+        intersection, union = (value.numpy() for value in box_ops.intersection_and_union(boxes_a, boxes_b))
+    else:
+        intersection, union = numpy_twin(boxes_a, boxes_b)
+    np.testing.assert_allclose(intersection, [case[2] for case in OVERLAP_CASES], atol=1e-6)
+    np.testing.assert_allclose(union, [case[3] for case in OVERLAP_CASES], atol=1e-6)
+
+
+def test_every_iou_rests_on_the_same_hand_computed_areas():
+    from retinanet.losses import iou_loss
+    from retinanet.metrics import pairwise_iou as metric_iou
+
+    boxes_a = np.array([case[0] for case in OVERLAP_CASES], np.float32)
+    boxes_b = np.array([case[1] for case in OVERLAP_CASES], np.float32)
+    expected = np.array([case[2] / case[3] for case in OVERLAP_CASES])
+    np.testing.assert_allclose(box_ops.iou(boxes_a, boxes_b).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.diag(box_ops.pairwise_iou(boxes_a, boxes_b).numpy()), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.diag(metric_iou(boxes_a, boxes_b)), expected, rtol=1e-6)
+    # GIoU of the first case: IoU 1/7, enclosing box 3 x 3 = 9, so GIoU = 1/7 - (9 - 7)/9.
+    giou_loss = float(iou_loss(boxes_a[:1], boxes_b[:1], "giou")[0])
+    assert giou_loss == pytest.approx(1.0 - (1 / 7 - 2 / 9), abs=1e-5)
