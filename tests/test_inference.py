@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from retinanet.inference import Detector, ModelLoadError
 from retinanet.submission import read_submission
@@ -69,14 +70,61 @@ def test_infer_on_a_directory_writes_a_submission(tiny_run, evaluated_run, tmp_p
     assert summary["num_images"] == len(patients)
 
 
+def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The detections of the module's Postprocessor re-derived from the raw network outputs: numpy
+    decoding written from the box-coding formulas, greedy NMS by tf.image.non_max_suppression, then
+    shrink, letterbox scale and clip by hand. One class, no flip TTA, no gating; every level's
+    anchors fit in pre_nms_top_k (checked), so the per-level top-k keeps them all."""
+    from retinanet.anchors import generate_anchors_numpy, level_sizes
+    from retinanet.data.preprocess import normalize, preprocess_image
+
+    pre, post = config.preprocessing, config.postprocessing
+    height, width = pre.image_size
+    assert max(level_sizes(tuple(pre.image_size), config.anchors)) <= post.pre_nms_top_k
+    processed, scale = preprocess_image(image, pre)
+    predictions = model(normalize(processed[None, ..., None], pre.channels), training=False)["predictions"]
+    predictions = np.asarray(predictions, np.float64)[0]
+    anchors = generate_anchors_numpy(tuple(pre.image_size), config.anchors).astype(np.float64)
+    # boxes = anchor centre + (dx, dy) * 0.1 * anchor size; size = anchor size * exp((dw, dh) * 0.2)
+    anchor_sizes = anchors[:, 2:] - anchors[:, :2]
+    anchor_centres = anchors[:, :2] + anchor_sizes / 2
+    centres = anchor_centres + predictions[:, :2] * 0.1 * anchor_sizes
+    sizes = anchor_sizes * np.exp(np.minimum(predictions[:, 2:4] * 0.2, np.log(1000 / 16)))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
+    boxes = np.clip(boxes, 0, [width, height, width, height])
+    scores = 1 / (1 + np.exp(-predictions[:, 4]))
+    kept = tf.image.non_max_suppression(boxes.astype(np.float32), scores.astype(np.float32),
+                                        max_output_size=post.max_detections, iou_threshold=post.nms_iou,
+                                        score_threshold=post.score_threshold).numpy()
+    boxes, scores = boxes[kept], scores[kept]
+    centres, sizes = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * post.box_shrink
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1) / scale
+    original_height, original_width = image.shape
+    return np.clip(boxes, 0, [original_width, original_height, original_width, original_height]), scores
+
+
 @pytest.mark.slow
-def test_detector_matches_infer_script(tiny_run, inferred_dicom):
-    result = Detector.load(run_dir=tiny_run.run_dir, threshold=0.0).detect_image(inferred_dicom["path"])
-    boxes = [[box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]]
-             for box in inferred_dicom["json"]["boxes"]]
-    np.testing.assert_allclose(result["boxes"], np.array(boxes).reshape(-1, 4), atol=1e-3)
-    np.testing.assert_allclose(result["scores"], [box["score"] for box in inferred_dicom["json"]["boxes"]],
-                               atol=1e-6)
+def test_detector_matches_a_numpy_reference_on_a_non_square_image(tiny_run, png_image):
+    from dataclasses import replace
+
+    from retinanet.data.dicom import read_image
+    from retinanet.inference import build_inference_model
+
+    config = tiny_run.config
+    config = replace(config, postprocessing=replace(config.postprocessing, flip_tta=False, image_gating="none",
+                                                    box_shrink=0.9))
+    detector = Detector(config, build_inference_model(config, tiny_run.run_dir / "final.weights.h5"), threshold=0.0)
+    image = read_image(png_image)
+    assert image.shape == (200, 240)
+    result = detector.detect_array(image)
+    boxes, scores = reference_detections(detector.model, config, image)
+    assert len(scores) == config.postprocessing.max_detections
+    np.testing.assert_allclose(result["scores"], scores, rtol=1e-5)
+    np.testing.assert_allclose(result["boxes"], boxes, atol=2e-3)
+    # A threshold keeps the most confident boxes only, the same ones.
+    cut = float(np.median(scores))
+    kept = detector.detect_array(image, threshold=cut)
+    np.testing.assert_allclose(kept["scores"], scores[scores >= cut], rtol=1e-5)
 
 
 @pytest.mark.slow
