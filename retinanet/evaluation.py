@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinanet import runs
 from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split
 from retinanet.data.rsna import Record
 from retinanet.detections import keep_above, predict_dataset
@@ -48,7 +49,6 @@ from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision
 from retinanet.inference import Detector
 from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                sweep_thresholds, threshold_sweep)
-from retinanet.runs import resolve_source, write_threshold
 from retinanet.submission import write_submission
 
 
@@ -189,7 +189,7 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     by an earlier evaluation is ignored here. With `write_threshold`, the best threshold goes
     to `<run_dir>/threshold.json` for inference.
     """
-    source = resolve_source(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
+    source = runs.resolve_source(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
     records, used_split = held_out_records(source.config, split_file, progress)
     detector = Detector.from_source(source, threshold=source.config.evaluation.score_threshold)
     metrics = evaluate(detector, records, output_dir, progress=progress)
@@ -198,7 +198,7 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     metrics = _json_ready(metrics)
     (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if write_threshold:
-        path = write_threshold(source.run_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
+        path = runs.write_threshold(source.run_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
                                Path(output_dir) / "metrics.json")
         metrics["threshold_file"] = str(path)
     return metrics
