@@ -31,14 +31,13 @@ import tensorflow as tf
 
 from retinanet.config import Config, ConfigError, load_config, save_config, to_dict
 from retinanet.data.pipeline import prepare_split
-from retinanet.inference import CONFIG_FILE, THRESHOLD_FILE
+from retinanet.detections import keep_above
 from retinanet.metrics import sweep_thresholds
 from retinanet.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
-from retinanet.run_directory import run_entries, write_json_atomically
+from retinanet.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
+                            read_best_record, run_entries, write_json_atomically, write_threshold)
 
-SPLIT_FILE = "split.csv"
-FINISHED_FILE = "final.weights.h5"  # training writes it last: the run is complete
-BEST_WEIGHTS = "best.weights.h5"
+FINISHED_FILE = FINAL_WEIGHTS  # training writes it last: the run is complete
 PREDICTIONS_FILE = "oof_predictions.csv"
 SUBMISSION_FILE = "oof_submission.csv"
 METRICS_FILE = "oof_metrics.json"
@@ -77,7 +76,7 @@ def fold_state(run_dir: Path) -> str:
         return "new"
     if (run_dir / FINISHED_FILE).is_file():
         return "finished"
-    if tf.train.latest_checkpoint(str(run_dir / "checkpoints")):
+    if tf.train.latest_checkpoint(str(run_dir / CHECKPOINTS)):
         return "resume"
     return "restart"
 
@@ -148,7 +147,7 @@ def train_fold(base: Config, parent: Path, fold: int, position: str, progress: b
         results = train(None, run_dir, resume=True, progress=progress)
     else:
         results = train(fold_config, run_dir, overwrite=state == "restart", progress=progress)
-    best = json.loads((run_dir / "best.json").read_text())
+    best = read_best_record(run_dir)
     print(f"fold {fold} ({position}): done at step {results['step']} in {time.monotonic() - started:.0f} s; best "
           f"weights from step {best['step']}, validation RSNA metric {best.get('best_rsna_metric', float('nan')):.4f}",
           flush=True)
@@ -238,18 +237,14 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
                        base.evaluation.score_threshold)
     analysis["num_training_patients"] = _all_patients(parent)
     threshold = analysis["threshold"]
-    kept = {patient_id: (boxes[scores >= threshold], scores[scores >= threshold])
-            for patient_id, (boxes, scores) in predictions.items()}
-    write_submission(parent / SUBMISSION_FILE, kept, list(ground_truth))
+    write_submission(parent / SUBMISSION_FILE, keep_above(predictions, threshold), list(ground_truth))
     written = (PREDICTIONS_FILE, SUBMISSION_FILE, METRICS_FILE, THRESHOLD_FILE, SUMMARY_CSV, SUMMARY_MARKDOWN, PLOT_FILE)
     analysis["files"] = {name: str(parent / name) for name in written}
     analysis["weights"] = stamp
     write_json_atomically(parent / METRICS_FILE, _json_ready(analysis))
     # The format of a run's threshold.json (see `retinanet evaluate --write-threshold`).
-    write_json_atomically(parent / THRESHOLD_FILE, {"score_threshold": threshold,
-                                                    "rsna_metric": analysis["rsna_metric"],
-                                                    "metrics": str(parent / METRICS_FILE)})
-    best_steps = {fold: json.loads((fold_dir(parent, fold) / "best.json").read_text())["step"] for fold in folds}
+    write_threshold(parent, threshold, analysis["rsna_metric"], parent / METRICS_FILE)
+    best_steps = {fold: read_best_record(fold_dir(parent, fold))["step"] for fold in folds}
     analysis["summary"] = write_summary(summary_rows(analysis, best_steps), parent / SUMMARY_CSV,
                                         parent / SUMMARY_MARKDOWN)
     thresholds = [item["score_threshold"] for item in analysis["sweep"]]

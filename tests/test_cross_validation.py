@@ -308,7 +308,7 @@ def test_every_fold_is_a_run_of_the_same_split_and_out_of_fold_covers_every_pati
 @pytest.mark.slow
 def test_out_of_fold_metric_equals_an_independent_computation_on_the_files(cross_validation):
     from retinanet.data.rsna import read_labels
-    from retinanet.inference import read_threshold
+    from retinanet.runs import read_threshold
     from retinanet.submission import score_submission
 
     parent, data, metrics = cross_validation["parent"], cross_validation["data"], cross_validation["metrics"]
