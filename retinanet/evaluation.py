@@ -22,7 +22,7 @@ shrink as configured) over the cached, preprocessed images. The output directory
         {threshold, gate_threshold, images_emptied, removed_boxes_negative_images (false
         positives all), removed_boxes_positive_images, rsna_metric, rsna_metric_gated};
     predictions_csv, overlays, source (config, weights, split_file, validation_fold): the
-        files written and used.
+        files written and used (config and weights: lists, one per model, for an ensemble).
   Non-finite values (e.g. AUC with one class only) are written as null.
 - `predictions.csv`: Kaggle format, the boxes kept at the configured threshold (the one
   `rsna_metric` describes; `retinanet score` on it gives the same number);
@@ -45,6 +45,7 @@ from retinanet import runs
 from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split
 from retinanet.data.rsna import Record
 from retinanet.detections import keep_above, predict_dataset
+from retinanet.ensembles import check_held_out, resolve_ensemble
 from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
 from retinanet.inference import Detector
 from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
@@ -187,19 +188,35 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
 
     The configured threshold is config.evaluation.score_threshold: a threshold.json written
     by an earlier evaluation is ignored here. With `write_threshold`, the best threshold goes
-    to `<run_dir>/threshold.json` for inference.
+    to `<run_dir>/threshold.json` for inference. `run_dir` may be a list: an ensemble
+    (`retinanet.ensembles`), evaluated on the first run's held-out fold of `split_file`, which
+    must hold no patient any of its runs trained on; its threshold goes to the
+    cross-validation directory given.
     """
-    source = runs.resolve_source(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
-    records, used_split = held_out_records(source.config, split_file, progress)
-    detector = Detector.from_source(source, threshold=source.config.evaluation.score_threshold)
+    ensemble = resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
+    if write_threshold and ensemble.threshold_dir is None:
+        raise EvaluationError("--write-threshold with several runs: they have no common directory for "
+                              f"{runs.THRESHOLD_FILE}; pass --threshold to infer and export instead")
+    config = ensemble.config
+    records, used_split = held_out_records(config, split_file, progress)
+    if len(ensemble.sources) > 1:
+        unchecked = check_held_out(ensemble, [record.patient_id for record in records])
+        if unchecked:
+            print(f"note: no {runs.SPLIT_FILE} in {', '.join(unchecked)}: not checked for training on the "
+                  "evaluated patients")
+    detector = Detector.from_ensemble(ensemble, threshold=config.evaluation.score_threshold)
     metrics = evaluate(detector, records, output_dir, progress=progress)
-    metrics["source"] = {"config": str(source.config_path), "weights": str(source.weights),
-                         "split_file": str(used_split), "validation_fold": detector.config.data.validation_fold}
+    configs = [str(source.config_path) for source in ensemble.sources]
+    weights = [str(source.weights) for source in ensemble.sources]
+    # One run: paths; an ensemble: a list of them, one per model.
+    metrics["source"] = {"config": configs[0] if len(configs) == 1 else configs,
+                         "weights": weights[0] if len(weights) == 1 else weights,
+                         "split_file": str(used_split), "validation_fold": config.data.validation_fold}
     metrics = _json_ready(metrics)
     (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if write_threshold:
-        path = runs.write_threshold(source.run_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
-                               Path(output_dir) / "metrics.json")
+        path = runs.write_threshold(ensemble.threshold_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
+                                    Path(output_dir) / "metrics.json")
         metrics["threshold_file"] = str(path)
     return metrics
 

@@ -18,12 +18,17 @@ Signatures (each also a method of the loaded object, e.g. `loaded.detect(image)`
 `network`: the network alone at its fixed input size (what TFLite and ONNX hold, see
 `retinanet.export_formats`)
     image             uint8 [1, h, w] (the network input size): the letterboxed grey image
-    -> predictions    float32 [1, A, 4 + K] box deltas and class logits, one row per anchor
-       boxes          float32 [1, A, 4] the deltas decoded on the anchors, input pixels, clipped
-       scores         float32 [1, A, K] class probabilities
-       image_probability float32 [1] (with the image-level head)
+    -> predictions    float32 [M, A, 4 + K] box deltas and class logits, one row per anchor
+       boxes          float32 [M, A, 4] the deltas decoded on the anchors, input pixels, clipped
+       scores         float32 [M, A, K] class probabilities
+       image_probability float32 [M] (with the image-level head)
+    M is the number of models: 1 for a run, one row per model for an ensemble.
     Thresholding, NMS, flip TTA, gating, box shrink and the division by the letterbox scale are
     the caller's (`retinanet.export_formats.detect_with_network` does them as inference does).
+
+An ensemble (several runs, or a cross-validation directory, see `retinanet.ensembles`) is
+one SavedModel holding every model: `detect` and `detect_batch` fuse their passes as the
+ensemble Detector does.
 
 Inside `detect` and `detect_batch`: RGB to grey (OpenCV's integer weights, as `read_image`),
 letterbox resize (as OpenCV's, see `letterbox_in_graph`), normalisation, the network (both
@@ -114,7 +119,7 @@ class ServingModule(tf.Module):
     def __init__(self, detector: Detector, threshold: float):
         super().__init__(name="retinanet_serving")
         preprocessing = detector.config.preprocessing
-        self.model = detector.model
+        self.models = list(detector.models)
         self._postprocessor = detector.postprocessor
         self._channels = preprocessing.channels
         self._input_size = tuple(preprocessing.image_size)
@@ -129,7 +134,7 @@ class ServingModule(tf.Module):
         self.detect = tf.function(self._detect, input_signature=[tf.TensorSpec(None, tf.uint8, name="image")])
         self.detect_batch = tf.function(self._detect_batch, input_signature=[
             tf.TensorSpec(None, tf.uint8, name="images"), tf.TensorSpec([None, 2], tf.int32, name="sizes")])
-        self.network = network_function(self.model, detector.postprocessor.anchors, self._input_size,
+        self.network = network_function(self.models, detector.postprocessor.anchors, self._input_size,
                                          self._channels, self._has_image_head)
 
     def signatures(self) -> dict:
@@ -154,7 +159,7 @@ class ServingModule(tf.Module):
         tf.debugging.assert_positive(sizes, message="sizes must be positive")
         tf.debugging.assert_less_equal(sizes, tf.shape(grey)[1:3], message="a size exceeds the padded array")
         letterboxed, scales = self._letterbox_batch(grey, sizes)
-        result = self._postprocessor.detect([self.model], normalize(letterboxed, self._channels), scales, sizes)
+        result = self._postprocessor.detect(self.models, normalize(letterboxed, self._channels), scales, sizes)
         result = keep_above_in_graph(result, self.score_threshold)
         outputs = {key: result[key] for key in ("boxes", "scores", "num_detections")}
         if self._has_image_head:
@@ -181,22 +186,26 @@ class ServingModule(tf.Module):
         return outputs
 
 
-def network_function(model, anchors, input_size: tuple[int, int], channels: int, has_image_head: bool):
-    """The `network` signature of the module docstring as a tf.function of fixed input shape."""
+def network_function(models, anchors, input_size: tuple[int, int], channels: int, has_image_head: bool):
+    """The `network` signature of the module docstring as a tf.function of fixed input shape;
+    `models` is one Keras model or a list (an ensemble: one output row per model)."""
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
     anchors = np.asarray(anchors, np.float32)
     height, width = input_size
 
     @tf.function(input_signature=[tf.TensorSpec([1, height, width], tf.uint8, name="image")])
     def network(image):
-        outputs = model(normalize(tf.cast(image, tf.float32)[..., None], channels), training=False)
-        predictions = tf.cast(outputs["predictions"], tf.float32)
+        inputs = normalize(tf.cast(image, tf.float32)[..., None], channels)
+        outputs = [model(inputs, training=False) for model in models]
+        predictions = tf.concat([tf.cast(item["predictions"], tf.float32) for item in outputs], axis=0)
         # A constant of the graph, not a captured tensor: tf2onnx would make a capture an input.
         anchor_boxes = tf.constant(anchors)[None]
         result = {"predictions": predictions,
                   "boxes": box_ops.clip(box_ops.decode(predictions[..., :4], anchor_boxes), height, width),
                   "scores": tf.sigmoid(predictions[..., 4:])}
         if has_image_head:
-            result["image_probability"] = tf.sigmoid(tf.cast(outputs["image_logits"], tf.float32)[:, 0])
+            logits = tf.concat([tf.cast(item["image_logits"], tf.float32)[:, 0] for item in outputs], axis=0)
+            result["image_probability"] = tf.sigmoid(logits)
         return result
 
     return network
@@ -205,19 +214,23 @@ def network_function(model, anchors, input_size: tuple[int, int], channels: int,
 def serving_info(detector: Detector, threshold: float) -> dict:
     """What a caller needs beside the model; paths only as names, so that exports can move."""
     preprocessing, post = detector.config.preprocessing, detector.config.postprocessing
-    source = None
-    if detector.source is not None:
-        weights = detector.source.weights
-        run_dir = detector.source.run_dir
-        source = {"run": run_dir.name,
-                  "weights": str(weights.relative_to(run_dir)) if weights.is_relative_to(run_dir) else weights.name}
+
+    def named(source) -> dict:
+        weights, run_dir = source.weights, source.run_dir
+        return {"run": run_dir.name,
+                "weights": str(weights.relative_to(run_dir)) if weights.is_relative_to(run_dir) else weights.name}
+
+    sources = [named(source) for source in detector.sources]
     return {"input_size": list(preprocessing.image_size), "score_threshold": threshold,
             "clahe": preprocessing.clahe, "clahe_clip_limit": preprocessing.clahe_clip_limit,
             "clahe_tile_grid": preprocessing.clahe_tile_grid, "image_head": detector.has_image_head,
             "flip_tta": post.flip_tta, "image_gating": post.image_gating,
             "image_gate_threshold": post.image_gate_threshold, "box_shrink": post.box_shrink,
             "candidate_score_threshold": post.score_threshold, "pre_nms_top_k": post.pre_nms_top_k,
-            "nms_iou": post.nms_iou, "max_detections": post.max_detections, "source": source}
+            "nms_iou": post.nms_iou, "max_detections": post.max_detections,
+            # "source": the one run's (null for an ensemble); "sources": every model's.
+            "source": sources[0] if len(sources) == 1 else None, "sources": sources,
+            "num_models": len(detector.models)}
 
 
 def export_detector(detector: Detector, output_dir, threshold: float | None = None) -> dict:

@@ -98,13 +98,17 @@ def export_network(detector: Detector, output_dir, export_format: str, threshold
 
 def export_run(*, output_dir, export_format: str = "savedmodel", checkpoint=None, run_dir=None, config_path=None,
                threshold: float | None = None) -> dict:
-    """`retinanet export`: load a run (threshold: argument > threshold.json > config) and write
-    it in `export_format` ("savedmodel", "tflite" or "onnx"); the info names the model written."""
+    """`retinanet export`: load a run or an ensemble (`run_dir` a list; threshold: argument >
+    threshold.json > config) and write it in `export_format` ("savedmodel", "tflite" or "onnx";
+    an ensemble only as a SavedModel); the info names the model written."""
     if export_format not in ("savedmodel", *MODEL_FILES):
         raise ConversionError(f"unknown export format {export_format!r}")
     detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
     if export_format == "savedmodel":
         return {**export_detector(detector, output_dir), "format": "savedmodel", "model": str(output_dir)}
+    if detector.is_ensemble:
+        raise ConversionError(f"{export_format} holds one network: export an ensemble of {len(detector.models)} "
+                              "models as a SavedModel (--format savedmodel)")
     info = export_network(detector, output_dir, export_format)
     return {**info, "model": str(Path(output_dir) / info["model"])}
 

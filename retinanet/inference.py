@@ -6,7 +6,8 @@ resolved `config.yaml` (preprocessing, anchors, post-processing), the weights
 score threshold chosen by evaluation (`threshold.json`, written by `retinanet evaluate
 --write-threshold`; without it `evaluation.score_threshold` of the config).
 
-The run directory's layout and how a run's pieces are found are `retinanet.runs`'.
+The run directory's layout and how a run's pieces are found are `retinanet.runs`'. Several
+runs, or a cross-validation directory, make one ensemble Detector (`retinanet.ensembles`).
 
 Images go through exactly the training preprocessing (`read_image`, CLAHE, letterbox with
 OpenCV); boxes come back as `x1, y1, x2, y2` in the original image's pixels, clipped to it.
@@ -31,9 +32,10 @@ from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
 from retinanet.data.rsna import SkipReport
 from retinanet.detections import forward_function, per_image_results
+from retinanet.ensembles import EnsembleSource, resolve_ensemble
 from retinanet.hardware import dtype_policy, inference_precision, workers
 from retinanet.postprocess import postprocessor_from_config
-from retinanet.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold, resolve_source
+from retinanet.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
 
 
 class InputError(ValueError):
@@ -86,46 +88,66 @@ def build_inference_model(config: Config, weights: Path):
 
 
 class Detector:
-    """A trained model plus everything inference needs; see the module docstring.
+    """A trained model, or an ensemble of them, plus everything inference needs; see the module docstring.
 
     Results are dicts {"boxes": float64 [N, 4] `x1, y1, x2, y2` original pixels, "scores": [N]
     (descending, >= the threshold), "image_probability": float, or None without the image head}.
     Boxes scoring below postprocessing.score_threshold never reach the threshold: it acts as
-    the larger of the two.
+    the larger of the two. `model` is one Keras model or a list (an ensemble, see
+    `retinanet.ensembles`): all their passes are fused by the one postprocessor; `config` is the
+    first run's.
     """
 
     def __init__(self, config: Config, model, *, threshold: float, source: ModelSource | None = None,
-                 threshold_origin: str = "argument"):
+                 threshold_origin: str = "argument", sources: tuple[ModelSource, ...] | None = None):
         if config.postprocessing.image_gating != "none" and not config.model.image_head:
             raise ModelLoadError(f"postprocessing.image_gating={config.postprocessing.image_gating} needs "
                                  "model.image_head: true")
-        self.config, self.model, self.source = config, model, source
+        self.models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.model = self.models[0]
+        self.config = config
+        self.sources = tuple(sources) if sources is not None else ((source,) if source is not None else ())
+        self.source = self.sources[0] if len(self.sources) == 1 else None
         self.threshold, self.threshold_origin = float(threshold), threshold_origin
         self.image_size = tuple(config.preprocessing.image_size)
-        self.has_image_head = "image_logits" in model.output
+        self.has_image_head = "image_logits" in self.model.output
         self.postprocessor = postprocessor_from_config(config, generate_anchors(self.image_size, config.anchors),
                                                        level_sizes(self.image_size, config.anchors))
         # Batch {"images", "scales", "original_sizes"} -> (Postprocessor result, {}), traced once.
-        self.forward = forward_function([model], self.postprocessor)
+        self.forward = forward_function(self.models, self.postprocessor)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.models) > 1
 
     @classmethod
     def load(cls, *, checkpoint=None, run_dir=None, config_path=None, threshold: float | None = None) -> "Detector":
-        """From a run directory, or a checkpoint (+ optional config); `threshold` overrides the run's."""
-        return cls.from_source(resolve_source(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path),
-                               threshold=threshold)
+        """From a run directory, a list of them (an ensemble; a cross-validation directory stands
+        for its folds), or a checkpoint (+ optional config); `threshold` overrides the run's."""
+        return cls.from_ensemble(resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path),
+                                 threshold=threshold)
 
     @classmethod
     def from_source(cls, source: ModelSource, threshold: float | None = None) -> "Detector":
         """Build the model of `source` and load its weights; threshold: argument > threshold.json > config."""
+        return cls.from_ensemble(EnsembleSource((source,), source.run_dir), threshold)
+
+    @classmethod
+    def from_ensemble(cls, ensemble: EnsembleSource, threshold: float | None = None) -> "Detector":
+        """Every model of an `EnsembleSource` (one for a single run); threshold: argument >
+        threshold.json of its threshold directory > the first run's evaluation.score_threshold."""
         if threshold is not None and not 0 <= threshold <= 1:
             raise InputError(f"threshold must be in [0, 1], got {threshold}")
-        if threshold is None:
-            chosen, origin = read_threshold(source.run_dir, source.config.evaluation.score_threshold)
-        else:
+        config = ensemble.config
+        if threshold is not None:
             chosen, origin = float(threshold), "argument"
-        model = build_inference_model(source.config, source.weights)
-        return cls(source.config, model, threshold=chosen, source=source, threshold_origin=origin)
-
+        elif ensemble.threshold_dir is not None:
+            chosen, origin = read_threshold(ensemble.threshold_dir, config.evaluation.score_threshold)
+        else:
+            chosen = float(config.evaluation.score_threshold)
+            origin = f"evaluation.score_threshold of {ensemble.sources[0].config_path}"
+        models = [build_inference_model(source.config, source.weights) for source in ensemble.sources]
+        return cls(config, models, threshold=chosen, sources=ensemble.sources, threshold_origin=origin)
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Original uint8 [h, w] -> (network-size uint8 [H, W], scale), as for training."""

@@ -209,7 +209,8 @@ class ModelSource:
     run_dir: Path
 
 
-def _load_config(path: Path) -> Config:
+def load_run_config(path: Path) -> Config:
+    """The config at `path`; ModelLoadError naming the file when it is missing or invalid."""
     if not path.is_file():
         raise ModelLoadError(f"config file not found: {path}")
     try:
@@ -236,7 +237,7 @@ def source_from_run_dir(run_dir: str | Path) -> ModelSource:
     if not run_dir.is_dir():
         raise ModelLoadError(f"run directory not found: {run_dir}")
     config_path = run_dir / CONFIG_FILE
-    config = _load_config(config_path)
+    config = load_run_config(config_path)
     for name in RUN_WEIGHTS:
         if (run_dir / name).is_file():
             return ModelSource(config, config_path, run_dir / name, run_dir)
@@ -273,7 +274,7 @@ def source_from_checkpoint(checkpoint: str | Path, config_path: str | Path | Non
     else:
         config_path = Path(config_path)
         run_dir = next((folder for folder in folders if (folder / THRESHOLD_FILE).is_file()), checkpoint.parent)
-    return ModelSource(_load_config(config_path), config_path, checkpoint, run_dir)
+    return ModelSource(load_run_config(config_path), config_path, checkpoint, run_dir)
 
 
 def resolve_source(*, checkpoint=None, run_dir=None, config_path=None) -> ModelSource:

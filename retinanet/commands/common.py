@@ -41,9 +41,12 @@ def add_progress_argument(parser) -> None:
 
 
 def add_source_arguments(parser) -> None:
-    """The `--run-dir | --checkpoint [--config]` arguments shared by the model-using commands."""
+    """The `--run-dir DIR [--run-dir DIR ...] | --checkpoint [--config]` arguments shared by the
+    model-using commands; `args.run_dir` is a list of directories (or None)."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", help="run directory written by `retinanet train`")
+    source.add_argument("--run-dir", action="append",
+                        help="run directory written by `retinanet train`; repeat it for an ensemble of runs, or "
+                             "give a `retinanet cross-validate` directory for its folds (their boxes fused by WBF)")
     source.add_argument("--checkpoint", help="a .weights.h5 file (or tf.train.Checkpoint prefix) of a run")
     parser.add_argument("--config", help="config for --checkpoint (default: config.yaml beside it or in its parent)")
 

@@ -2,9 +2,13 @@
 
     retinanet evaluate --run-dir runs/demo-... --output runs/demo-.../evaluation [--write-threshold]
     retinanet evaluate --checkpoint runs/x/best.weights.h5 --output eval [--config CFG] [--split FILE]
+    retinanet evaluate --run-dir runs/a --run-dir runs/b --output eval [--split FILE]  # an ensemble
 
 The split defaults to the run's saved split file. Exit code 2 on a missing run, checkpoint,
-config or split file, or unreadable data.
+config or split file, or unreadable data. An ensemble (several --run-dir, or a cross-validation
+directory) is evaluated on the first run's held-out fold of --split, which must hold no patient
+any of its runs trained on (a cross-validation's folds trained on each other's: give a split of
+patients none of them saw).
 """
 
 from __future__ import annotations

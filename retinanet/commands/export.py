@@ -4,11 +4,14 @@
     retinanet export --run-dir runs/demo-... --output exported/ --format tflite  # exported/model.tflite
     retinanet export --run-dir runs/demo-... --output exported/ --format onnx    # exported/model.onnx
     retinanet export --checkpoint runs/x/best.weights.h5 --output exported/ [--config CFG]
+    retinanet export --run-dir runs/cv-demo --output exported/   # one SavedModel of every fold
 
 The SavedModel loads with tf.saved_model.load alone and takes images of any size (one, or a
 batch with per-image sizes, grey or RGB); TFLite and ONNX hold the network only, at the fixed
 input size, for the caller to letterbox into and to post-process (see retinanet/export.py and
 retinanet/export_formats.py). ONNX needs the `export` extra (pip install "rsna-retinanet[export]").
+Several --run-dir (or a cross-validation directory) give one SavedModel holding every model,
+whose boxes it fuses as `retinanet infer` does; TFLite and ONNX take one run only.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
     retinanet infer --run-dir runs/demo-... --input image.dcm [--output DIR] [--threshold T]
     retinanet infer --checkpoint runs/x/best.weights.h5 --input dicom_dir/ --output out/
+    retinanet infer --run-dir runs/a --run-dir runs/b --input dicom_dir/ --output out/  # an ensemble
+    retinanet infer --run-dir runs/cv-demo --input dicom_dir/ --output out/  # every fold of a cross-validation
 
 A single DICOM, PNG or JPEG gives <output>/<name>.json (boxes as x, y, width, height in the
 original pixels with their scores, and the image-level probability when the model has one)
@@ -10,6 +12,12 @@ and <output>/<name>.png with the boxes drawn; a directory of DICOMs gives
 unless --skip-unreadable (or the run's data.bad_file_policy: skip): then its row has no boxes
 and it is listed in <output>/skipped_images.csv. The threshold defaults to the run's
 threshold.json (`retinanet evaluate --write-threshold`), else its evaluation.score_threshold.
+
+Several --run-dir make an ensemble (a cross-validation directory stands for every fold's best
+weights): the models' boxes, flip TTA passes included, are fused by weighted box fusion and
+their image probabilities averaged; the runs must share preprocessing, anchors and classes.
+Its threshold: a cross-validation directory's threshold.json (out-of-fold), else the first
+run's evaluation.score_threshold for several directories.
 """
 
 from __future__ import annotations
