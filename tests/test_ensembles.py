@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ensemble_boxes import weighted_boxes_fusion as reference_fusion  # a test dependency
+from test_detections import ORIGINAL_HEIGHT, ORIGINAL_WIDTH, chest_like_image
 
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.preprocess import normalize
 from retinanet.ensembles import check_held_out, resolve_ensemble
 from retinanet.runs import ModelLoadError
-
-ORIGINAL_HEIGHT, ORIGINAL_WIDTH = 96, 128
 
 
 def tiny_config(root, **sections):
@@ -38,15 +37,6 @@ def tiny_config(root, **sections):
     for section, values in sections.items():
         document[section] = {**document[section], **values}
     return config_from_dict(document)
-
-
-def chest_like_image() -> np.ndarray:
-    """uint8 [96, 128]: a gradient with two bright blobs."""
-    rows, columns = np.mgrid[0:ORIGINAL_HEIGHT, 0:ORIGINAL_WIDTH]
-    image = 60 + 0.8 * columns + 0.5 * rows
-    for (y, x, radius) in ((40, 35, 14), (70, 95, 18)):
-        image += 90 * np.exp(-((rows - y) ** 2 + (columns - x) ** 2) / (2 * radius ** 2))
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def write_run(run_dir, config, seed: int):
