@@ -50,6 +50,7 @@ from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision
 from retinanet.inference import Detector
 from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                sweep_thresholds, threshold_sweep)
+from retinanet.safe_writes import write_text_atomically
 from retinanet.submission import write_submission
 
 
@@ -213,7 +214,7 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
                          "weights": weights[0] if len(weights) == 1 else weights,
                          "split_file": str(used_split), "validation_fold": config.data.validation_fold}
     metrics = _json_ready(metrics)
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomically(Path(output_dir) / "metrics.json", json.dumps(metrics, indent=2))
     if write_threshold:
         path = runs.write_threshold(ensemble.threshold_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
                                     Path(output_dir) / "metrics.json")
