@@ -35,7 +35,7 @@ from retinanet.detections import keep_above
 from retinanet.metrics import sweep_thresholds
 from retinanet.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
 from retinanet.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
-                            read_best_record, run_entries, write_json_atomically, write_threshold)
+                            fold_dir, read_best_record, run_entries, write_json_atomically, write_threshold)
 
 FINISHED_FILE = FINAL_WEIGHTS  # training writes it last: the run is complete
 PREDICTIONS_FILE = "oof_predictions.csv"
@@ -47,10 +47,6 @@ PLOT_FILE = "oof_threshold_sweep.png"
 
 class CrossValidationError(ValueError):
     """A cross-validation that cannot go on; names the fold and the path."""
-
-
-def fold_dir(parent: Path, fold: int) -> Path:
-    return Path(parent) / f"fold_{fold}"
 
 
 def parse_folds(text: str | None, num_folds: int) -> list[int]:

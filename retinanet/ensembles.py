@@ -14,17 +14,15 @@ evaluation.score_threshold.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from retinanet.config import Config, to_dict
-from retinanet.runs import (BEST_WEIGHTS, CONFIG_FILE, SPLIT_FILE, ModelLoadError, ModelSource, load_run_config,
-                            resolve_source, source_from_run_dir)
+from retinanet.runs import (BEST_WEIGHTS, CONFIG_FILE, FOLD_DIRECTORY, SPLIT_FILE, ModelLoadError, ModelSource,
+                            load_run_config, resolve_source, source_from_run_dir)
 
-FOLD_DIRECTORY = re.compile(r"fold_(\d+)")
 # What every model of an ensemble must share: they see one preprocessed image and their
 # predictions are decoded on one set of anchors into one set of classes.
 AGREEING_KEYS = ("preprocessing", "anchors", "model.num_classes", "model.image_head")

@@ -21,6 +21,7 @@ Recovery rests on three rules kept here:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +48,17 @@ RUN_ENTRIES = (CONFIG_FILE, SPLIT_FILE, CHECKPOINTS, BEST_WEIGHTS, BEST_RECORD, 
                VALIDATION_PICTURE, VALIDATION_STATE, BUDGET_FILE, THRESHOLD_FILE)
 WEIGHTS_SUFFIX = ".weights.h5"
 RUN_WEIGHTS = (BEST_WEIGHTS, FINAL_WEIGHTS)  # in order of preference
+# A cross-validation directory holds one run directory per fold: fold_<k>/.
+FOLD_DIRECTORY = re.compile(r"fold_(\d+)")
 
 
 class ModelLoadError(ValueError):
     """A run directory, checkpoint, config or threshold file that cannot be used; names the path."""
+
+
+def fold_dir(parent: Path, fold: int) -> Path:
+    """Fold `fold`'s run directory in the cross-validation directory `parent`."""
+    return Path(parent) / f"fold_{fold}"
 
 
 def run_entries(run_dir: Path) -> list[str]:
