@@ -45,28 +45,35 @@ def chest_like_image() -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def tiny_detector_run(tmp_path_factory):
-    """(run directory, Record of the one image, Detector): untrained weights whose class logits are
-    spread out (the head's features lifted off ReLU's zero, its output kernel enlarged) and whose
-    image probability is near 0.4, so that the detections are not a tie of equal scores."""
-    from retinanet.inference import Detector, build_untrained_model
+def write_run(run_dir, config, seed: int):
+    """An untrained run directory (config.yaml, best.weights.h5) whose scores are spread out."""
+    from retinanet.inference import build_untrained_model
 
-    root = tmp_path_factory.mktemp("detections")
-    image_path = root / "patient.png"
-    cv2.imwrite(str(image_path), chest_like_image())
-    config = tiny_config(root)
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     model = build_untrained_model(config)
     for layer, kernel_factor, bias_shift in ((model.get_layer("class_head").get_layer("class_head_conv0"), 1.0, 0.5),
                                              (model.get_layer("class_head").get_layer("class_head_output"), 30.0, 0.0),
                                              (model.get_layer("image_logits"), 1.0, 7.0)):
         kernel, bias = layer.get_weights()
         layer.set_weights([kernel * kernel_factor, bias + bias_shift])
-    run_dir = root / "run"
-    run_dir.mkdir()
+    run_dir.mkdir(parents=True)
     model.save_weights(str(run_dir / "best.weights.h5"))
     save_config(config, run_dir / "config.yaml")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_detector_run(tmp_path_factory):
+    """(run directory, Record of the one image, Detector): untrained weights whose class logits are
+    spread out (the head's features lifted off ReLU's zero, its output kernel enlarged) and whose
+    image probability is near 0.4, so that the detections are not a tie of equal scores."""
+    from retinanet.inference import Detector
+
+    root = tmp_path_factory.mktemp("detections")
+    image_path = root / "patient.png"
+    cv2.imwrite(str(image_path), chest_like_image())
+    config = tiny_config(root)
+    run_dir = write_run(root / "run", config, seed=3)
     record = Record("patient", str(image_path), np.array([[20.0, 50.0, 60.0, 90.0]]), 1)
     return run_dir, record, Detector.load(run_dir=run_dir, threshold=0.0)
 

@@ -10,12 +10,11 @@ import json
 import shutil
 
 import cv2
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from ensemble_boxes import weighted_boxes_fusion as reference_fusion  # a test dependency
-from test_detections import ORIGINAL_HEIGHT, ORIGINAL_WIDTH, chest_like_image
+from test_detections import ORIGINAL_HEIGHT, ORIGINAL_WIDTH, chest_like_image, write_run
 
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.preprocess import normalize
@@ -37,23 +36,6 @@ def tiny_config(root, **sections):
     for section, values in sections.items():
         document[section] = {**document[section], **values}
     return config_from_dict(document)
-
-
-def write_run(run_dir, config, seed: int):
-    """An untrained run directory (config.yaml, best.weights.h5) whose scores are spread out."""
-    from retinanet.inference import build_untrained_model
-
-    keras.utils.set_random_seed(seed)
-    model = build_untrained_model(config)
-    for layer, kernel_factor, bias_shift in ((model.get_layer("class_head").get_layer("class_head_conv0"), 1.0, 0.5),
-                                             (model.get_layer("class_head").get_layer("class_head_output"), 30.0, 0.0),
-                                             (model.get_layer("image_logits"), 1.0, 7.0)):
-        kernel, bias = layer.get_weights()
-        layer.set_weights([kernel * kernel_factor, bias + bias_shift])
-    run_dir.mkdir(parents=True)
-    model.save_weights(str(run_dir / "best.weights.h5"))
-    save_config(config, run_dir / "config.yaml")
-    return run_dir
 
 
 @pytest.fixture(scope="module")
