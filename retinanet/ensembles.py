@@ -126,5 +126,5 @@ def check_held_out(ensemble: EnsembleSource, patient_ids) -> list[str]:
         if seen:
             raise ModelLoadError(f"run {source.run_dir} trained on {len(seen)} of the {len(patient_ids)} evaluated "
                                  f"patients (e.g. {seen[0]}): evaluate an ensemble on patients none of its runs "
-                                 "trained on (--split FILE)")
+                                 "trained on (--split FILE, or --data DIR)")
     return unchecked

@@ -1,7 +1,7 @@
 """Evaluate a trained run on its held-out split: `retinanet evaluate`.
 
-The run's saved split file decides the patients (its `data.validation_fold`), so evaluation
-never sees training images. Detections come from `Detector` (flip TTA, image gating and box
+The run's saved split file decides the patients (its `data.validation_fold`), or every patient
+of another labelled data set (`labelled_set_records`); patients a model trained on are refused. Detections come from `Detector` (flip TTA, image gating and box
 shrink as configured) over the cached, preprocessed images. The output directory receives:
 
 - `metrics.json` with the keys
@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from retinanet import runs
-from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split
-from retinanet.data.rsna import Record
+from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split, report_skips
+from retinanet.data.rsna import Record, read_labels
 from retinanet.detections import keep_above, predict_dataset
 from retinanet.ensembles import check_held_out, resolve_ensemble
 from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
@@ -68,6 +68,23 @@ def held_out_records(config, split_file=None, progress: bool = True) -> tuple[li
     if not records:
         raise EvaluationError(f"{split_file}: no patients in validation fold {config.data.validation_fold}")
     return records, split_file
+
+
+def labelled_set_records(config, data_root, output_dir) -> list[Record]:
+    """Every patient of another labelled data set in the RSNA layout (the config's CSV and image
+    folder names under `data_root`): data that none of the runs' folds held. Label problems follow
+    data.bad_file_policy; skips are listed in `<output_dir>/skipped_labels.csv`."""
+    root, data = Path(data_root), config.data
+    if not root.is_dir():
+        raise EvaluationError(f"--data {root}: not a directory")
+    class_info = root / data.class_info_csv
+    records, skipped = read_labels(root / data.labels_csv, root / data.train_images,
+                                   class_info_csv=class_info if class_info.is_file() else None,
+                                   image_size=data.original_size, policy=data.bad_file_policy)
+    report_skips(skipped, "label row(s) or patient(s)", Path(output_dir) / "skipped_labels.csv")
+    if not records:
+        raise EvaluationError(f"--data {root}: no patients to evaluate")
+    return records
 
 
 def predict_records(detector: Detector, records: list[Record], progress: bool = True):
@@ -183,7 +200,7 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
     return metrics
 
 
-def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None, split_file=None,
+def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None, split_file=None, data_root=None,
                  write_threshold: bool = False, progress: bool = True) -> dict:
     """`retinanet evaluate`: load the run, evaluate its held-out split, write metrics.json.
 
@@ -192,27 +209,32 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     to `<run_dir>/threshold.json` for inference. `run_dir` may be a list: an ensemble
     (`retinanet.ensembles`), evaluated on the first run's held-out fold of `split_file`, which
     must hold no patient any of its runs trained on; its threshold goes to the
-    cross-validation directory given.
+    cross-validation directory given. With `data_root`, every patient of that labelled data set
+    is evaluated instead (`labelled_set_records`). Evaluating patients a model trained on is
+    refused whenever its run's split.csv tells.
     """
     ensemble = resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
     if write_threshold and ensemble.threshold_dir is None:
         raise EvaluationError("--write-threshold with several runs: they have no common directory for "
                               f"{runs.THRESHOLD_FILE}; pass --threshold to infer and export instead")
     config = ensemble.config
-    records, used_split = held_out_records(config, split_file, progress)
-    if len(ensemble.sources) > 1:
-        unchecked = check_held_out(ensemble, [record.patient_id for record in records])
-        if unchecked:
-            print(f"note: no {runs.SPLIT_FILE} in {', '.join(unchecked)}: not checked for training on the "
-                  "evaluated patients")
+    if data_root is not None:
+        records = labelled_set_records(config, data_root, output_dir)
+        evaluated = {"data": str(data_root)}
+    else:
+        records, used_split = held_out_records(config, split_file, progress)
+        evaluated = {"split_file": str(used_split), "validation_fold": config.data.validation_fold}
+    unchecked = check_held_out(ensemble, [record.patient_id for record in records])
+    if unchecked:
+        print(f"note: no {runs.SPLIT_FILE} in {', '.join(unchecked)}: not checked for training on the "
+              "evaluated patients")
     detector = Detector.from_ensemble(ensemble, threshold=config.evaluation.score_threshold)
     metrics = evaluate(detector, records, output_dir, progress=progress)
     configs = [str(source.config_path) for source in ensemble.sources]
     weights = [str(source.weights) for source in ensemble.sources]
     # One run: paths; an ensemble: a list of them, one per model.
     metrics["source"] = {"config": configs[0] if len(configs) == 1 else configs,
-                         "weights": weights[0] if len(weights) == 1 else weights,
-                         "split_file": str(used_split), "validation_fold": config.data.validation_fold}
+                         "weights": weights[0] if len(weights) == 1 else weights, **evaluated}
     metrics = _json_ready(metrics)
     write_text_atomically(Path(output_dir) / "metrics.json", json.dumps(metrics, indent=2))
     if write_threshold:

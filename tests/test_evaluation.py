@@ -106,6 +106,35 @@ def test_missing_split_file_is_a_clean_error(tiny_run, evaluated_run, tmp_path, 
     clean_error(completed, f"split file not found: {tmp_path / 'no_split.csv'}")
 
 
+@pytest.mark.slow
+def test_data_evaluates_every_patient_of_another_labelled_set(tiny_run, evaluated_run, tmp_path, script):
+    from retinanet.data.synthetic import generate_synthetic_rsna
+
+    other = generate_synthetic_rsna(tmp_path / "other", num_train=6, num_test=0, size=tiny_run.image_size, seed=7,
+                                    progress=False)
+    completed = script("evaluate.py", "--run-dir", tiny_run.run_dir, "--data", other, "--output", tmp_path / "out",
+                       "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    labels = pd.read_csv(other / "stage_2_train_labels.csv", dtype=str, keep_default_na=False)
+    assert sorted(validation_patients(metrics)) == sorted(set(labels["patientId"]))
+    assert metrics["counts"]["images"] == 6 and metrics["source"]["data"] == str(other)
+    assert "split_file" not in metrics["source"]
+    scored = score_submission(other / "stage_2_train_labels.csv", metrics["predictions_csv"],
+                              image_size=tiny_run.image_size)
+    assert scored["score"] == pytest.approx(metrics["rsna_metric"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_data_the_run_trained_on_is_refused(tiny_run, evaluated_run, tmp_path, script, clean_error):
+    completed = script("evaluate.py", "--run-dir", tiny_run.run_dir, "--data", tiny_run.data_dir, "--output",
+                       tmp_path / "out", "--no-progress")
+    clean_error(completed, f"run {tiny_run.run_dir.resolve()} trained on", "--data DIR")
+    completed = script("evaluate.py", "--run-dir", tiny_run.run_dir, "--data", tmp_path / "nowhere", "--output",
+                       tmp_path / "out")
+    clean_error(completed, f"--data {tmp_path / 'nowhere'}: not a directory")
+
+
 # --- Fast unit tests: the metric path of evaluate() on hand-made detections -----------------------
 
 LABELS = ("patientId,x,y,width,height,Target\n"

@@ -3,12 +3,14 @@
     retinanet evaluate --run-dir runs/demo-... --output runs/demo-.../evaluation [--write-threshold]
     retinanet evaluate --checkpoint runs/x/best.weights.h5 --output eval [--config CFG] [--split FILE]
     retinanet evaluate --run-dir runs/a --run-dir runs/b --output eval [--split FILE]  # an ensemble
+    retinanet evaluate --run-dir runs/demo-cv --data data/other --output eval  # another labelled set
 
 The split defaults to the run's saved split file. Exit code 2 on a missing run, checkpoint,
 config or split file, or unreadable data. An ensemble (several --run-dir, or a cross-validation
 directory) is evaluated on the first run's held-out fold of --split, which must hold no patient
 any of its runs trained on (a cross-validation's folds trained on each other's: give a split of
-patients none of them saw).
+patients none of them saw, or --data: a labelled data set none of them saw). Evaluating patients
+a model trained on (by its run's split.csv) is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from retinanet.commands.common import (add_progress_argument, add_source_argumen
 
 def add_arguments(parser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--split", help="split file patientId,Target,fold (default: the run's split.csv)")
+    evaluated = parser.add_mutually_exclusive_group()
+    evaluated.add_argument("--split", help="split file patientId,Target,fold (default: the run's split.csv)")
+    evaluated.add_argument("--data", metavar="DIR",
+                           help="evaluate every patient of another labelled data set in the RSNA layout (the "
+                                "config's labels CSV and image folder under DIR) instead of the held-out fold")
     parser.add_argument("--output", required=True, help="directory for metrics.json, predictions.csv and plots")
     parser.add_argument("--write-threshold", action="store_true",
                         help="write the best threshold to <run_dir>/threshold.json for inference and export")
@@ -37,7 +43,8 @@ def run(args, parser) -> int:
 
     try:
         metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,
-                               config_path=args.config, split_file=args.split, write_threshold=args.write_threshold,
+                               config_path=args.config, split_file=args.split, data_root=args.data,
+                               write_threshold=args.write_threshold,
                                progress=not args.no_progress)
     except (ConfigError, LabelError, DicomReadError, ModelLoadError, InputError, EvaluationError,
             FileWriteError) as error:
