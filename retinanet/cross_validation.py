@@ -268,12 +268,13 @@ def _naming_fold(fold: int, parent: Path):
     from retinanet.data.rsna import LabelError
     from retinanet.inference import InputError, ModelLoadError
     from retinanet.model.backbone import WeightsError
+    from retinanet.safe_writes import FileWriteError
     from retinanet.training import TrainingError
 
     try:
         yield
     except (TrainingError, ConfigError, LabelError, DicomReadError, WeightsError, ModelLoadError,
-            InputError) as error:
+            InputError, FileWriteError) as error:
         raise CrossValidationError(f"fold {fold} ({fold_dir(parent, fold)}): {error}") from None
 
 

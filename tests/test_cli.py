@@ -99,6 +99,18 @@ def test_prepare_without_progress_bars(tiny_data, tmp_path):
     assert "it/s" not in completed.stderr and "%|" not in completed.stderr  # no tqdm bar
 
 
+@pytest.mark.parametrize("command", ["train", "cross-validate", "fit-anchors"])
+def test_synthetic_data_that_cannot_be_written_is_a_named_error(command, tmp_path, clean_error):
+    """data.synthetic into a data.root below a regular file (unwritable whoever runs the test)."""
+    (tmp_path / "notes.txt").write_text("a file, not a directory")
+    root = tmp_path / "notes.txt" / "synthetic"
+    completed = run_cli(command, "--config", REPOSITORY_ROOT / "configs" / "demo.yaml", "--set", f"data.root={root}",
+                        "--set", "data.synthetic.num_train=10", "--set", "data.synthetic.size=64",
+                        "--set", f"training.run_root={tmp_path / 'runs'}", "--no-progress", cwd=tmp_path)
+    clean_error(completed, f"could not generate the synthetic data set (data.synthetic) in data.root {root}",
+                str(root))
+
+
 @pytest.mark.slow
 def test_one_step_smoke_run_clamps_the_warmup(tiny_data, tmp_path):
     """The demo config's 50 warm-up steps do not refuse a one-step run; relative paths in an

@@ -38,13 +38,15 @@ def run(args, parser) -> int:
         return report_error(error)  # before TensorFlow loads: a typo answers at once
     from retinanet.anchor_fitting import anchors_yaml, fit_anchors, format_fit_report
     from retinanet.data.pipeline import prepare_split
+    from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
+    from retinanet.safe_writes import FileWriteError
 
     try:
         records = prepare_split(config, progress=not args.no_progress).train
         if not any(len(record.boxes) for record in records):
             raise ConfigError(f"{args.config}: the training split holds no boxes to fit anchors to")
-    except (ConfigError, LabelError) as error:
+    except (ConfigError, LabelError, DicomReadError, FileWriteError) as error:
         return report_error(error)
     fit = fit_anchors(records, config, num_ratios=args.num_ratios, num_scales=args.num_scales, seed=args.seed)
     text = anchors_yaml(fit, source=f"{args.config} at {config.preprocessing.image_size[0]}x"

@@ -25,6 +25,7 @@ from retinanet.data.order import augmentation_seed, record_at, worker_positions
 from retinanet.data.preprocess import normalize
 from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
 from retinanet.hardware import workers
+from retinanet.safe_writes import FileWriteError
 from retinanet.targets import LabelEncoder
 
 SPLITS = ("train", "validation")
@@ -55,8 +56,12 @@ def ensure_data(config: Config, progress: bool = True) -> Path:
 
         synthetic = config.data.synthetic
         print(f"Generating the synthetic RSNA-format data set in {root} (first run only)")
-        generate_synthetic_rsna(root, num_train=synthetic.num_train, num_test=synthetic.num_test,
-                                size=synthetic.size, seed=synthetic.seed, progress=progress)
+        try:
+            generate_synthetic_rsna(root, num_train=synthetic.num_train, num_test=synthetic.num_test,
+                                    size=synthetic.size, seed=synthetic.seed, progress=progress)
+        except OSError as error:  # a read-only or full disk, a path through a file, foreign files in data.root
+            raise FileWriteError(f"could not generate the synthetic data set (data.synthetic) in data.root {root}: "
+                                 f"{error.strerror or error} ({error.filename or root})") from error
     return root
 
 
