@@ -29,6 +29,7 @@ from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
 from retinanet.data.rsna import Record
 from retinanet.distributed import barrier, make_strategy, remove_write_directory, worker_role, write_directory
 from retinanet.ema import averaged_weights
+from retinanet.fused_optimizers import FusedAdamW, FusedSGD
 from retinanet.hardware import dtype_policy, prepare_runtime
 from retinanet.losses import image_loss, loss_from_config
 from retinanet.model.retinanet import build_model_from_config
@@ -94,10 +95,9 @@ def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = Non
     # Keras keeps the weights' moving average itself (retinanet/ema.py).
     ema = {"use_ema": True, "ema_momentum": training.ema_decay} if training.ema_decay else {}
     if training.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay,
-                                         **ema)
+        optimizer = FusedSGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay, **ema)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=training.weight_decay, **ema)
+        optimizer = FusedAdamW(schedule, weight_decay=training.weight_decay, **ema)
     if training.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -149,11 +149,14 @@ def build_train_step(config: Config, strategy: tf.distribute.Strategy, model: ke
         if scaled:
             gradients = [g / optimizer.dynamic_scale for g in gradients]
         norm = tf.linalg.global_norm(gradients)
+        # The optimizer sums gradients over replicas again: hand each replica its share, and clip
+        # as tf.clip_by_global_norm does (NaN for a non-finite norm), in one pass over the gradients.
+        factor = (optimizer.dynamic_scale if scaled else 1.0) / replicas
         if clip_norm:
-            gradients, _ = tf.clip_by_global_norm(gradients, clip_norm, use_norm=norm)
-        # The optimizer sums gradients over replicas again: hand each replica its share.
-        share = (optimizer.dynamic_scale if scaled else 1.0) / replicas
-        optimizer.apply_gradients(zip([g * share for g in gradients], model.trainable_variables))
+            factor = factor * clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm) + (norm - norm)
+        if clip_norm or scaled or replicas > 1:
+            gradients = [g * tf.cast(factor, g.dtype) for g in gradients]
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return {"loss/total": total, "loss/classification": terms["classification"], "loss/box": terms["box"],
                 "loss/image": image_term, "gradient_norm": norm, "positive_anchors": num_positive}
 

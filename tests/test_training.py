@@ -562,3 +562,48 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previou
     # What --resume does with it: the step-2 state comes back whole.
     trainer.checkpoint.restore(latest).assert_existing_objects_matched()
     assert trainer.step == 2
+
+
+@pytest.mark.parametrize("clip_fraction", [0.25, 4.0])
+def test_the_train_step_clips_the_gradient_as_clip_by_global_norm(clip_fraction):
+    """Plain SGD (lr 0.1, no momentum or decay): the unclipped step moves each weight by -0.1 g;
+    with gradient_clip_norm c = clip_fraction |g| (|g| the global norm the step reports) the
+    step moves it by -0.1 g min(1, c / |g|)."""
+    from test_mixed_precision import one_batch
+
+    from retinanet.anchors import generate_anchors
+    from retinanet.losses import loss_from_config
+    from retinanet.model.retinanet import build_model_from_config
+    from retinanet.training import build_optimizer, build_train_step
+
+    def config(clip):
+        return config_from_dict({
+            "preprocessing": {"image_size": [64, 64]}, "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
+            "model": {"fpn_channels": 16, "head_convs": 1},
+            "training": {"batch_size": 2, "steps": 3, "warmup_steps": 0, "optimizer": "sgd", "momentum": 0.0,
+                         "weight_decay": 0.0, "learning_rate": 0.1, "gradient_clip_norm": clip,
+                         "mixed_precision": "float32"}})
+
+    tf.keras.utils.set_random_seed(0)
+    model = build_model_from_config(config(0.0))
+    start = [variable.numpy() for variable in model.trainable_variables]
+
+    def moves(clip):
+        """The step's change of every weight from `start`, and the gradient norm it reports."""
+        for variable, value in zip(model.trainable_variables, start):
+            variable.assign(value)
+        settings = config(clip)
+        step = build_train_step(settings, tf.distribute.get_strategy(), model, build_optimizer(settings.training),
+                                loss_from_config(settings, generate_anchors((64, 64), settings.anchors)))
+        scalars = step.python_function(one_batch(settings))
+        return [variable.numpy() - value for variable, value in zip(model.trainable_variables, start)], \
+            float(scalars["gradient_norm"])
+
+    unclipped, norm = moves(0.0)
+    gradient = [-move / 0.1 for move in unclipped]
+    assert norm == pytest.approx(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in gradient)), rel=1e-3)
+    clipped, _ = moves(clip_fraction * norm)
+    for move, g, weight in zip(clipped, gradient, start):
+        expected = -0.1 * min(1.0, clip_fraction) * g
+        rounding = 4 * np.finfo(np.float32).eps * np.abs(weight).max()  # of a difference of float32 weights
+        np.testing.assert_allclose(move, expected, rtol=1e-3, atol=max(rounding, 1e-3 * np.abs(expected).max()))
