@@ -1,8 +1,9 @@
 """Evaluate a trained run on its held-out split: `retinanet evaluate`.
 
 The run's saved split file decides the patients (its `data.validation_fold`), or every patient
-of another labelled data set (`labelled_set_records`); patients a model trained on are refused. Detections come from `Detector` (flip TTA, image gating and box
-shrink as configured) over the cached, preprocessed images. The output directory receives:
+of another labelled data set (`labelled_set_records`); patients a model trained on are refused.
+Detections come from `Detector` (flip TTA, image gating and box shrink as configured) over the
+cached, preprocessed images. The output directory receives:
 
 - `metrics.json` with the keys
     rsna_metric, configured_threshold: the RSNA metric at evaluation.score_threshold (a
