@@ -164,9 +164,7 @@ def trim_log(run_dir: Path, step: int, validated_step: int) -> int:
     num_lines = sum(1 for line in path.read_text().splitlines() if line.strip())
     kept = [entry for entry in _log_entries(run_dir) if entry["step"] <= limits.get(entry["split"], step)]
     if len(kept) != num_lines:
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
-        temporary.replace(path)
+        write_text_atomically(path, "".join(json.dumps(entry) + "\n" for entry in kept))
     return num_lines - len(kept)
 
 

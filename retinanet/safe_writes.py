@@ -4,7 +4,9 @@ Every file that a later step trusts (weights, checkpoints, the image cache and i
 records) is written to a temporary file in the same directory and renamed over the old one
 only once it is complete: a rename within one directory is atomic, so a reader sees the old
 file or the new one, never half of one. A failed write removes its temporary and raises
-`FileWriteError`, which names the file and says whether the previous version survives.
+`FileWriteError`, which names the file and says whether the previous version survives. The
+training log grows a line at a time (`append_line`): a failed append cuts it back to the lines
+it held.
 """
 
 from __future__ import annotations
@@ -79,6 +81,23 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> None:
 
 def write_text_atomically(path: str | Path, text: str) -> None:
     write_bytes_atomically(path, text.encode())
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append `line` and a newline to `path` (a log). A failed append cuts the file back to the
+    lines it held, so that no half line is left behind, and raises FileWriteError."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "ab") as file:
+            file.write((line + "\n").encode())
+    except OSError as error:
+        try:
+            os.truncate(path, size)
+        except OSError:
+            pass
+        raise FileWriteError(f"could not append to {path}: {_reason(error)}; its earlier lines are kept. Free some "
+                             "disk space or make the directory writable, then run again") from error
 
 
 def save_weights_atomically(model, path: str | Path) -> None:

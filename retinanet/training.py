@@ -38,7 +38,7 @@ from retinanet import runs
 from retinanet.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
                             record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
                             validation_due_step, write_json_atomically)
-from retinanet.safe_writes import save_checkpoint, save_weights_atomically
+from retinanet.safe_writes import append_line, save_checkpoint, save_weights_atomically
 from retinanet.tensorboard_logging import log_run_start, log_validation_details
 from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
 from retinanet.visualize import save_rgb
@@ -284,8 +284,8 @@ class Trainer:
         with self.writers[name].as_default(step=step):
             for key, value in scalars.items():
                 tf.summary.scalar(key, value)
-        with open(self.run_dir / runs.LOG, "a") as log:
-            log.write(json.dumps({"split": name, "step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        append_line(self.run_dir / runs.LOG,
+                    json.dumps({"split": name, "step": step, **{k: float(v) for k, v in scalars.items()}}))
 
     def _save_config(self) -> None:
         split_file = str((self.run_dir / runs.SPLIT_FILE).resolve())

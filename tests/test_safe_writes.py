@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from retinanet import safe_writes
-from retinanet.safe_writes import (FileWriteError, replace_atomically, save_checkpoint, save_weights_atomically,
-                                   temporary_path, write_text_atomically)
+from retinanet.safe_writes import (FileWriteError, append_line, replace_atomically, save_checkpoint,
+                                   save_weights_atomically, temporary_path, write_text_atomically)
 
 
 class FullDiskFile:
@@ -39,6 +39,18 @@ class FullDiskFile:
 def full_disk(monkeypatch):
     """Every file written through retinanet.safe_writes hits a full disk."""
     monkeypatch.setattr(safe_writes, "open", FullDiskFile, raising=False)
+
+
+def test_lines_are_appended_and_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+    path = tmp_path / "log.jsonl"
+    append_line(path, '{"step": 1}')
+    append_line(path, '{"step": 2}')
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    monkeypatch.setattr(safe_writes, "open", FullDiskFile, raising=False)
+    with pytest.raises(FileWriteError, match=f"could not append to {path}: No space left on device; its earlier "
+                                             "lines are kept"):
+        append_line(path, json.dumps({"step": 3, "padding": "x" * 1000}))
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
 def test_temporaries_sit_beside_the_file_and_keep_its_suffixes(tmp_path):
