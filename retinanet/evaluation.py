@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from retinanet import runs
-from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split, report_skips
-from retinanet.data.rsna import Record, read_labels
+from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split, read_data_set
+from retinanet.data.rsna import Record
 from retinanet.detections import keep_above, predict_dataset
 from retinanet.ensembles import check_held_out, resolve_ensemble
 from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
@@ -75,14 +75,10 @@ def labelled_set_records(config, data_root, output_dir) -> list[Record]:
     """Every patient of another labelled data set in the RSNA layout (the config's CSV and image
     folder names under `data_root`): data that none of the runs' folds held. Label problems follow
     data.bad_file_policy; skips are listed in `<output_dir>/skipped_labels.csv`."""
-    root, data = Path(data_root), config.data
+    root = Path(data_root)
     if not root.is_dir():
         raise EvaluationError(f"--data {root}: not a directory")
-    class_info = root / data.class_info_csv
-    records, skipped = read_labels(root / data.labels_csv, root / data.train_images,
-                                   class_info_csv=class_info if class_info.is_file() else None,
-                                   image_size=data.original_size, policy=data.bad_file_policy)
-    report_skips(skipped, "label row(s) or patient(s)", Path(output_dir) / "skipped_labels.csv")
+    records, _ = read_data_set(config, root, Path(output_dir) / "skipped_labels.csv")
     if not records:
         raise EvaluationError(f"--data {root}: no patients to evaluate")
     return records

@@ -28,11 +28,13 @@ class _FusedWeightDecay:
         if self.weight_decay is None:
             return
 
-        def decay(variable):
-            if self._use_weight_decay(variable):
-                variable.assign_sub(variable * tf.cast(self.learning_rate * self.weight_decay, variable.dtype))
-
         def apply(distribution, variables):
+            rate = self.learning_rate * self.weight_decay  # once per step, not once per weight
+
+            def decay(variable):
+                if self._use_weight_decay(variable):
+                    variable.assign_sub(variable * tf.cast(rate, variable.dtype))
+
             for variable in variables:
                 variable = variable.value if isinstance(variable, keras.Variable) else variable  # the tf.Variable
                 distribution.extended.update(variable, decay, group=False)

@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
     evaluated.add_argument("--split", help="split file patientId,Target,fold (default: the run's split.csv)")
     evaluated.add_argument("--data", metavar="DIR",
                            help="evaluate every patient of another labelled data set in the RSNA layout (the "
-                                "config's labels CSV and image folder under DIR) instead of the held-out fold")
+                                "config's label and class CSVs and image folder under DIR) instead of the held-out fold")
     parser.add_argument("--output", required=True, help="directory for metrics.json, predictions.csv and plots")
     parser.add_argument("--write-threshold", action="store_true",
                         help="write the best threshold to <run_dir>/threshold.json for inference and export")

@@ -72,14 +72,22 @@ def default_split_file(config: Config) -> Path:
     return data_root(config) / "splits" / f"folds{data.num_folds}_seed{data.split_seed}.csv"
 
 
-def prepare_split(config: Config, split_file: str | Path | None = None, progress: bool = True) -> PreparedSplit:
-    """Validated train and validation records; the split file is created on first use."""
-    root = ensure_data(config, progress)
+def read_data_set(config: Config, root: Path, skipped_list: Path) -> tuple[list[Record], SkipReport]:
+    """The validated records of the RSNA-layout data set at `root` (the config's CSV and image
+    folder names); patients skipped under data.bad_file_policy are counted and listed in `skipped_list`."""
     data = config.data
     records, skipped = read_labels(root / data.labels_csv, root / data.train_images,
                                    class_info_csv=root / data.class_info_csv, image_size=data.original_size,
                                    policy=data.bad_file_policy)
-    report_skips(skipped, "label row(s) or patient(s)", Path(data.cache_dir) / "skipped_labels.csv")
+    report_skips(skipped, "label row(s) or patient(s)", skipped_list)
+    return records, skipped
+
+
+def prepare_split(config: Config, split_file: str | Path | None = None, progress: bool = True) -> PreparedSplit:
+    """Validated train and validation records; the split file is created on first use."""
+    root = ensure_data(config, progress)
+    data = config.data
+    records, skipped = read_data_set(config, root, Path(data.cache_dir) / "skipped_labels.csv")
     split_file = Path(split_file) if split_file is not None else default_split_file(config)
     folds = load_or_create_folds(records, split_file, data.num_folds, data.split_seed)
     train, validation = split_records(records, folds, data.validation_fold)
