@@ -3,7 +3,8 @@
 A PredictionString is `c x y w h c x y w h ...` (confidence, top-left corner, width, height in
 original pixels), most confident first; empty for no boxes. Inside the package boxes are
 `x1, y1, x2, y2`. Every problem found names the file, the CSV line (the header is line 1) and
-the patientId.
+the patientId. A box reaching past the image edge is legal, as in the competition, which scores
+it as it is (it only overlaps less); `score_submission` counts such boxes, and nothing clips them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from retinanet.metrics import rsna_metric
 HEADER = ("patientId", "PredictionString")
 VALUES_PER_BOX = 5  # confidence, x, y, width, height
 # Coordinates are written with one decimal, each rounded on its own: a box clipped to the image
-# edge can then end a rounding step beyond it. Half a pixel covers that and nothing more.
+# edge can then end a rounding step beyond it. Half a pixel covers that and nothing more, so such
+# a box is not counted as reaching past the edge.
 EDGE_TOLERANCE = 0.5  # pixels
 
 
@@ -89,11 +91,11 @@ def write_submission(path: str | Path, predictions: dict, patient_ids) -> None:
         raise
 
 
-def parse_prediction_string(text: str, where: str, image_size: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def parse_prediction_string(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """"c x y w h ..." -> (boxes [M, 4] `x1, y1, x2, y2`, scores [M]); SubmissionError naming `where`.
 
-    Confidences must lie in [0, 1]; with `image_size`, boxes must lie inside the square image
-    (up to EDGE_TOLERANCE).
+    Every value must be a finite number, confidences must lie in [0, 1] and sizes must not be
+    negative. Boxes may reach past the image edge: they are returned as written, not clipped.
     """
     tokens = text.split()
     if len(tokens) % VALUES_PER_BOX:
@@ -109,25 +111,21 @@ def parse_prediction_string(text: str, where: str, image_size: float | None = No
             raise SubmissionError(f"{where}: non-finite value {token!r} in PredictionString")
         values.append(value)
     rows = np.array(values, np.float64).reshape(-1, VALUES_PER_BOX)
-    for box_index, (confidence, x, y, width, height) in enumerate(rows):
+    for box_index, (confidence, _, _, width, height) in enumerate(rows):
         if not 0 <= confidence <= 1:
             raise SubmissionError(f"{where}: box {box_index + 1} has confidence {confidence:g}, outside [0, 1]")
         if width < 0 or height < 0:
             raise SubmissionError(f"{where}: box {box_index + 1} has negative size "
                                   f"(width {width:g}, height {height:g})")
-        if image_size is not None and (min(x, y) < -EDGE_TOLERANCE
-                                       or max(x + width, y + height) > image_size + EDGE_TOLERANCE):
-            raise SubmissionError(f"{where}: box {box_index + 1} ({x:g} {y:g} {width:g} {height:g}) lies outside "
-                                  f"the {image_size:g} px image")
     boxes = np.concatenate([rows[:, 1:3], rows[:, 1:3] + rows[:, 3:5]], axis=1)
     return boxes, rows[:, 0]
 
 
-def read_submission(path: str | Path, expected_patient_ids=None, image_size: float | None = None) -> dict:
+def read_submission(path: str | Path, expected_patient_ids=None) -> dict:
     """Parse and validate a submission -> {patient_id: (boxes [M, 4] float64 `x1, y1, x2, y2`, scores [M])}.
 
     With `expected_patient_ids`, every row's patient must be expected and every expected patient
-    must have a row; with `image_size`, every box must lie inside the square image of that side.
+    must have a row. Boxes past the image edge are kept as written (see `count_boxes_past_edge`).
     Blank lines are ignored; anything else malformed raises SubmissionError.
     """
     path = Path(path)
@@ -158,8 +156,7 @@ def read_submission(path: str | Path, expected_patient_ids=None, image_size: flo
                 if expected is not None and patient_id not in expected:
                     raise SubmissionError(f"{where}: unknown patientId (not among the expected patients)")
                 line_of[patient_id] = line
-                predictions[patient_id] = parse_prediction_string(row[1] if len(row) > 1 else "", where,
-                                                                   image_size)
+                predictions[patient_id] = parse_prediction_string(row[1] if len(row) > 1 else "", where)
     except (csv.Error, UnicodeDecodeError) as error:
         raise SubmissionError(f"{path}: not a readable CSV: {error}") from None
     if expected is not None:
@@ -170,19 +167,33 @@ def read_submission(path: str | Path, expected_patient_ids=None, image_size: flo
     return predictions
 
 
+def count_boxes_past_edge(predictions: dict, image_size: float) -> int:
+    """How many predicted boxes reach past the square image of side `image_size` by more than
+    EDGE_TOLERANCE. predictions: {patient_id: (boxes [M, 4] `x1, y1, x2, y2`, scores [M])}."""
+    count = 0
+    for boxes, _ in predictions.values():
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        past = (boxes[:, :2] < -EDGE_TOLERANCE).any(axis=1) | (boxes[:, 2:] > image_size + EDGE_TOLERANCE).any(axis=1)
+        count += int(past.sum())
+    return count
+
+
 def score_submission(labels_csv: str | Path, submission_csv: str | Path, image_size: float = 1024) -> dict:
     """Score a submission against a labels CSV with the competition metric.
 
-    Returns the keys of `rsna_metric` plus "num_patients", "num_ground_truth_boxes" and
-    "num_predicted_boxes". Raises LabelError or SubmissionError on malformed files.
+    Label boxes must lie inside the `image_size` image; predicted boxes past its edge are scored
+    as they are, as the competition does, and counted. Returns the keys of `rsna_metric` plus
+    "num_patients", "num_ground_truth_boxes", "num_predicted_boxes" and "num_boxes_past_edge".
+    Raises LabelError or SubmissionError on malformed files.
     """
     records, _ = read_labels(labels_csv, image_size=image_size)  # policy "error": nothing skipped
     ground_truth = {record.patient_id: record.boxes for record in records}
-    predictions = read_submission(submission_csv, expected_patient_ids=list(ground_truth), image_size=image_size)
+    predictions = read_submission(submission_csv, expected_patient_ids=list(ground_truth))
     result = rsna_metric(ground_truth, predictions)
     result["num_patients"] = len(ground_truth)
     result["num_ground_truth_boxes"] = sum(len(boxes) for boxes in ground_truth.values())
     result["num_predicted_boxes"] = sum(len(scores) for _, scores in predictions.values())
+    result["num_boxes_past_edge"] = count_boxes_past_edge(predictions, image_size)
     return result
 
 
@@ -196,6 +207,7 @@ def format_score_report(result: dict) -> str:
         ("skipped images (no boxes on either side)", result["num_skipped"]),
         ("ground-truth boxes", result["num_ground_truth_boxes"]),
         ("predicted boxes", result["num_predicted_boxes"]),
+        ("predicted boxes past the image edge (scored as they are)", result["num_boxes_past_edge"]),
     ]
     lines += [""] + [f"{name}: {count}" for name, count in counts]
     return "\n".join(lines)

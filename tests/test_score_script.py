@@ -94,13 +94,33 @@ def test_empty_and_header_only_labels_exit_two(tmp_path, content, message):
 
 @pytest.mark.parametrize("prediction, message", [
     ("1.2 100 100 100 100", "box 1 has confidence 1.2, outside [0, 1]"),
-    ("0.9 900 100 200 100", "box 1 (900 100 200 100) lies outside the 1024 px image"),
+    ("0.9 100 100 -100 100", "box 1 has negative size (width -100, height 100)"),
+    ("0.9 100 nan 100 100", "non-finite value 'nan' in PredictionString"),
+    ("0.9 100 1e2x 100 100", "'1e2x' in PredictionString is not a number"),
 ])
-def test_confidence_above_one_or_box_outside_the_image_exits_two_naming_the_line(tmp_path, labels, prediction,
-                                                                                  message):
+def test_illegal_values_exit_two_naming_the_line(tmp_path, labels, prediction, message):
     submission = tmp_path / "submission.csv"
     submission.write_text(f"patientId,PredictionString\np1,{prediction}\np2,\np3,\n")
     completed = run_score(labels, submission)
     assert completed.returncode == 2, completed.stderr
     assert completed.stderr.startswith(f"error: {submission}:2: patient p1: {message}")
     assert "Traceback" not in completed.stderr
+
+
+def test_boxes_past_the_image_edge_are_scored_unclipped_and_counted(tmp_path, labels):
+    submission = tmp_path / "submission.csv"
+    # p1: A = (100,100,100,100) exactly (IoU 1); B = (500,500,200,300) predicted as (500,500,200,600),
+    #   which ends at y = 1100, past the 1024 px edge: IoU 300/600 = 0.5 as written (clipped to the
+    #   image it would be 300/524 = 0.57). t <= 0.50: 1; t >= 0.55: TP 1, FP 1, FN 1 -> 1/3.
+    #   Image score = (3 * 1 + 5 * 1/3) / 8 = 7/12. p2: one prediction off the top-left corner, no GT -> 0.
+    # RSNA metric = (7/12 + 0) / 2 = 0.2917.
+    submission.write_text("patientId,PredictionString\n"
+                          "p1,0.9 100 100 100 100 0.8 500 500 200 600\n"
+                          "p2,0.3 -26.6 -40 222.1 163\n"
+                          "p3,\n")
+    completed = run_score(labels, submission)
+    assert completed.returncode == 0, completed.stderr
+    assert "RSNA metric: 0.2917" in completed.stdout
+    assert "0.50  0.5000" in completed.stdout and "0.55  0.1667" in completed.stdout
+    assert "predicted boxes: 3" in completed.stdout
+    assert "predicted boxes past the image edge (scored as they are): 2" in completed.stdout

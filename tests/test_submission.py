@@ -10,6 +10,8 @@ import pytest
 
 from retinanet.submission import (
     SubmissionError,
+    count_boxes_past_edge,
+    format_score_report,
     format_prediction_string,
     read_submission,
     score_submission,
@@ -85,27 +87,35 @@ def test_malformed_submissions_name_file_line_and_patient(tmp_path, text, expect
 @pytest.mark.parametrize("prediction, message", [
     ("1.5 10 10 20 20", "box 1 has confidence 1.5, outside"),
     ("0.5 10 10 20 20 -0.1 10 10 20 20", "box 2 has confidence -0.1, outside"),
-    ("0.5 1000 10 30 20", r"box 1 \(1000 10 30 20\) lies outside the 1024 px image"),
-    ("0.5 10 1010 20 20", r"box 1 \(10 1010 20 20\) lies outside the 1024 px image"),
-    ("0.5 -3 10 20 20", r"box 1 \(-3 10 20 20\) lies outside the 1024 px image"),
+    ("0.5 10 10 20 -20", r"box 1 has negative size \(width 20, height -20\)"),
+    ("0.5 10 10 inf 20", "non-finite value 'inf'"),
 ])
-def test_confidence_outside_zero_one_and_box_outside_the_image_name_the_line(tmp_path, prediction, message):
+def test_confidence_outside_zero_one_and_negative_size_name_the_line(tmp_path, prediction, message):
     path = write_text(tmp_path, f"patientId,PredictionString\na,\nb,{prediction}\n")
     with pytest.raises(SubmissionError, match=f"{path}:3: patient b: {message}"):
-        read_submission(path, image_size=1024)
+        read_submission(path)
+
+
+def test_boxes_past_the_image_edge_are_read_as_written(tmp_path):
+    path = write_text(tmp_path, "patientId,PredictionString\na,0.5 -26.6 400.9 222.1 163 0.4 1000 1010 30 20\n")
+    read = read_submission(path)
+    np.testing.assert_allclose(read["a"][0], [[-26.6, 400.9, 195.5, 563.9], [1000, 1010, 1030, 1030]])
+    assert count_boxes_past_edge(read, 1024) == 2
 
 
 def test_boxes_on_the_image_edge_survive_the_rounding_of_the_written_values(tmp_path):
-    # x1 = 0.05 and width 1023.95 are written as 0.1 and 1024.0: the box then ends at 1024.1.
+    # x1 = 0.05 and width 1023.95 are written as 0.1 and 1024.0: the box then ends at 1024.1,
+    # within EDGE_TOLERANCE, so it does not count as reaching past the edge; 1024.6 does.
     path = tmp_path / "submission.csv"
     write_submission(path, {"a": ([[0.05, 0.05, 1024.0, 1024.0]], [1.0]), "b": ([[0, 0, 1024, 1024]], [0.0])},
                      ["a", "b"])
     assert path.read_text().splitlines()[1] == "a,1.0000 0.1 0.1 1024.0 1024.0"
-    read = read_submission(path, image_size=1024)
+    read = read_submission(path)
     np.testing.assert_allclose(read["a"][0], [[0.1, 0.1, 1024.1, 1024.1]])
     assert read["a"][1][0] == 1.0 and read["b"][1][0] == 0.0
-    with pytest.raises(SubmissionError, match="outside the 1024 px image"):
-        read_submission(write_text(tmp_path, "patientId,PredictionString\na,0.5 0 0 1024.6 10\n"), image_size=1024)
+    assert count_boxes_past_edge(read, 1024) == 0
+    past = read_submission(write_text(tmp_path, "patientId,PredictionString\na,0.5 0 0 1024.6 10 0.4 -0.6 0 5 5\n"))
+    assert count_boxes_past_edge(past, 1024) == 2
 
 
 def test_missing_file_is_a_submission_error(tmp_path):
@@ -136,6 +146,7 @@ def test_score_submission(tmp_path):
     assert result["score"] == pytest.approx(0.3125)
     assert (result["num_images"], result["num_skipped"], result["num_patients"]) == (2, 1, 3)
     assert (result["num_ground_truth_boxes"], result["num_predicted_boxes"]) == (1, 2)
+    assert result["num_boxes_past_edge"] == 0
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -148,3 +159,87 @@ def test_written_submission_follows_the_umask(tmp_path, umask):
         os.umask(previous)
     mode = stat.S_IMODE((tmp_path / "submission.csv").stat().st_mode)
     assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+
+
+def kaggle_iou(box_a, box_b) -> float:
+    """IoU of two `x y w h` boxes as the competition's reference computes it: no clipping."""
+    ax, ay, aw, ah = box_a
+    bx, by, bw, bh = box_b
+    width = min(ax + aw, bx + bw) - max(ax, bx)
+    height = min(ay + ah, by + bh) - max(ay, by)
+    if width <= 0 or height <= 0:
+        return 0.0
+    intersection = width * height
+    return intersection / (aw * ah + bw * bh - intersection)
+
+
+def clip_to_image(box, size=1024):
+    x1, y1 = max(box[0], 0), max(box[1], 0)
+    x2, y2 = min(box[0] + box[2], size), min(box[1] + box[3], size)
+    return (x1, y1, max(x2 - x1, 0), max(y2 - y1, 0))
+
+
+def kaggle_metric(truth: dict, predicted: dict) -> float:
+    """The competition metric from its definition, in plain Python on `x y w h` boxes.
+
+    truth: {patient: [box, ...]}; predicted: {patient: [(confidence, box), ...]}. Per image and
+    IoU threshold 0.40, 0.45, ..., 0.75: predictions by descending confidence, each ground-truth
+    box (in order) takes the first unused prediction with IoU >= t; TP / (TP + FP + FN). The image
+    score is the mean over thresholds; an image with neither ground truth nor prediction is skipped.
+    """
+    image_scores = []
+    for patient, truth_boxes in truth.items():
+        ranked = [box for _, box in sorted(predicted.get(patient, []), key=lambda item: -item[0])]
+        if not truth_boxes and not ranked:
+            continue
+        per_threshold = []
+        for threshold in [0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75]:
+            used = set()
+            for truth_box in truth_boxes:
+                for index, box in enumerate(ranked):
+                    if index not in used and kaggle_iou(truth_box, box) >= threshold:
+                        used.add(index)
+                        break
+            true_positives = len(used)
+            false_positives = len(ranked) - true_positives
+            false_negatives = len(truth_boxes) - true_positives
+            per_threshold.append(true_positives / (true_positives + false_positives + false_negatives))
+        image_scores.append(sum(per_threshold) / len(per_threshold))
+    return sum(image_scores) / len(image_scores)
+
+
+def test_boxes_past_the_edge_score_as_the_competition_scores_them_unclipped(tmp_path):
+    truth = {
+        "p1": [(0, 400, 200, 160)],  # on the left edge
+        "p2": [(900, 880, 124, 144), (100, 100, 100, 100)],  # the first in the bottom-right corner
+        "p3": [],
+        "p4": [],
+    }
+    predicted = {
+        # As written the IoU is 200 / 280 = 0.714 (a miss at t = 0.75); clipped at x = 0 it would be 1.
+        "p1": [(0.9, (-80.0, 400.0, 280.0, 160.0))],
+        "p2": [(0.3, (100, 100, 100, 100)), (0.8, (910.0, 890.0, 160.0, 170.0)), (0.5, (1100, 1100, 20, 20))],
+        "p3": [(0.2, (-50.0, -50.0, 60.0, 60.0))],  # a false positive, mostly outside the image
+    }
+    labels = tmp_path / "labels.csv"
+    rows = ["patientId,x,y,width,height,Target"]
+    for patient, boxes in truth.items():
+        rows += [f"{patient},{x},{y},{w},{h},1" for x, y, w, h in boxes] or [f"{patient},,,,,0"]
+    labels.write_text("\n".join(rows) + "\n")
+    submission = tmp_path / "submission.csv"
+    lines = ["patientId,PredictionString"]
+    for patient in truth:
+        lines.append(f"{patient}," + " ".join(f"{confidence} {x} {y} {w} {h}"
+                                              for confidence, (x, y, w, h) in predicted.get(patient, [])))
+    submission.write_text("\n".join(lines) + "\n")
+
+    result = score_submission(labels, submission)
+    expected = kaggle_metric(truth, predicted)
+    assert result["score"] == pytest.approx(expected, abs=1e-12)
+    assert 0 < expected < 1
+    clipped = {patient: [(confidence, clip_to_image(box)) for confidence, box in boxes]
+               for patient, boxes in predicted.items()}
+    assert kaggle_metric(truth, clipped) > expected + 0.01  # clipping would change the score
+    assert (result["num_images"], result["num_skipped"], result["num_predicted_boxes"]) == (3, 1, 5)
+    assert result["num_boxes_past_edge"] == 4  # all but p2's (100, 100, 100, 100)
+    assert "predicted boxes past the image edge (scored as they are): 4" in format_score_report(result)
