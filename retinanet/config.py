@@ -2,7 +2,7 @@
 
 `load_config(path, overrides=())` is the one entry point. Every key is checked against the
 schema below: an unknown key, a wrong type or an impossible value raises `ConfigError` naming
-the dotted key and the file. Each field declares its allowed values beside its default
+the dotted key and the file, or the `--set` override that caused it. Each field declares its allowed values beside its default
 (`setting(default, rule, ...)`, see `retinanet.config_rules`); the few rules that relate
 several keys are CROSS_FIELD_RULES. A retired key (RETIRED_KEYS) is dropped with a note, so
 that the config.yaml of an older run still loads. Overrides are `section.key=value` strings whose value is parsed
@@ -335,9 +335,33 @@ def _drop_retired_keys(mapping: dict, source: str) -> dict:
 
 def _parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"--set {text}: must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), _parse_yaml(raw)
+    try:
+        return key.strip().split("."), _parse_yaml(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text}: the value is not valid YAML: {error}") from None
+
+
+def _check_override(text: str, keys: list[str], value) -> None:
+    """The value of one override checked on its own against the schema and the field rules, so that
+    a wrong key, type or value given with --set is an error naming `--set <text>`, not the file."""
+    if ".".join(keys) in RETIRED_KEYS:
+        return  # dropped with a note, as in a file
+    nested = value
+    for part in reversed(keys):
+        nested = {part: nested}
+    try:
+        problems = violations(_build(Config, nested, ""))  # the other keys keep their (valid) defaults
+        if problems:
+            raise ConfigError(problems[0])
+    except ConfigError as error:
+        raise ConfigError(f"--set {text}: {error}") from None
+
+
+def _mentions(message: str, key: str) -> bool:
+    """Whether `message` names `key` or a key inside it (`training` covers `training.steps`)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message) is not None
 
 
 def _clamp_warmup(config: Config, source: str) -> Config:
@@ -352,21 +376,31 @@ def _clamp_warmup(config: Config, source: str) -> Config:
     return dataclasses.replace(config, training=dataclasses.replace(training, warmup_steps=clamped))
 
 
-def config_from_dict(mapping: dict, source: str = "<dict>") -> Config:
-    try:
-        config = _build(Config, _drop_retired_keys(mapping, source), "")
-        if config.training.steps >= 1:
-            config = _clamp_warmup(config, source)
-        problems = violations(config, CROSS_FIELD_RULES)
-        if problems:
-            raise ConfigError(problems[0])
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
+def _config(mapping: dict, source: str) -> Config:
+    """`mapping` validated into a Config; a ConfigError's message starts with the dotted key."""
+    config = _build(Config, _drop_retired_keys(mapping, source), "")
+    if config.training.steps >= 1:
+        config = _clamp_warmup(config, source)
+    problems = violations(config, CROSS_FIELD_RULES)
+    if problems:
+        raise ConfigError(problems[0])
     return config
 
 
+def config_from_dict(mapping: dict, source: str = "<dict>") -> Config:
+    try:
+        return _config(mapping, source)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a YAML config, apply `section.key=value` overrides, validate, return a Config."""
+    """Read a YAML config, apply `section.key=value` overrides, validate, return a Config.
+
+    An error names what caused it: `--set <override>` for an override that is wrong on its own
+    (form, key, type or value), the file for the file's own keys, and the file with the overrides
+    involved for a rule broken by their combination (e.g. a cross-field rule).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -376,17 +410,24 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(mapping, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    overridden = {}  # dotted key -> the override as given
     for override in overrides:
         keys, value = _parse_override(override)
+        _check_override(override, keys, value)
+        overridden[".".join(keys)] = override
         if is_path(".".join(keys), value):
             value = absolute_path(value, Path.cwd())
         node = mapping
         for part in keys[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{path}: override {override!r}: {part} is not a section")
+                raise ConfigError(f"{path}: {part} is not a section, so --set {override} cannot apply")
         node[keys[-1]] = value
-    config = config_from_dict(mapping, str(path))
+    try:
+        config = _config(mapping, str(path))
+    except ConfigError as error:
+        involved = "".join(f" with --set {text}" for key, text in overridden.items() if _mentions(str(error), key))
+        raise ConfigError(f"{path}{involved}: {error}") from None
     directory = path.absolute().parent
     return map_paths(config, lambda key, value: absolute_path(value, directory))
 

@@ -111,6 +111,13 @@ def test_synthetic_data_that_cannot_be_written_is_a_named_error(command, tmp_pat
                 str(root))
 
 
+def test_a_bad_set_value_is_an_error_naming_the_set_argument(tmp_path, clean_error):
+    config = REPOSITORY_ROOT / "configs" / "demo.yaml"
+    completed = run_cli("prepare", "--config", config, "--set", "training.steps=abc", cwd=tmp_path)
+    clean_error(completed, "error: --set training.steps=abc: training.steps: expected an integer, got 'abc'")
+    assert str(config) not in completed.stderr
+
+
 @pytest.mark.slow
 def test_one_step_smoke_run_clamps_the_warmup(tiny_data, tmp_path):
     """The demo config's 50 warm-up steps do not refuse a one-step run; relative paths in an

@@ -282,25 +282,39 @@ def test_saved_config_keeps_paths_inside_its_directory_relative(tmp_path, monkey
     assert reloaded.data.root == str(tmp_path / "data")
 
 
-@pytest.mark.parametrize("override, key", [("training.stepz=7", "training.stepz"), ("trainig.steps=7", "trainig")])
-def test_override_of_unknown_key_errors(tmp_path, override, key):
-    with pytest.raises(ConfigError, match=key):
-        load_config(_write(tmp_path, {}), [override])
+@pytest.mark.parametrize("override, message", [
+    ("training.steps=abc", "training.steps: expected an integer, got 'abc'"),
+    ("training.steps=[1, 2]", "training.steps: expected an integer"),
+    ("training.stepz=7", "unknown key training.stepz"),
+    ("trainig.steps=7", "unknown key trainig"),
+    ("training.optimizer=rmsprop", "training.optimizer: must be one of sgd, adamw"),
+    ("training=5", "training: expected a mapping"),
+    ("training.steps", "must look like section.key=value"),
+    ("training.steps=[1", "the value is not valid YAML"),
+])
+def test_a_bad_override_names_the_set_argument_not_the_file(tmp_path, override, message):
+    path = _write(tmp_path, {"training": {"steps": 100, "warmup_steps": 0}})
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["training.warmup_steps=2", override])
+    assert str(error.value).startswith(f"--set {override}: ")
+    assert message in str(error.value)
+    assert str(path) not in str(error.value)
 
 
-def test_override_with_wrong_type_errors(tmp_path):
-    with pytest.raises(ConfigError, match="training.steps"):
-        load_config(_write(tmp_path, {}), ["training.steps=[1, 2]"])
+def test_an_error_in_the_file_names_the_file_not_the_overrides(tmp_path):
+    path = _write(tmp_path, {"training": {"steps": "abc"}})
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["training.optimizer=adamw"])
+    assert str(error.value) == f"{path}: training.steps: expected an integer, got 'abc'"
 
 
-def test_override_without_equals_errors(tmp_path):
-    with pytest.raises(ConfigError):
-        load_config(_write(tmp_path, {}), ["training.steps"])
-
-
-def test_override_impossible_value_errors(tmp_path):
-    with pytest.raises(ConfigError, match="training.optimizer"):
-        load_config(_write(tmp_path, {}), ["training.optimizer=rmsprop"])
+def test_a_rule_broken_by_file_and_override_together_names_both(tmp_path):
+    path = _write(tmp_path, {"model": {"image_head": False}})
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["training.steps=50", "postprocessing.image_gating=gate"])
+    assert str(error.value).startswith(f"{path} with --set postprocessing.image_gating=gate: "
+                                       "postprocessing.image_gating: needs model.image_head: true")
+    assert "training.steps=50" not in str(error.value)
 
 
 # --- save / load round trip --------------------------------------------------------------------
