@@ -2,9 +2,9 @@
 
 `load_config(path, overrides=())` is the one entry point. Every key is checked against the
 schema below: an unknown key, a wrong type or an impossible value raises `ConfigError` naming
-the dotted key and the file, or the `--set` override that caused it. Each field declares its allowed values beside its default
-(`setting(default, rule, ...)`, see `retinanet.config_rules`); the few rules that relate
-several keys are CROSS_FIELD_RULES. A retired key (RETIRED_KEYS) is dropped with a note, so
+the dotted key and the file, or the `--set` override that caused it. Each field declares its
+allowed values beside its default (`setting(default, rule, ...)`, see `retinanet.config_rules`);
+the few rules that relate several keys are CROSS_FIELD_RULES. A retired key (RETIRED_KEYS) is dropped with a note, so
 that the config.yaml of an older run still loads. Overrides are `section.key=value` strings whose value is parsed
 as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size=[256,256]`).
 Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
