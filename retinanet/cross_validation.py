@@ -35,7 +35,8 @@ from retinanet.detections import keep_above
 from retinanet.metrics import sweep_thresholds
 from retinanet.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
 from retinanet.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
-                            fold_dir, read_best_record, run_entries, write_json_atomically, write_threshold)
+                            fold_dir, read_best_record, record_path, run_entries, write_json_atomically,
+                            write_threshold)
 
 FINISHED_FILE = FINAL_WEIGHTS  # training writes it last: the run is complete
 PREDICTIONS_FILE = "oof_predictions.csv"
@@ -237,7 +238,9 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     written = (PREDICTIONS_FILE, SUBMISSION_FILE, METRICS_FILE, THRESHOLD_FILE, SUMMARY_CSV, SUMMARY_MARKDOWN, PLOT_FILE)
     analysis["files"] = {name: str(parent / name) for name in written}
     analysis["weights"] = stamp
-    write_json_atomically(parent / METRICS_FILE, _json_ready(analysis))
+    # Its files lie beside it: stored as their names (see `record_path`).
+    write_json_atomically(parent / METRICS_FILE, _json_ready(
+        {**analysis, "files": {name: record_path(path, parent) for name, path in analysis["files"].items()}}))
     # The format of a run's threshold.json (see `retinanet evaluate --write-threshold`).
     write_threshold(parent, threshold, analysis["rsna_metric"], parent / METRICS_FILE)
     best_steps = {fold: read_best_record(fold_dir(parent, fold))["step"] for fold in folds}

@@ -22,9 +22,12 @@ cached, preprocessed images. The output directory receives:
         has the image head and postprocessing.image_gating is "none" (else null):
         {threshold, gate_threshold, images_emptied, removed_boxes_negative_images (false
         positives all), removed_boxes_positive_images, rsna_metric, rsna_metric_gated};
-    predictions_csv, overlays, source (config, weights, split_file, validation_fold): the
-        files written and used (config and weights: lists, one per model, for an ensemble).
-  Non-finite values (e.g. AUC with one class only) are written as null.
+    predictions_csv, overlays, source (config, weights, split_file or data, validation_fold):
+        the files written and used (config and weights: lists, one per model, for an ensemble).
+  Non-finite values (e.g. AUC with one class only) are written as null. Its paths (RECORD_PATHS)
+  are written by `runs.record_path`: relative to the output directory for the files inside it
+  or beside it (`--output <run>/evaluation` gives `../config.yaml`), absolute for the others;
+  `read_metrics` reads them back as absolute paths.
 - `predictions.csv`: Kaggle format, the boxes kept at the configured threshold (the one
   `rsna_metric` describes; `retinanet score` on it gives the same number);
 - `threshold_sweep.png`, `precision_recall.png` (configured and best thresholds marked),
@@ -53,6 +56,12 @@ from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, imag
                                sweep_thresholds, threshold_sweep)
 from retinanet.safe_writes import write_text_atomically
 from retinanet.submission import write_submission
+
+
+METRICS_FILE = "metrics.json"
+# The paths of metrics.json: top-level keys and keys of "source"; a value is a path or a list of them.
+RECORD_PATHS = ("predictions_csv", "overlays")
+SOURCE_PATHS = ("config", "weights", "split_file", "data")
 
 
 class EvaluationError(ValueError):
@@ -199,7 +208,8 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
 
 def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None, split_file=None, data_root=None,
                  write_threshold: bool = False, progress: bool = True) -> dict:
-    """`retinanet evaluate`: load the run, evaluate its held-out split, write metrics.json.
+    """`retinanet evaluate`: load the run, evaluate its held-out split, write metrics.json; returns
+    the metrics with their paths as given (not as metrics.json stores them, see `read_metrics`).
 
     The configured threshold is config.evaluation.score_threshold: a threshold.json written
     by an earlier evaluation is ignored here. With `write_threshold`, the best threshold goes
@@ -233,12 +243,40 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     metrics["source"] = {"config": configs[0] if len(configs) == 1 else configs,
                          "weights": weights[0] if len(weights) == 1 else weights, **evaluated}
     metrics = _json_ready(metrics)
-    write_text_atomically(Path(output_dir) / "metrics.json", json.dumps(metrics, indent=2))
+    metrics_file = write_metrics(metrics, output_dir)
     if write_threshold:
         path = runs.write_threshold(ensemble.threshold_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
-                                    Path(output_dir) / "metrics.json")
+                                    metrics_file)
         metrics["threshold_file"] = str(path)
     return metrics
+
+
+def _map_record_paths(metrics: dict, change) -> dict:
+    """`metrics` with `change(path)` applied to every path of RECORD_PATHS and SOURCE_PATHS."""
+
+    def each(value):
+        return [change(item) for item in value] if isinstance(value, list) else change(value)
+
+    mapped = {key: each(value) if key in RECORD_PATHS else value for key, value in metrics.items()}
+    if isinstance(mapped.get("source"), dict):
+        mapped["source"] = {key: each(value) if key in SOURCE_PATHS and value is not None else value
+                            for key, value in mapped["source"].items()}
+    return mapped
+
+
+def write_metrics(metrics: dict, output_dir) -> Path:
+    """`<output_dir>/metrics.json` with its paths as `runs.record_path` writes them; returns its path."""
+    path = Path(output_dir) / METRICS_FILE
+    stored = _map_record_paths(metrics, lambda value: runs.record_path(value, output_dir))
+    write_text_atomically(path, json.dumps(stored, indent=2))
+    return path
+
+
+def read_metrics(output_dir) -> dict:
+    """`<output_dir>/metrics.json` with its paths absolute (older files' paths too, see
+    `runs.resolve_record_path`)."""
+    metrics = json.loads((Path(output_dir) / METRICS_FILE).read_text())
+    return _map_record_paths(metrics, lambda value: runs.resolve_record_path(value, output_dir))
 
 
 def format_report(metrics: dict) -> str:

@@ -21,6 +21,7 @@ Recovery rests on three rules kept here:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from retinanet.config import Config, ConfigError, load_config
+from retinanet.config_paths import absolute_path
 from retinanet.safe_writes import write_text_atomically
 
 CONFIG_FILE = "config.yaml"
@@ -94,6 +96,38 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
         else:
             path.unlink()
     return stale
+
+
+def record_path(path, record_dir) -> str:
+    """How a record (a JSON file written beside a run's files, e.g. metrics.json, threshold.json)
+    stores `path`: relative to `record_dir`, the directory the record is written in, when `path`
+    lies inside it or inside its parent, absolute otherwise.
+
+    An evaluation written into its run directory (`<run>/evaluation/metrics.json`) thus names the
+    run's files `../config.yaml`, and a run directory moved or copied with its records keeps them
+    valid; a data set or a run elsewhere is written absolute, which moving the run does not break.
+    Relative paths in `path` mean the working directory; both sides are compared as real paths.
+    """
+    absolute = Path(os.path.realpath(path))
+    directory = Path(os.path.realpath(record_dir))
+    if absolute.is_relative_to(directory):
+        return str(absolute.relative_to(directory))
+    if absolute.is_relative_to(directory.parent):
+        return str(Path("..") / absolute.relative_to(directory.parent))
+    return str(absolute)
+
+
+def resolve_record_path(value: str, record_dir) -> str:
+    """A path read from a record in `record_dir` -> absolute (the inverse of `record_path`).
+
+    Records written before paths were stored that way hold absolute paths (kept as they are) or
+    paths relative to the working directory they were written from: such a path is taken as it is
+    when it exists and the path relative to the record does not.
+    """
+    resolved = absolute_path(value, Path(os.path.realpath(record_dir)))
+    if not os.path.isabs(value) and not os.path.exists(resolved) and os.path.exists(value):
+        return os.path.abspath(value)
+    return resolved
 
 
 def write_json_atomically(path: Path, document: dict) -> None:
@@ -313,10 +347,10 @@ def read_threshold(run_dir: Path, default: float) -> tuple[float, str]:
 
 def write_threshold(run_dir: Path, threshold: float, rsna_metric, metrics_file: Path) -> Path:
     """`<run_dir>/threshold.json` for inference and export: the threshold, its metric and where
-    that was measured; returns the path."""
+    that was measured (as `record_path` writes it); returns the path."""
     path = Path(run_dir) / THRESHOLD_FILE
     write_json_atomically(path, {"score_threshold": threshold, "rsna_metric": rsna_metric,
-                                 "metrics": str(metrics_file)})
+                                 "metrics": record_path(metrics_file, run_dir)})
     return path
 
 

@@ -111,7 +111,9 @@ def evaluated_run(tiny_run, tmp_path_factory) -> dict:
     completed = run_script("evaluate.py", "--run-dir", tiny_run.run_dir, "--output", output, "--write-threshold",
                            "--no-progress")
     assert completed.returncode == 0, completed.stderr
-    return {"output": output, "stdout": completed.stdout, "metrics": json.loads((output / "metrics.json").read_text())}
+    from retinanet.evaluation import read_metrics
+
+    return {"output": output, "stdout": completed.stdout, "metrics": read_metrics(output)}
 
 
 @pytest.fixture(scope="session")

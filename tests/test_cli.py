@@ -156,7 +156,12 @@ def test_copied_run_directory_evaluates_and_infers_from_another_working_director
         hidden.rename(tiny_run.run_dir)
     assert evaluated.returncode == 0, evaluated.stderr
     assert inferred.returncode == 0, inferred.stderr
-    metrics = json.loads((elsewhere / "evaluation" / "metrics.json").read_text())
+    from retinanet.evaluation import read_metrics
+
+    stored = json.loads((elsewhere / "evaluation" / "metrics.json").read_text())
+    assert stored["source"]["config"] == str(copy / "config.yaml")  # beyond the output's parent: absolute
+    assert stored["predictions_csv"] == "predictions.csv"
+    metrics = read_metrics(elsewhere / "evaluation")
     original = evaluated_run["metrics"]
     assert metrics["source"]["split_file"] == str(copy / "split.csv")
     for key in ("rsna_metric", "best_rsna_metric", "ap50", "counts"):

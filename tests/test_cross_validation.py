@@ -327,6 +327,9 @@ def test_out_of_fold_metric_equals_an_independent_computation_on_the_files(cross
     low, high = metrics["interval"]
     assert low <= metrics["rsna_metric"] <= high
     assert read_threshold(parent, default=0.5) == (threshold, str(parent / "threshold.json"))
+    # The records name the files beside them relative to their directory.
+    assert metrics["files"]["oof_submission.csv"] == "oof_submission.csv"
+    assert json.loads((parent / "threshold.json").read_text())["metrics"] == "oof_metrics.json"
     summary = pd.read_csv(parent / "summary.csv", dtype={"fold": str})
     assert list(summary["fold"]) == ["0", "1", "out-of-fold"]
     assert summary["rsna_metric"].iloc[-1] == pytest.approx(metrics["rsna_metric"], abs=1e-4)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retinanet.evaluation import read_metrics
 from retinanet.metrics import IOU_THRESHOLDS
 from retinanet.submission import read_submission, score_submission
 
@@ -76,6 +77,8 @@ def test_metric_equals_score_script_on_the_predictions_csv(tiny_run, evaluated_r
 def test_write_threshold_writes_the_best_threshold(tiny_run, evaluated_run):
     written = json.loads((tiny_run.run_dir / "threshold.json").read_text())
     assert written["score_threshold"] == evaluated_run["metrics"]["best_threshold"]
+    # The evaluation lies beside the run: named relative to the run directory.
+    assert written["metrics"] == f"../{evaluated_run['output'].name}/metrics.json"
     assert written["rsna_metric"] == evaluated_run["metrics"]["best_rsna_metric"]
     # tests/test_inference.py checks that infer.py picks it up.
 
@@ -115,7 +118,7 @@ def test_data_evaluates_every_patient_of_another_labelled_set(tiny_run, evaluate
     completed = script("evaluate.py", "--run-dir", tiny_run.run_dir, "--data", other, "--output", tmp_path / "out",
                        "--no-progress")
     assert completed.returncode == 0, completed.stderr
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = read_metrics(tmp_path / "out")
     labels = pd.read_csv(other / "stage_2_train_labels.csv", dtype=str, keep_default_na=False)
     assert sorted(validation_patients(metrics)) == sorted(set(labels["patientId"]))
     assert metrics["counts"]["images"] == 6 and metrics["source"]["data"] == str(other)
@@ -215,3 +218,55 @@ def test_report_and_json_handle_missing_values():
     json.dumps(metrics, allow_nan=False)
     report = format_report(metrics)
     assert "n/a" in report and "0.300" in report
+
+
+def test_metrics_json_stores_paths_relative_to_its_directory_and_reads_them_back(tmp_path, monkeypatch):
+    from retinanet.evaluation import write_metrics
+
+    run = tmp_path / "runs" / "demo"
+    output = run / "evaluation"
+    output.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    metrics = {"rsna_metric": 0.5, "predictions_csv": "runs/demo/evaluation/predictions.csv",
+               "overlays": [str(output / "overlays" / "best_1_a.png")],
+               "source": {"config": "runs/demo/config.yaml", "weights": str(run / "best.weights.h5"),
+                          "split_file": str(run / "split.csv"), "validation_fold": 0}}
+    write_metrics(metrics, "runs/demo/evaluation")
+    stored = json.loads((output / "metrics.json").read_text())
+    assert stored["predictions_csv"] == "predictions.csv" and stored["overlays"] == ["overlays/best_1_a.png"]
+    assert stored["source"] == {"config": "../config.yaml", "weights": "../best.weights.h5",
+                                "split_file": "../split.csv", "validation_fold": 0}
+    # The run directory moved with its evaluation, read from another working directory.
+    moved = tmp_path / "elsewhere" / "demo"
+    moved.parent.mkdir()
+    run.rename(moved)
+    monkeypatch.chdir(moved.parent)
+    read = read_metrics(moved / "evaluation")
+    assert read["predictions_csv"] == str(moved / "evaluation" / "predictions.csv")
+    assert read["overlays"] == [str(moved / "evaluation" / "overlays" / "best_1_a.png")]
+    assert read["source"] == {"config": str(moved / "config.yaml"), "weights": str(moved / "best.weights.h5"),
+                              "split_file": str(moved / "split.csv"), "validation_fold": 0}
+
+
+def test_an_ensemble_and_a_data_set_elsewhere_in_metrics_json(tmp_path):
+    from retinanet.evaluation import write_metrics
+
+    parent = tmp_path / "cv"
+    output = parent / "ensemble-eval"
+    output.mkdir(parents=True)
+    data = tmp_path / "data" / "other"  # beyond the output directory's parent: absolute
+    configs = [str(parent / "fold_0" / "config.yaml"), str(parent / "fold_1" / "config.yaml")]
+    write_metrics({"predictions_csv": str(output / "predictions.csv"), "overlays": [],
+                   "source": {"config": configs, "weights": configs, "data": str(data)}}, output)
+    stored = json.loads((output / "metrics.json").read_text())
+    assert stored["source"]["config"] == ["../fold_0/config.yaml", "../fold_1/config.yaml"]
+    assert stored["source"]["data"] == str(data)
+    assert read_metrics(output)["source"] == {"config": configs, "weights": configs, "data": str(data)}
+
+
+def test_an_older_metrics_json_with_absolute_paths_still_reads(tmp_path):
+    old = {"predictions_csv": str(tmp_path / "predictions.csv"), "overlays": [],
+           "source": {"config": "/somewhere/runs/demo/config.yaml", "weights": "/somewhere/runs/demo/best.weights.h5",
+                      "split_file": "/somewhere/runs/demo/split.csv", "validation_fold": 0}}
+    (tmp_path / "metrics.json").write_text(json.dumps(old))
+    assert read_metrics(tmp_path) == old

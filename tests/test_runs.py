@@ -13,9 +13,9 @@ import tensorflow as tf
 from retinanet.config import load_config, save_config
 from retinanet.runs import (RUN_ENTRIES, ModelLoadError, checkpoint_is_finite, last_finite_checkpoint,
                             last_validated_step, latest_run, non_finite_variables, read_threshold,
-                            record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
-                            resolve_source, run_entries, source_from_run_dir, trim_log, validation_due_step,
-                            write_threshold)
+                            record_path, record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
+                            resolve_record_path, resolve_source, run_entries, source_from_run_dir, trim_log,
+                            validation_due_step, write_threshold)
 from retinanet.training import TrainingError, start_fresh
 
 
@@ -185,7 +185,37 @@ def test_threshold_written_is_read_back(tmp_path):
     path = write_threshold(tmp_path, 0.35, 0.21, tmp_path / "evaluation" / "metrics.json")
     assert path == tmp_path / "threshold.json"
     assert json.loads(path.read_text())["rsna_metric"] == 0.21
+    assert json.loads(path.read_text())["metrics"] == "evaluation/metrics.json"  # relative to the run
     assert read_threshold(tmp_path, 0.5) == (0.35, str(path))
+
+
+def test_record_paths_are_relative_to_the_record_within_it_and_its_parent(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "demo"
+    record_dir = run / "evaluation"
+    record_dir.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert record_path(record_dir / "predictions.csv", record_dir) == "predictions.csv"
+    assert record_path("runs/demo/config.yaml", record_dir) == "../config.yaml"  # cwd-relative given
+    assert record_path(run / "checkpoints" / "ckpt-4", "runs/demo/evaluation") == "../checkpoints/ckpt-4"
+    assert record_path(tmp_path / "data" / "rsna", record_dir) == str(tmp_path / "data" / "rsna")
+    assert record_path(run, record_dir) == ".."
+    # Read back from another working directory, and after the run directory moved.
+    monkeypatch.chdir(record_dir)
+    assert resolve_record_path("../config.yaml", record_dir) == str(run / "config.yaml")
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    assert resolve_record_path("../config.yaml", moved / "evaluation") == str(moved / "config.yaml")
+    assert resolve_record_path(str(tmp_path / "data"), moved / "evaluation") == str(tmp_path / "data")
+
+
+def test_older_records_with_working_directory_paths_still_resolve(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "demo" / "evaluation").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "config.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    record_dir = tmp_path / "runs" / "demo" / "evaluation"
+    # Written from tmp_path before paths were made relative to the record: relative to the working directory.
+    assert resolve_record_path("runs/demo/config.yaml", record_dir) == str(tmp_path / "runs" / "demo" / "config.yaml")
+    assert resolve_record_path("predictions.csv", record_dir) == str(record_dir / "predictions.csv")
 
 
 def test_run_entries_keep_the_names_existing_runs_have():
