@@ -85,11 +85,13 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
     TensorFlow writes a checkpoint into `checkpoints/<prefix>_temp/` and removes it once the
     checkpoint is complete; weights and JSON files are written as `*.tmp.weights.h5` and
-    `*.tmp.json` and then renamed (retinanet/safe_writes.py).
+    `*.tmp.json` and then renamed (retinanet/safe_writes.py), and so are the event files that a
+    resume trims (`tensorboard/*/events.tmp.*`).
     """
     run_dir = Path(run_dir)
     stale = sorted(path for path in (run_dir / CHECKPOINTS).glob("*_temp") if path.is_dir())
     stale += sorted(run_dir.glob(f"*.tmp{WEIGHTS_SUFFIX}")) + sorted(run_dir.glob("*.tmp.json"))
+    stale += sorted(run_dir.glob(f"{TENSORBOARD}/*/events.tmp.*"))
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path)

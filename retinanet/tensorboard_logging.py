@@ -5,18 +5,27 @@ and of the image-level probability, and optional weight histograms.
 Layout under `<run_dir>/tensorboard/`: the config text and the HParams session in the folder
 itself; scalars, images, PR curves and histograms in `train/` and `validation/`. The HParams
 metrics are the validation scalars `best_rsna_metric`, `rsna_metric` and `ap50`.
+
+A resumed run logs again the steps after its checkpoint: `trim_events` first drops them from
+the event files written before the stop, as `runs.trim_log` does for the log, so that
+TensorBoard shows each step once. Event files are created only when something is logged
+(`SummaryWriters`, `log_run_start`), so that resuming a finished run adds none.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 import yaml
+from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 
 from retinanet.config import Config, to_dict
 from retinanet.metrics import detection_matches
+from retinanet.safe_writes import replace_atomically
 
 # (validation scalar tag, what the HParams table calls it)
 HPARAM_METRICS = (("best_rsna_metric", "validation RSNA metric at its best threshold"),
@@ -52,8 +61,17 @@ def config_markdown(config: Config) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+def event_files(directory) -> list[Path]:
+    """The event files directly in `directory` (the names TensorBoard reads), in name order."""
+    directory = Path(directory)
+    return sorted(path for path in directory.glob("*tfevents*") if path.is_file()) if directory.is_dir() else []
+
+
 def log_run_start(log_dir, config: Config, run_name: str) -> None:
-    """Write the config text and the HParams session of a run into `log_dir` (step 0)."""
+    """Write the config text and the HParams session of a run into `log_dir` (step 0), unless it
+    holds them already (an event file there: a resumed run, whose start wrote them)."""
+    if event_files(log_dir):
+        return
     flat = flatten_config(config)
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
@@ -113,3 +131,60 @@ def log_validation_details(writer, step: int, records, results: dict, model=None
             for variable in model.weights:
                 tf.summary.histogram(f"weights/{variable.path}", variable)
     writer.flush()
+
+
+class SummaryWriters:
+    """The summary writers of `<log_dir>/<name>/`, each created on its first use: creating a
+    writer creates its event file, and a run that logs nothing should leave none."""
+
+    def __init__(self, log_dir):
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def __getitem__(self, name: str) -> tf.summary.SummaryWriter:
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+
+RECORD_FRAMING = 16  # bytes around each TFRecord: its length (8), the length's CRC (4), the data's CRC (4)
+
+
+def _records(path: Path) -> tuple[list[bytes], bool]:
+    """The complete records of an event file, and whether anything follows them (a record cut
+    short by a kill, which TFRecordDataset reports, or ignores when the cut is in its length)."""
+    records = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            records.append(record.numpy())
+    except tf.errors.DataLossError:
+        return records, True
+    return records, path.stat().st_size != sum(len(record) + RECORD_FRAMING for record in records)
+
+
+def _write_records(path: Path, records: list[bytes]) -> None:
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def trim_events(log_dir, step: int, validated_step: int) -> int:
+    """Keep the events of what a run resumed at `step` has seen; returns how many were dropped.
+
+    The limits are `runs.trim_log`'s: events after `step` in `<log_dir>/train/`, and after
+    min(step, validated_step) in `<log_dir>/validation/`, are logged again by the resumed run.
+    A record cut short by a kill is dropped too. Each changed file is rewritten atomically.
+    """
+    dropped = 0
+    for name, limit in (("train", step), ("validation", min(step, validated_step))):
+        for path in event_files(Path(log_dir) / name):
+            records, cut_short = _records(path)
+            kept = [record for record in records if event_pb2.Event.FromString(record).step <= limit]
+            if len(kept) != len(records) or cut_short:
+                replace_atomically(path, lambda temporary, kept=kept: _write_records(temporary, kept))
+                dropped += len(records) - len(kept) + cut_short
+    return dropped

@@ -39,7 +39,7 @@ from retinanet.runs import (last_finite_checkpoint, last_validated_step, non_fin
                             record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
                             validation_due_step, write_json_atomically)
 from retinanet.safe_writes import append_line, save_checkpoint, save_weights_atomically
-from retinanet.tensorboard_logging import log_run_start, log_validation_details
+from retinanet.tensorboard_logging import SummaryWriters, log_run_start, log_validation_details, trim_events
 from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
 from retinanet.visualize import save_rgb
 
@@ -256,13 +256,13 @@ class Trainer:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             self._check_finite(f"resuming from {latest}")
             trim_log(self.run_dir, self.step, last_validated_step(self.run_dir))
+            trim_events(self.run_dir / runs.TENSORBOARD, self.step, last_validated_step(self.run_dir))
             print(f"Resumed from {latest} at step {self.step}")
         # The data position is the step: the stream starts where the restored run stopped.
         self.train_dataset = self.strategy.distribute_datasets_from_function(self._training_input)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
                                    progress=progress) if self.is_chief else None
-        self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / runs.TENSORBOARD / name))
-                        for name in ("train", "validation")}
+        self.writers = SummaryWriters(self.run_dir / runs.TENSORBOARD)  # "train" and "validation"
         log_run_start(self.run_dir / runs.TENSORBOARD, config, self.run_dir.name)
         best_path = self.run_dir / runs.BEST_RECORD
         self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
@@ -438,8 +438,7 @@ class Trainer:
                 results = {**self.validator.run(), "step": self.step}
         save_rgb(self.run_dir / runs.VALIDATION_PICTURE,
                  validation_picture(self.validator.records, results, len(results["overlays"])))
-        for writer in self.writers.values():
-            writer.flush()
+        self.writers.flush()
         return results
 
 

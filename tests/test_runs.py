@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from retinanet.config import load_config, save_config
 from retinanet.runs import (RUN_ENTRIES, ModelLoadError, checkpoint_is_finite, last_finite_checkpoint,
-                            last_validated_step, latest_run, non_finite_variables, read_threshold,
-                            record_path, record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
+                            last_validated_step, latest_run, non_finite_variables, read_threshold, record_path,
+                            record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
                             resolve_record_path, resolve_source, run_entries, source_from_run_dir, trim_log,
                             validation_due_step, write_threshold)
 from retinanet.training import TrainingError, start_fresh
@@ -64,8 +64,14 @@ def test_stale_temporaries_are_removed_and_complete_files_kept(tmp_path):
     (tmp_path / "best.tmp.weights.h5").write_bytes(b"half")
     (tmp_path / "best.weights.h5").write_bytes(b"whole")
     (tmp_path / "validation.tmp.json").write_text('{"last_val')  # a kill during write_json_atomically
+    (tmp_path / "tensorboard" / "train").mkdir(parents=True)  # a kill while a resume trimmed the events
+    (tmp_path / "tensorboard" / "train" / "events.out.tfevents.1.host.2.0.v2").write_bytes(b"whole")
+    (tmp_path / "tensorboard" / "train" / "events.tmp.out.tfevents.1.host.2.0.v2").write_bytes(b"half")
     removed = remove_stale_temporaries(tmp_path)
-    assert sorted(path.name for path in removed) == ["best.tmp.weights.h5", "ckpt-7_temp", "validation.tmp.json"]
+    assert sorted(path.name for path in removed) == ["best.tmp.weights.h5", "ckpt-7_temp",
+                                                     "events.tmp.out.tfevents.1.host.2.0.v2", "validation.tmp.json"]
+    assert [path.name for path in (tmp_path / "tensorboard" / "train").iterdir()] == [
+        "events.out.tfevents.1.host.2.0.v2"]
     assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint", "ckpt-6.data-00000-of-00001",
                                                                    "ckpt-6.index"]
     assert (tmp_path / "best.weights.h5").read_bytes() == b"whole"

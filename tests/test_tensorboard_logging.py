@@ -97,3 +97,81 @@ def test_weight_histograms_when_asked(tiny_run, tmp_path):
     assert sum(1 for tag in tags if tag.startswith("weights/")) == len(model.weights)
     assert IMAGE_PR_CURVE not in tags  # no image head output given
     shutil.rmtree(tmp_path / "events")
+
+
+# --- resume: each step once, no empty event files ------------------------------------------------
+
+
+def logged_steps(directory, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a scalar as TensorBoard's own reader shows it, every event file of `directory` read."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return [(event.step, round(float(tensor_util.make_ndarray(event.tensor_proto)), 6))
+            for event in accumulator.Tensors(tag)]
+
+
+def log_scalars(writers, name: str, steps, value: float) -> None:
+    import tensorflow as tf
+
+    for step in steps:
+        with writers[name].as_default(step=step):
+            tf.summary.scalar("loss", value + step)
+    writers.flush()
+
+
+@pytest.mark.parametrize("validated_step, validation_logged_again", [(4, []), (2, [4])])
+def test_a_resumed_run_shows_each_step_once(tmp_path, validated_step, validation_logged_again):
+    from retinanet.tensorboard_logging import SummaryWriters, trim_events
+
+    # The first run logged train steps 1-6 and validated at 2 and 4, then was killed; its last
+    # checkpoint is step 4, and validated_step tells whether step 4's validation was complete.
+    before = SummaryWriters(tmp_path)
+    log_scalars(before, "train", range(1, 7), 0.0)
+    log_scalars(before, "validation", (2, 4), 0.0)
+    dropped = trim_events(tmp_path, step=4, validated_step=validated_step)
+    assert dropped == 2 + len(validation_logged_again)
+    # The resumed run logs steps 5-6 again (different values: another process), and re-runs a
+    # validation of step 4 that was not complete.
+    after = SummaryWriters(tmp_path)
+    log_scalars(after, "validation", validation_logged_again, 10.0)
+    log_scalars(after, "train", (5, 6), 10.0)
+    log_scalars(after, "validation", (6,), 10.0)
+    assert logged_steps(tmp_path / "train", "loss") == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 15), (6, 16)]
+    expected = [(2, 2), (4, 4 + 10 * bool(validation_logged_again)), (6, 16)]
+    assert logged_steps(tmp_path / "validation", "loss") == expected
+    assert trim_events(tmp_path, step=6, validated_step=6) == 0  # nothing after the last step
+
+
+@pytest.mark.parametrize("cut, kept_steps", [("in the length of a next record", [(1, 1), (2, 2)]),
+                                             ("in the data of the last record", [(1, 1)])])
+def test_an_event_record_cut_short_by_a_kill_is_dropped(tmp_path, cut, kept_steps):
+    import tensorflow as tf
+
+    from retinanet.tensorboard_logging import SummaryWriters, event_files, trim_events
+
+    log_scalars(SummaryWriters(tmp_path), "train", (1, 2), 0.0)
+    (path,) = event_files(tmp_path / "train")
+    data = path.read_bytes()
+    path.write_bytes(data + b"\x20\x00\x00" if cut.endswith("next record") else data[:-5])
+    assert trim_events(tmp_path, step=2, validated_step=2) == 1
+    # The file version record and the kept steps, readable to the end.
+    assert len(list(tf.data.TFRecordDataset(str(path)))) == 1 + len(kept_steps)
+    assert logged_steps(tmp_path / "train", "loss") == kept_steps
+    assert not list(tmp_path.glob("train/*.tmp*"))
+
+
+def test_nothing_logged_leaves_no_event_file(tmp_path):
+    from retinanet.tensorboard_logging import SummaryWriters, event_files, log_run_start
+
+    writers = SummaryWriters(tmp_path)
+    writers.flush()
+    assert not list(tmp_path.rglob("*tfevents*"))
+    log_run_start(tmp_path, Config(), "run")
+    assert len(event_files(tmp_path)) == 1
+    log_run_start(tmp_path, Config(), "run")  # a resumed run: its start is recorded already
+    assert len(event_files(tmp_path)) == 1
+    log_scalars(writers, "validation", (3,), 0.0)
+    assert [path.parent.name for path in tmp_path.rglob("*tfevents*") if path.parent != tmp_path] == ["validation"]

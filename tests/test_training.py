@@ -460,10 +460,12 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data,
     ranked = {step: (metric if np.isfinite(metric) else -1.0) for step, metric in logged.items()}
     assert best["step"] == max(ranked, key=lambda step: (ranked[step], -step))
 
-    # Resuming the finished run validates for its report but records nothing twice.
+    # Resuming the finished run validates for its report but records nothing twice, and adds no event file.
+    event_files = sorted((run_dir / "tensorboard").rglob("*tfevents*"))
     finished = Trainer(config, run_dir, resume=True, progress=False)
     results = finished.fit()
     assert results["step"] == 6 and validation_steps(run_dir) == [3, 6]
+    assert sorted((run_dir / "tensorboard").rglob("*tfevents*")) == event_files
 
 
 def test_a_new_run_into_a_run_directory_is_refused_before_any_work(tiny_data, tmp_path):
