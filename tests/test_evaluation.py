@@ -77,8 +77,8 @@ def test_metric_equals_score_script_on_the_predictions_csv(tiny_run, evaluated_r
 def test_write_threshold_writes_the_best_threshold(tiny_run, evaluated_run):
     written = json.loads((tiny_run.run_dir / "threshold.json").read_text())
     assert written["score_threshold"] == evaluated_run["metrics"]["best_threshold"]
-    # The evaluation lies beside the run: named relative to the run directory.
-    assert written["metrics"] == f"../{evaluated_run['output'].name}/metrics.json"
+    # The evaluation lies outside the run directory and its parent: named absolute (runs.record_path).
+    assert written["metrics"] == str((evaluated_run["output"] / "metrics.json").resolve())
     assert written["rsna_metric"] == evaluated_run["metrics"]["best_rsna_metric"]
     # tests/test_inference.py checks that infer.py picks it up.
 
