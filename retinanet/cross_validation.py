@@ -238,8 +238,9 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     analysis["files"] = {name: str(parent / name) for name in written}
     analysis["weights"] = stamp
     write_json_atomically(parent / METRICS_FILE, _json_ready(analysis))
-    # The format of a run's threshold.json (see `retinanet evaluate --write-threshold`).
-    write_threshold(parent, threshold, analysis["rsna_metric"], parent / METRICS_FILE)
+    # The format of a run's threshold.json; ensembles of the folds read this one, not the folds' own.
+    write_threshold(parent, threshold, analysis["rsna_metric"], "out-of-fold predictions",
+                    metrics_file=parent / METRICS_FILE)
     best_steps = {fold: read_best_record(fold_dir(parent, fold))["step"] for fold in folds}
     analysis["summary"] = write_summary(summary_rows(analysis, best_steps), parent / SUMMARY_CSV,
                                         parent / SUMMARY_MARKDOWN)
