@@ -28,7 +28,7 @@ cached, preprocessed images. The output directory receives:
   Non-finite values (e.g. AUC with one class only) are written as null.
 - `predictions.csv`: Kaggle format, the boxes kept at the run's threshold (the one
   `rsna_metric` describes; `retinanet score` on it gives the same number);
-- `threshold_sweep.png`, `precision_recall.png` (the run's and the best thresholds marked),
+- `threshold_sweep.png`, `precision_recall.png` (the used and the best thresholds marked),
   `froc.png`, `image_roc.png` (with the image head), and
   `overlays/{best,worst}_<k>_<patientId>.png`: the original image with the boxes kept at the
   best threshold (the one `--write-threshold` hands to inference), truth green, predictions
@@ -188,7 +188,7 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
                                                 gate_threshold=config.postprocessing.image_gate_threshold)
     plot_sweep(metrics, output_dir / "threshold_sweep.png")
     plot_precision_recall(records, detections, output_dir / "precision_recall.png", metrics["ap50"],
-                          {"run's": detector.threshold, "best": chosen})
+                          {"used": detector.threshold, "best": chosen})
     plot_froc(records, detections, output_dir / "froc.png", chosen)
     by_patient = None
     if probabilities is not None:
@@ -254,9 +254,9 @@ def format_report(metrics: dict) -> str:
 
     lines = [runs.threshold_line(metrics["threshold"], metrics["threshold_source"]), "",
              "                 threshold  RSNA metric",
-             f"run's            {metrics['threshold']:9.3f}  {number(metrics['rsna_metric'])}",
+             f"used             {metrics['threshold']:9.3f}  {number(metrics['rsna_metric'])}",
              f"best of sweep    {metrics['best_threshold']:9.3f}  {number(metrics['best_rsna_metric'])}",
-             "", "IoU threshold       run's    best"]
+             "", "IoU threshold        used    best"]
     operating, best = metrics["per_iou_threshold"]["threshold"], metrics["per_iou_threshold"]["best"]
     for iou in IOU_THRESHOLDS:
         lines.append(f"{iou:13.2f}  {number(operating[str(iou)]):>10}  {number(best[str(iou)]):>6}")
