@@ -241,8 +241,9 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     # Its files lie beside it: stored as their names (see `record_path`).
     write_json_atomically(parent / METRICS_FILE, _json_ready(
         {**analysis, "files": {name: record_path(path, parent) for name, path in analysis["files"].items()}}))
-    # The format of a run's threshold.json (see `retinanet evaluate --write-threshold`).
-    write_threshold(parent, threshold, analysis["rsna_metric"], parent / METRICS_FILE)
+    # The format of a run's threshold.json; ensembles of the folds read this one, not the folds' own.
+    write_threshold(parent, threshold, analysis["rsna_metric"], "out-of-fold predictions",
+                    metrics_file=parent / METRICS_FILE)
     best_steps = {fold: read_best_record(fold_dir(parent, fold))["step"] for fold in folds}
     analysis["summary"] = write_summary(summary_rows(analysis, best_steps), parent / SUMMARY_CSV,
                                         parent / SUMMARY_MARKDOWN)

@@ -2,7 +2,8 @@
 
 `retinanet infer`, `evaluate` and `export` take `--run-dir` once per run. A directory holding
 `fold_<k>/` run directories (what `retinanet cross-validate` writes) stands for every fold's
-`best.weights.h5`, with the parent's `threshold.json` (the out-of-fold threshold). The models
+`best.weights.h5`, with the parent's `threshold.json` (the out-of-fold threshold; each fold's
+own, chosen on its validation, belongs to that fold's weights alone). The models
 run on the same preprocessed image, so the runs must agree on `AGREEING_KEYS`; their passes
 (flip TTA mirrors included) are fused by the one `Postprocessor` with weighted box fusion and
 their image probabilities averaged. Post-processing and evaluation settings are the first run's.

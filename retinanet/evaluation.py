@@ -6,15 +6,16 @@ Detections come from `Detector` (flip TTA, image gating and box shrink as config
 cached, preprocessed images. The output directory receives:
 
 - `metrics.json` with the keys
-    rsna_metric, configured_threshold: the RSNA metric at evaluation.score_threshold (a
-        threshold.json of an earlier evaluation is not used here);
+    rsna_metric, threshold, threshold_source: the RSNA metric at the run's score threshold, the
+        one inference and export use (threshold.json: chosen on validation by training, or by an
+        earlier `--write-threshold`; else evaluation.score_threshold), and where it came from;
     best_rsna_metric, best_threshold: the best metric of the sweep and its threshold;
-    per_iou_threshold: {"configured": {iou: score}, "best": {iou: score}};
+    per_iou_threshold: {"threshold": {iou: score}, "best": {iou: score}};
     ap50, coco_map: pycocotools-style AP at IoU 0.5 and mean over 0.50:0.95 (every detection
         above postprocessing.score_threshold, no evaluation threshold);
     image_level: {roc_auc, sensitivity, specificity, threshold, num_positive, num_negative}
         at postprocessing.image_gate_threshold, or null without the image head;
-    counts: images, positive_images, ground_truth_boxes, predicted_boxes (at the configured
+    counts: images, positive_images, ground_truth_boxes, predicted_boxes (at the run's
         threshold), predicted_boxes_best, scored_images, skipped_images;
     sweep: [{score_threshold, rsna_metric, num_images}];
     image_gating: what gating boxes by the image-level probability (p < postprocessing.
@@ -28,9 +29,9 @@ cached, preprocessed images. The output directory receives:
   are written by `runs.record_path`: relative to the output directory for the files inside it
   or beside it (`--output <run>/evaluation` gives `../config.yaml`), absolute for the others;
   `read_metrics` reads them back as absolute paths.
-- `predictions.csv`: Kaggle format, the boxes kept at the configured threshold (the one
+- `predictions.csv`: Kaggle format, the boxes kept at the run's threshold (the one
   `rsna_metric` describes; `retinanet score` on it gives the same number);
-- `threshold_sweep.png`, `precision_recall.png` (configured and best thresholds marked),
+- `threshold_sweep.png`, `precision_recall.png` (the used and the best thresholds marked),
   `froc.png`, `image_roc.png` (with the image head), and
   `overlays/{best,worst}_<k>_<patientId>.png`: the original image with the boxes kept at the
   best threshold (the one `--write-threshold` hands to inference), truth green, predictions
@@ -108,13 +109,14 @@ def predict_records(detector: Detector, records: list[Record], progress: bool = 
 
 def compute_metrics(records: list[Record], detections: dict, probabilities, *, threshold: float, sweep,
                     image_threshold: float) -> dict:
-    """All measures of the module docstring's metrics.json except "predictions_csv" and "source"."""
+    """All measures of the module docstring's metrics.json except "threshold_source", "predictions_csv"
+    and "source"; `threshold` is the operating point."""
     ground_truth = {record.patient_id: record.boxes for record in records}
     thresholds = sweep_thresholds(sweep)
     results = threshold_sweep(ground_truth, detections, list(thresholds) + [threshold])
-    configured, swept = results[-1], results[:-1]
+    operating, swept = results[-1], results[:-1]
     sweep_scores = np.array([item["score"] for item in swept])
-    best = swept[int(np.nanargmax(sweep_scores))] if np.isfinite(sweep_scores).any() else configured
+    best = swept[int(np.nanargmax(sweep_scores))] if np.isfinite(sweep_scores).any() else operating
     image_level = None
     if probabilities is not None:
         labels = np.array([record.target for record in records])
@@ -124,11 +126,11 @@ def compute_metrics(records: list[Record], detections: dict, probabilities, *, t
         return int(sum(int((scores >= at).sum()) for _, scores in detections.values()))
 
     return {
-        "rsna_metric": configured["score"],
-        "configured_threshold": float(threshold),
+        "rsna_metric": operating["score"],
+        "threshold": float(threshold),
         "best_rsna_metric": best["score"],
         "best_threshold": best["score_threshold"],
-        "per_iou_threshold": {"configured": configured["per_threshold"], "best": best["per_threshold"]},
+        "per_iou_threshold": {"threshold": operating["per_threshold"], "best": best["per_threshold"]},
         "ap50": average_precision(ground_truth, detections, 0.5),
         "coco_map": coco_map(ground_truth, detections),
         "image_level": image_level,
@@ -136,7 +138,7 @@ def compute_metrics(records: list[Record], detections: dict, probabilities, *, t
                    "ground_truth_boxes": int(sum(len(r.boxes) for r in records)),
                    "predicted_boxes": boxes_kept(threshold),
                    "predicted_boxes_best": boxes_kept(best["score_threshold"]),
-                   "scored_images": configured["num_images"], "skipped_images": configured["num_skipped"]},
+                   "scored_images": operating["num_images"], "skipped_images": operating["num_skipped"]},
         "sweep": [{"score_threshold": item["score_threshold"], "rsna_metric": item["score"],
                    "num_images": item["num_images"]} for item in swept],
     }
@@ -184,6 +186,7 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
     metrics = compute_metrics(records, detections, probabilities, threshold=detector.threshold,
                               sweep=config.evaluation.sweep,
                               image_threshold=config.postprocessing.image_gate_threshold)
+    metrics["threshold_source"] = detector.threshold_origin
     kept = keep_above(detections, detector.threshold)
     write_submission(output_dir / "predictions.csv", kept, [record.patient_id for record in records])
     metrics["predictions_csv"] = str(output_dir / "predictions.csv")
@@ -194,7 +197,7 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
                                                 gate_threshold=config.postprocessing.image_gate_threshold)
     plot_sweep(metrics, output_dir / "threshold_sweep.png")
     plot_precision_recall(records, detections, output_dir / "precision_recall.png", metrics["ap50"],
-                          {"configured": detector.threshold, "best": chosen})
+                          {"used": detector.threshold, "best": chosen})
     plot_froc(records, detections, output_dir / "froc.png", chosen)
     by_patient = None
     if probabilities is not None:
@@ -207,13 +210,15 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
 
 
 def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None, split_file=None, data_root=None,
-                 write_threshold: bool = False, progress: bool = True) -> dict:
+                 threshold: float | None = None, write_threshold: bool = False, progress: bool = True) -> dict:
     """`retinanet evaluate`: load the run, evaluate its held-out split, write metrics.json; returns
     the metrics with their paths as given (not as metrics.json stores them, see `read_metrics`).
 
-    The configured threshold is config.evaluation.score_threshold: a threshold.json written
-    by an earlier evaluation is ignored here. With `write_threshold`, the best threshold goes
-    to `<run_dir>/threshold.json` for inference. `run_dir` may be a list: an ensemble
+    The operating threshold is `threshold` ("--threshold"), else the run's, as for inference: its
+    threshold.json (chosen on validation by training, or by an earlier `write_threshold`), else
+    evaluation.score_threshold.
+    With `write_threshold`, the best threshold of this evaluation replaces it in
+    `<run_dir>/threshold.json`. `run_dir` may be a list: an ensemble
     (`retinanet.ensembles`), evaluated on the first run's held-out fold of `split_file`, which
     must hold no patient any of its runs trained on; its threshold goes to the
     cross-validation directory given. With `data_root`, every patient of that labelled data set
@@ -235,7 +240,7 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     if unchecked:
         print(f"note: no {runs.SPLIT_FILE} in {', '.join(unchecked)}: not checked for training on the "
               "evaluated patients")
-    detector = Detector.from_ensemble(ensemble, threshold=config.evaluation.score_threshold)
+    detector = Detector.from_ensemble(ensemble, threshold, threshold_origin="--threshold")
     metrics = evaluate(detector, records, output_dir, progress=progress)
     configs = [str(source.config_path) for source in ensemble.sources]
     weights = [str(source.weights) for source in ensemble.sources]
@@ -246,7 +251,7 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     metrics_file = write_metrics(metrics, output_dir)
     if write_threshold:
         path = runs.write_threshold(ensemble.threshold_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
-                                    metrics_file)
+                                    "evaluation", metrics_file=metrics_file)
         metrics["threshold_file"] = str(path)
     return metrics
 
@@ -285,13 +290,14 @@ def format_report(metrics: dict) -> str:
     def number(value) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
-    lines = ["                 threshold  RSNA metric",
-             f"configured       {metrics['configured_threshold']:9.3f}  {number(metrics['rsna_metric'])}",
+    lines = [runs.threshold_line(metrics["threshold"], metrics["threshold_source"]), "",
+             "                 threshold  RSNA metric",
+             f"used             {metrics['threshold']:9.3f}  {number(metrics['rsna_metric'])}",
              f"best of sweep    {metrics['best_threshold']:9.3f}  {number(metrics['best_rsna_metric'])}",
-             "", "IoU threshold  configured    best"]
-    configured, best = metrics["per_iou_threshold"]["configured"], metrics["per_iou_threshold"]["best"]
+             "", "IoU threshold        used    best"]
+    operating, best = metrics["per_iou_threshold"]["threshold"], metrics["per_iou_threshold"]["best"]
     for iou in IOU_THRESHOLDS:
-        lines.append(f"{iou:13.2f}  {number(configured[str(iou)]):>10}  {number(best[str(iou)]):>6}")
+        lines.append(f"{iou:13.2f}  {number(operating[str(iou)]):>10}  {number(best[str(iou)]):>6}")
     lines += ["", f"AP50:     {number(metrics['ap50'])}", f"COCO mAP: {number(metrics['coco_map'])}"]
     if metrics["image_level"] is not None:
         image = metrics["image_level"]

@@ -29,13 +29,12 @@ def _save(figure, path: Path) -> None:
 
 
 def plot_sweep(metrics: dict, path: Path) -> None:
-    """RSNA metric against score threshold, the configured and best thresholds marked."""
+    """RSNA metric against score threshold, the used (metrics["threshold"]) and best thresholds marked."""
     figure, axis = _pyplot().subplots(figsize=(6, 4))
     thresholds = [item["score_threshold"] for item in metrics["sweep"]]
     scores = [item["rsna_metric"] for item in metrics["sweep"]]  # NaN (nothing scored) leaves a gap
     axis.plot(thresholds, scores, marker="o", markersize=3, label="RSNA metric")
-    axis.axvline(metrics["configured_threshold"], color="grey", linestyle="--",
-                 label=f"configured {metrics['configured_threshold']:.2f}")
+    axis.axvline(metrics["threshold"], color="grey", linestyle="--", label=f"used {metrics['threshold']:.2f}")
     axis.axvline(metrics["best_threshold"], color="red", linestyle=":", label=f"best {metrics['best_threshold']:.2f}")
     axis.set(xlabel="score threshold", ylabel="RSNA metric (mAP@0.40:0.75)", title="Score threshold sweep")
     axis.grid(alpha=0.3)

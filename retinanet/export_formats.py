@@ -100,17 +100,20 @@ def export_run(*, output_dir, export_format: str = "savedmodel", checkpoint=None
                threshold: float | None = None) -> dict:
     """`retinanet export`: load a run or an ensemble (`run_dir` a list; threshold: argument >
     threshold.json > config) and write it in `export_format` ("savedmodel", "tflite" or "onnx";
-    an ensemble only as a SavedModel); the info names the model written."""
+    an ensemble only as a SavedModel); the info names the model written and, beside the
+    serving info, where the threshold came from ("score_threshold_source")."""
     if export_format not in ("savedmodel", *MODEL_FILES):
         raise ConversionError(f"unknown export format {export_format!r}")
-    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
+    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold,
+                             threshold_origin="--threshold")
+    source = {"score_threshold_source": detector.threshold_origin}  # may hold a path: not in serving_info.json
     if export_format == "savedmodel":
-        return {**export_detector(detector, output_dir), "format": "savedmodel", "model": str(output_dir)}
+        return {**export_detector(detector, output_dir), "format": "savedmodel", "model": str(output_dir), **source}
     if detector.is_ensemble:
         raise ConversionError(f"{export_format} holds one network: export an ensemble of {len(detector.models)} "
                               "models as a SavedModel (--format savedmodel)")
     info = export_network(detector, output_dir, export_format)
-    return {**info, "model": str(Path(output_dir) / info["model"])}
+    return {**info, "model": str(Path(output_dir) / info["model"]), **source}
 
 
 def load_tflite(path):

@@ -3,8 +3,9 @@
 A run directory (or a weights file inside one) carries everything inference needs: the
 resolved `config.yaml` (preprocessing, anchors, post-processing), the weights
 (`best.weights.h5`, else `final.weights.h5`, else the latest `checkpoints/` entry) and the
-score threshold chosen by evaluation (`threshold.json`, written by `retinanet evaluate
---write-threshold`; without it `evaluation.score_threshold` of the config).
+run's score threshold (`threshold.json`: chosen by training on the validation of the best
+weights, or by `retinanet evaluate --write-threshold`; without it `evaluation.score_threshold`
+of the config). `Detector.threshold_origin` says which.
 
 The run directory's layout and how a run's pieces are found are `retinanet.runs`'. Several
 runs, or a cross-validation directory, make one ensemble Detector (`retinanet.ensembles`).
@@ -121,11 +122,13 @@ class Detector:
         return len(self.models) > 1
 
     @classmethod
-    def load(cls, *, checkpoint=None, run_dir=None, config_path=None, threshold: float | None = None) -> "Detector":
+    def load(cls, *, checkpoint=None, run_dir=None, config_path=None, threshold: float | None = None,
+             threshold_origin: str = "argument") -> "Detector":
         """From a run directory, a list of them (an ensemble; a cross-validation directory stands
-        for its folds), or a checkpoint (+ optional config); `threshold` overrides the run's."""
+        for its folds), or a checkpoint (+ optional config); `threshold` overrides the run's, and
+        `threshold_origin` names where it came from."""
         return cls.from_ensemble(resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path),
-                                 threshold=threshold)
+                                 threshold=threshold, threshold_origin=threshold_origin)
 
     @classmethod
     def from_source(cls, source: ModelSource, threshold: float | None = None) -> "Detector":
@@ -133,19 +136,21 @@ class Detector:
         return cls.from_ensemble(EnsembleSource((source,), source.run_dir), threshold)
 
     @classmethod
-    def from_ensemble(cls, ensemble: EnsembleSource, threshold: float | None = None) -> "Detector":
-        """Every model of an `EnsembleSource` (one for a single run); threshold: argument >
-        threshold.json of its threshold directory > the first run's evaluation.score_threshold."""
+    def from_ensemble(cls, ensemble: EnsembleSource, threshold: float | None = None,
+                      threshold_origin: str = "argument") -> "Detector":
+        """Every model of an `EnsembleSource` (one for a single run); threshold: argument (from
+        `threshold_origin`) > threshold.json of its threshold directory > the first run's
+        evaluation.score_threshold."""
         if threshold is not None and not 0 <= threshold <= 1:
             raise InputError(f"threshold must be in [0, 1], got {threshold}")
         config = ensemble.config
         if threshold is not None:
-            chosen, origin = float(threshold), "argument"
+            chosen, origin = float(threshold), threshold_origin
         elif ensemble.threshold_dir is not None:
             chosen, origin = read_threshold(ensemble.threshold_dir, config.evaluation.score_threshold)
         else:
             chosen = float(config.evaluation.score_threshold)
-            origin = f"evaluation.score_threshold of {ensemble.sources[0].config_path}"
+            origin = f"config evaluation.score_threshold of {ensemble.sources[0].config_path}"
         models = [build_inference_model(source.config, source.weights) for source in ensemble.sources]
         return cls(config, models, threshold=chosen, sources=ensemble.sources, threshold_origin=origin)
 
@@ -297,7 +302,8 @@ def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None,
 
     `output_dir` defaults to the current directory. `skip_unreadable` (for a directory; default:
     the run's data.bad_file_policy is "skip") writes the submission without unreadable files.
-    Returns a summary whose "outputs" lists the files written.
+    Returns a summary whose "outputs" lists the files written and "score_threshold_source" says
+    where its "score_threshold" came from (`Detector.threshold_origin`; "--threshold" for `threshold`).
     """
     input_path = Path(input_path)
     if not input_path.exists():
@@ -306,10 +312,13 @@ def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None,
     image = None if input_path.is_dir() else read_image(input_path)
     if input_path.is_dir():
         dicom_files(input_path)
-    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold)
+    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold,
+                             threshold_origin="--threshold")
     output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
     if input_path.is_dir():
         if skip_unreadable is None:
             skip_unreadable = detector.config.data.bad_file_policy == "skip"
-        return infer_directory(detector, input_path, output_dir, progress, skip_unreadable)
-    return infer_image(detector, input_path, output_dir, image)
+        summary = infer_directory(detector, input_path, output_dir, progress, skip_unreadable)
+    else:
+        summary = infer_image(detector, input_path, output_dir, image)
+    return {**summary, "score_threshold_source": detector.threshold_origin}

@@ -4,9 +4,11 @@ A run directory belongs to one run. Training writes `config.yaml` (the resolved 
 `split.csv` (the folds it used), `checkpoints/` (latest, atomic, with optimizer state and
 step), `best.weights.h5` and `best.json` (best validation RSNA metric), `final.weights.h5`,
 `log.jsonl`, `validation.json`, `budget.json` (with `training.time_budget_minutes`),
-`tensorboard/` and `validation_predictions.png`; `retinanet evaluate --write-threshold` adds
-`threshold.json`, which inference and export read. `RUN_ENTRIES` lists them all. Evaluation,
-inference and export find a run's config, weights and threshold through `resolve_source`.
+`tensorboard/`, `validation_predictions.png` and `threshold.json`: the score threshold chosen on
+the validation that chose `best.weights.h5`, rewritten with them (`retinanet evaluate
+--write-threshold` replaces it with the evaluation's choice). `RUN_ENTRIES` lists them all.
+Evaluation, inference and export find a run's config, weights and threshold through
+`resolve_source`; the threshold is theirs by default (`read_threshold` says where it came from).
 
 Recovery rests on three rules kept here:
 - no weights file or checkpoint is written with a non-finite value in it (`non_finite_variables`),
@@ -334,26 +336,69 @@ def resolve_source(*, checkpoint=None, run_dir=None, config_path=None) -> ModelS
 
 
 def read_threshold(run_dir: Path, default: float) -> tuple[float, str]:
-    """(score threshold, where it came from): `<run_dir>/threshold.json` if present, else `default`."""
+    """(score threshold, where it came from): `<run_dir>/threshold.json` if present, else `default`
+    (the config's evaluation.score_threshold)."""
     path = Path(run_dir) / THRESHOLD_FILE
     if not path.is_file():
         return float(default), "config evaluation.score_threshold"
     try:
-        threshold = json.loads(path.read_text())["score_threshold"]
+        document = json.loads(path.read_text())
+        threshold = document["score_threshold"]
     except (ValueError, KeyError, TypeError) as error:
         raise ModelLoadError(f"{path}: expected JSON with a score_threshold ({error})") from None
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise ModelLoadError(f"{path}: score_threshold must be a number in [0, 1], got {threshold!r}")
-    return float(threshold), str(path)
+    return float(threshold), threshold_origin(document, path)
 
 
-def write_threshold(run_dir: Path, threshold: float, rsna_metric, metrics_file: Path) -> Path:
-    """`<run_dir>/threshold.json` for inference and export: the threshold, its metric and where
-    that was measured (as `record_path` writes it); returns the path."""
+def threshold_line(threshold: float, origin: str) -> str:
+    """What the commands print about the threshold they use, e.g. "score threshold 0.55 (chosen on
+    validation at step 375, runs/x/threshold.json)" or "score threshold 0.3 (--threshold)"."""
+    return f"score threshold {threshold:g} ({origin})"
+
+
+def threshold_origin(document: dict, path: Path) -> str:
+    """Where the threshold of the threshold.json `document` at `path` was chosen, e.g. "chosen on
+    validation at step 375, runs/x/threshold.json". A file written before `chosen_on` existed
+    names its metrics file, if any."""
+    chosen_on, metrics = document.get("chosen_on"), document.get("metrics")
+    if metrics is not None:
+        metrics = resolve_record_path(metrics, path.parent)
+    if chosen_on == "validation":
+        step = document.get("step")
+        return f"chosen on validation{'' if step is None else f' at step {step}'}, {path}"
+    if chosen_on in ("evaluation", "out-of-fold predictions"):
+        return f"chosen on {chosen_on}{'' if metrics is None else f' ({metrics})'}, {path}"
+    return f"from {metrics}, {path}" if metrics else str(path)
+
+
+def write_threshold(run_dir: Path, threshold: float, rsna_metric, chosen_on: str, *, step: int | None = None,
+                    metrics_file: Path | None = None) -> Path:
+    """`<run_dir>/threshold.json`, the default threshold of evaluation, inference and export:
+    the threshold, its RSNA metric and where it was chosen (`chosen_on`: "validation" by training,
+    at `step`; "evaluation" by `retinanet evaluate --write-threshold`, or "out-of-fold predictions"
+    by cross-validation, both in `metrics_file`, stored as `record_path` writes it). Written
+    atomically; returns the path."""
+    document = {"score_threshold": float(threshold), "rsna_metric": rsna_metric, "chosen_on": chosen_on}
+    if step is not None:
+        document["step"] = int(step)
+    if metrics_file is not None:
+        document["metrics"] = record_path(metrics_file, run_dir)
     path = Path(run_dir) / THRESHOLD_FILE
-    write_json_atomically(path, {"score_threshold": threshold, "rsna_metric": rsna_metric,
-                                 "metrics": record_path(metrics_file, run_dir)})
+    write_json_atomically(path, document)
     return path
+
+
+def write_validation_threshold(run_dir: Path, step: int, scalars: dict) -> Path | None:
+    """With new best weights validated at `step`: the threshold chosen on that validation
+    (`scalars`' best_threshold) becomes the run's. A validation that scored no image chose none:
+    the threshold.json of earlier weights is removed, so the config's applies. Returns the path
+    written, or None."""
+    threshold = scalars.get("best_threshold", float("nan"))
+    if not np.isfinite(threshold):
+        (Path(run_dir) / THRESHOLD_FILE).unlink(missing_ok=True)
+        return None
+    return write_threshold(run_dir, threshold, float(scalars["best_rsna_metric"]), "validation", step=step)
 
 
 def read_best_record(run_dir: Path) -> dict:

@@ -37,7 +37,7 @@ from retinanet.postprocess import postprocessor_from_config
 from retinanet import runs
 from retinanet.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
                             record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
-                            validation_due_step, write_json_atomically)
+                            validation_due_step, write_json_atomically, write_validation_threshold)
 from retinanet.safe_writes import append_line, save_checkpoint, save_weights_atomically
 from retinanet.tensorboard_logging import SummaryWriters, log_run_start, log_validation_details, trim_events
 from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
@@ -351,9 +351,9 @@ class Trainer:
             return self._validate()
 
     def _validate(self) -> dict:
-        """Validate, log, keep the best weights, then record the step as validated (in this order, so
-        that a run killed before the record re-runs this validation on resume). The chief alone
-        validates: the other workers' results hold the step only."""
+        """Validate, log, keep the best weights with their threshold (threshold.json), then record
+        the step as validated (in this order, so that a run killed before the record re-runs this
+        validation on resume). The chief alone validates: the other workers' results hold the step only."""
         step = self.step
         if not self.is_chief:
             return {"step": step, "scalars": {}, "overlays": []}
@@ -372,6 +372,9 @@ class Trainer:
             self._check_finite(f"writing {runs.BEST_WEIGHTS}")
             self.best_metric = metric
             save_weights_atomically(self.model, self.run_dir / runs.BEST_WEIGHTS)
+            # The threshold goes with the weights, before best.json: a run killed in between has
+            # the old best.json, so this validation, re-run on resume, writes both again.
+            write_validation_threshold(self.run_dir, step, results["scalars"])
             write_json_atomically(self.run_dir / runs.BEST_RECORD, {"step": step, **results["scalars"]})
         record_validated_step(self.run_dir, step)
         return results

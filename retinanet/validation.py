@@ -47,7 +47,9 @@ def overlays_first(records: list[Record], count: int) -> list[Record]:
 
 
 class Validator:
-    """Evaluates a model on fixed held-out records; `run()` -> {"scalars", "overlays", "detections"}."""
+    """Evaluates a model on fixed held-out records; `run()` -> {"scalars" (rsna_metric at
+    evaluation.score_threshold, best_rsna_metric at best_threshold, the best of the sweep...),
+    "overlays", "overlay_threshold" and its "overlay_threshold_origin", "detections", "probabilities"}."""
 
     def __init__(self, config, model, postprocessor, loss, records: list[Record], progress: bool = True):
         self.config = config
@@ -84,8 +86,11 @@ class Validator:
             labels = np.array([r.target for r in self.records])
             scalars["loss/image"] = sums["image_loss"] / len(self.records)
             scalars["image_auc"] = image_level_metrics(labels, probabilities)["roc_auc"]
-        # Pictures show the boxes at the threshold chosen on this validation, as inference will.
+        # Pictures show the boxes at the threshold chosen on this validation: the one inference
+        # uses (threshold.json) when these weights are kept as the best.
         drawn_at = best_threshold if math.isfinite(best_threshold) else threshold
+        drawn_origin = ("chosen on this validation" if math.isfinite(best_threshold)
+                        else "config evaluation.score_threshold: no image scored")
         overlays = []
         for index, (record, image, scale) in enumerate(zip(self.records, first_images, first_scales)):
             boxes, scores = above(*by_patient[record.patient_id], drawn_at)
@@ -97,8 +102,8 @@ class Validator:
                                        threshold=drawn_at, image_probability=_probability(probabilities, index)))
             if len(overlays) == self.config.training.num_summary_images:
                 break
-        return {"scalars": scalars, "overlays": overlays, "overlay_threshold": drawn_at, "detections": by_patient,
-                "probabilities": probabilities}
+        return {"scalars": scalars, "overlays": overlays, "overlay_threshold": drawn_at,
+                "overlay_threshold_origin": drawn_origin, "detections": by_patient, "probabilities": probabilities}
 
 
 def _probability(probabilities, index: int) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ class TinyRun:
     data_dir: Path
     config: object
     train_stdout: str  # what scripts/train.py printed
+    # threshold.json as training left it (None: none written); `evaluated_run` replaces it.
+    training_threshold: str | None
     image_size: int = SYNTHETIC_SIZE  # side of the synthetic originals
 
     @property
@@ -100,20 +103,35 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     completed = run_script("train.py", "--config", config_path, *(f"--set={o}" for o in overrides),
                            "--run-dir", root / "run", "--no-progress")
     assert completed.returncode == 0, completed.stderr
-    return TinyRun(root / "run", data_dir, load_config(config_path, overrides), completed.stdout)
+    threshold_file = root / "run" / "threshold.json"
+    return TinyRun(root / "run", data_dir, load_config(config_path, overrides), completed.stdout,
+                   threshold_file.read_text() if threshold_file.is_file() else None)
 
 
 @pytest.fixture(scope="session")
 def evaluated_run(tiny_run, tmp_path_factory) -> dict:
-    """scripts/evaluate.py --write-threshold on the tiny run. Every test that loads the run's
-    Detector depends on this, so that all of them see the same threshold.json."""
+    """scripts/evaluate.py --write-threshold on the tiny run, at threshold 0 so that its outputs have
+    boxes. Every test that loads the run's Detector depends on this, so that all of them see the
+    same threshold.json (the evaluation's best, replacing the one training chose)."""
     output = tmp_path_factory.mktemp("evaluation")
     completed = run_script("evaluate.py", "--run-dir", tiny_run.run_dir, "--output", output, "--write-threshold",
-                           "--no-progress")
+                           "--threshold", "0", "--no-progress")
     assert completed.returncode == 0, completed.stderr
     from retinanet.evaluation import read_metrics
 
     return {"output": output, "stdout": completed.stdout, "metrics": read_metrics(output)}
+
+
+@pytest.fixture
+def run_as_trained(tiny_run, tmp_path) -> Path:
+    """A copy of the tiny run directory with threshold.json as training left it (`evaluated_run`
+    replaces the run's own)."""
+    copy = tmp_path / "run_as_trained"
+    shutil.copytree(tiny_run.run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    (copy / "threshold.json").unlink(missing_ok=True)
+    if tiny_run.training_threshold is not None:
+        (copy / "threshold.json").write_text(tiny_run.training_threshold)
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -132,6 +132,7 @@ def test_one_step_smoke_run_clamps_the_warmup(tiny_data, tmp_path):
     (run_dir,) = (tmp_path / "work" / "runs").iterdir()
     assert (run_dir / "final.weights.h5").is_file()
     assert "Held-out validation at step 1:" in completed.stdout
+    assert f"(chosen on validation at step 1, {run_dir / 'threshold.json'})" in completed.stdout
     assert f"retinanet evaluate --run-dir {run_dir}" in completed.stdout
 
 
@@ -148,8 +149,9 @@ def test_copied_run_directory_evaluates_and_infers_from_another_working_director
     hidden = tiny_run.run_dir.with_name("hidden-run")
     tiny_run.run_dir.rename(hidden)
     try:
-        evaluated = run_cli("evaluate", "--run-dir", "../moved/run", "--output", "evaluation", "--no-progress",
-                            cwd=elsewhere)
+        # At the threshold of `evaluated_run` (the copy's threshold.json is that evaluation's best).
+        evaluated = run_cli("evaluate", "--run-dir", "../moved/run", "--output", "evaluation", "--threshold", "0",
+                            "--no-progress", cwd=elsewhere)
         inferred = run_cli("infer", "--run-dir", copy, "--input", inferred_dicom["path"], "--output", "out",
                            "--threshold", "0", "--no-progress", cwd=elsewhere)
     finally:

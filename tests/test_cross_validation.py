@@ -308,7 +308,8 @@ def test_every_fold_is_a_run_of_the_same_split_and_out_of_fold_covers_every_pati
 @pytest.mark.slow
 def test_out_of_fold_metric_equals_an_independent_computation_on_the_files(cross_validation):
     from retinanet.data.rsna import read_labels
-    from retinanet.runs import read_threshold
+    from retinanet.ensembles import resolve_ensemble
+    from retinanet.runs import read_best_record, read_threshold
     from retinanet.submission import score_submission
 
     parent, data, metrics = cross_validation["parent"], cross_validation["data"], cross_validation["metrics"]
@@ -326,7 +327,15 @@ def test_out_of_fold_metric_equals_an_independent_computation_on_the_files(cross
                             image_size=128)["score"] == pytest.approx(metrics["rsna_metric"], abs=1e-9)
     low, high = metrics["interval"]
     assert low <= metrics["rsna_metric"] <= high
-    assert read_threshold(parent, default=0.5) == (threshold, str(parent / "threshold.json"))
+    out_of_fold = f"chosen on out-of-fold predictions ({parent / 'oof_metrics.json'}), {parent / 'threshold.json'}"
+    assert read_threshold(parent, default=0.5) == (threshold, out_of_fold)
+    # Each fold's run has its own, chosen on its validation; the folds' ensemble reads the parent's.
+    for fold in (0, 1):
+        run_dir = fold_dir(parent, fold)
+        best = read_best_record(run_dir)
+        assert read_threshold(run_dir, default=0.5) == (
+            best["best_threshold"], f"chosen on validation at step {best['step']}, {run_dir / 'threshold.json'}")
+    assert resolve_ensemble(run_dir=[parent]).threshold_dir == parent
     # The records name the files beside them relative to their directory.
     assert metrics["files"]["oof_submission.csv"] == "oof_submission.csv"
     assert json.loads((parent / "threshold.json").read_text())["metrics"] == "oof_metrics.json"

@@ -19,7 +19,7 @@ from test_detections import ORIGINAL_HEIGHT, ORIGINAL_WIDTH, chest_like_image, w
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.preprocess import normalize
 from retinanet.ensembles import check_held_out, resolve_ensemble
-from retinanet.runs import ModelLoadError
+from retinanet.runs import ModelLoadError, write_threshold, write_validation_threshold
 
 
 def tiny_config(root, **sections):
@@ -133,10 +133,11 @@ def make_cross_validation_dir(parent, run_dirs, threshold: float):
     """What `retinanet cross-validate` leaves: config.yaml, threshold.json and fold_<k>/ runs."""
     parent.mkdir()
     shutil.copy(run_dirs[0] / "config.yaml", parent / "config.yaml")
-    (parent / "threshold.json").write_text(json.dumps({"score_threshold": threshold, "rsna_metric": 0.5,
-                                                       "metrics": "oof_metrics.json"}))
+    write_threshold(parent, threshold, 0.5, "out-of-fold predictions", metrics_file=parent / "oof_metrics.json")
     for fold, run_dir in zip((2, 10), run_dirs):  # numeric order, not the names'
         shutil.copytree(run_dir, parent / f"fold_{fold}")
+        # Each fold's own, chosen on its validation by training: for that fold's weights alone.
+        write_validation_threshold(parent / f"fold_{fold}", 4, {"best_threshold": 0.7, "best_rsna_metric": 0.2})
     (parent / "fold_x").mkdir()  # not a fold: ignored
     return parent
 
@@ -151,7 +152,10 @@ def test_a_cross_validation_directory_stands_for_every_folds_best_weights_and_it
     assert ensemble.threshold_dir == parent
     detector = Detector.load(run_dir=[parent])
     assert detector.is_ensemble and detector.threshold == 0.3
-    assert detector.threshold_origin == str(parent / "threshold.json")
+    assert detector.threshold_origin == (f"chosen on out-of-fold predictions ({parent / 'oof_metrics.json'}), "
+                                         f"{parent / 'threshold.json'}")
+    # One fold given alone is a run with its own threshold.
+    assert resolve_ensemble(run_dir=[parent / "fold_2"]).threshold_dir == parent / "fold_2"
     # Several directories: no common threshold.json, the first run's evaluation.score_threshold.
     assert resolve_ensemble(run_dir=list(two_runs)).threshold_dir is None
     (parent / "fold_10" / "best.weights.h5").unlink()

@@ -28,10 +28,10 @@ def test_outputs_exist_and_are_well_formed(tiny_run, evaluated_run):
         assert cv2.imread(str(output / name)) is not None
     start, stop, step = tiny_run.config.evaluation.sweep
     assert [item["score_threshold"] for item in metrics["sweep"]] == pytest.approx(np.arange(start, stop + 1e-9, step))
-    assert metrics["configured_threshold"] == tiny_run.config.evaluation.score_threshold
+    assert metrics["threshold"] == 0.0 and metrics["threshold_source"] == "--threshold"
     assert metrics["best_threshold"] in [item["score_threshold"] for item in metrics["sweep"]]
     assert metrics["best_rsna_metric"] >= max(item["rsna_metric"] for item in metrics["sweep"]) - 1e-12
-    for key in ("configured", "best"):
+    for key in ("threshold", "best"):
         assert sorted(map(float, metrics["per_iou_threshold"][key])) == list(IOU_THRESHOLDS)
     assert 0 <= metrics["rsna_metric"] <= 1 and 0 <= metrics["ap50"] <= 1 and 0 <= metrics["coco_map"] <= 1
     assert set(metrics["image_level"]) >= {"roc_auc", "sensitivity", "specificity"}
@@ -50,6 +50,7 @@ def test_outputs_exist_and_are_well_formed(tiny_run, evaluated_run):
     assert gating["gate_threshold"] == tiny_run.config.postprocessing.image_gate_threshold
     assert gating["removed_boxes_negative_images"] >= 0 and gating["removed_boxes_positive_images"] >= 0
     assert "RSNA metric" in evaluated_run["stdout"] and "best of sweep" in evaluated_run["stdout"]
+    assert "score threshold 0 (--threshold)\n" in evaluated_run["stdout"]
     assert metrics["source"]["split_file"] == str(tiny_run.run_dir.resolve() / "split.csv")
 
 
@@ -66,7 +67,7 @@ def test_metric_equals_score_script_on_the_predictions_csv(tiny_run, evaluated_r
     assert scored["score"] == pytest.approx(metrics["rsna_metric"], abs=1e-6)
     assert scored["num_predicted_boxes"] == metrics["counts"]["predicted_boxes"]
     for iou, value in scored["per_threshold"].items():
-        assert value == pytest.approx(metrics["per_iou_threshold"]["configured"][str(iou)], abs=1e-6)
+        assert value == pytest.approx(metrics["per_iou_threshold"]["threshold"][str(iou)], abs=1e-6)
     completed = script("score.py", "--labels", labels_csv, "--submission", metrics["predictions_csv"],
                            "--image-size", tiny_run.image_size)
     assert completed.returncode == 0, completed.stderr
@@ -77,10 +78,32 @@ def test_metric_equals_score_script_on_the_predictions_csv(tiny_run, evaluated_r
 def test_write_threshold_writes_the_best_threshold(tiny_run, evaluated_run):
     written = json.loads((tiny_run.run_dir / "threshold.json").read_text())
     assert written["score_threshold"] == evaluated_run["metrics"]["best_threshold"]
-    # The evaluation lies outside the run directory and its parent: named absolute (runs.record_path).
-    assert written["metrics"] == str((evaluated_run["output"] / "metrics.json").resolve())
     assert written["rsna_metric"] == evaluated_run["metrics"]["best_rsna_metric"]
+    # It replaced the one training chose, and says so. The evaluation lies outside the run directory
+    # and its parent: named absolute (runs.record_path).
+    assert (written["chosen_on"], written["metrics"]) == ("evaluation",
+                                                          str((evaluated_run["output"] / "metrics.json").resolve()))
+    assert "step" not in written
     # tests/test_inference.py checks that infer.py picks it up.
+
+
+@pytest.mark.slow
+def test_the_default_operating_point_is_the_threshold_training_chose(tiny_run, run_as_trained, tmp_path):
+    from retinanet.evaluation import evaluate_run, format_report
+
+    chosen = json.loads(tiny_run.training_threshold)
+    metrics = evaluate_run(output_dir=tmp_path / "evaluation", run_dir=[str(run_as_trained)], progress=False)
+    origin = f"chosen on validation at step 4, {run_as_trained / 'threshold.json'}"
+    assert (metrics["threshold"], metrics["threshold_source"]) == (chosen["score_threshold"], origin)
+    # The metric and predictions.csv are at that threshold; the best of the sweep is still reported.
+    sweep = {item["score_threshold"]: item["rsna_metric"] for item in metrics["sweep"]}
+    assert metrics["rsna_metric"] == pytest.approx(sweep[chosen["score_threshold"]], abs=1e-12)
+    assert metrics["best_rsna_metric"] == max(sweep.values()) and metrics["best_threshold"] in sweep
+    kept = sum(len(scores) for _, scores in read_submission(metrics["predictions_csv"]).values())
+    assert kept == metrics["counts"]["predicted_boxes"]
+    assert format_report(metrics).startswith(f"score threshold {chosen['score_threshold']:g} ({origin})\n")
+    # Without --write-threshold the run's threshold stays the one training chose.
+    assert (run_as_trained / "threshold.json").read_text() == tiny_run.training_threshold
 
 
 @pytest.mark.slow
@@ -173,7 +196,7 @@ def test_compute_metrics_on_known_detections(tmp_path):
                               sweep=(0.05, 0.95, 0.05), image_threshold=0.5)
     # At 0.25: p1 keeps 2 boxes -> (5 x 1 + 3 x 1/3) / 8 = 0.75; p2 FP -> 0; p3 skipped; p4 missed -> 0.
     assert metrics["rsna_metric"] == pytest.approx(0.75 / 3)
-    assert metrics["per_iou_threshold"]["configured"][0.6] == pytest.approx(1 / 3)
+    assert metrics["per_iou_threshold"]["threshold"][0.6] == pytest.approx(1 / 3)
     # At 0.05 everything is kept: p1 (5 x 2/3 + 3 x 1/4) / 8, p2 0, p4 1.
     p1_all = (5 * 2 / 3 + 3 / 4) / 8
     assert metrics["best_threshold"] == pytest.approx(0.05)
@@ -209,15 +232,16 @@ def test_report_and_json_handle_missing_values():
     assert sweep_thresholds((0.05, 0.95, 0.05)).tolist()[-1] == 0.95
     assert _json_ready({"a": float("nan"), 0.4: [np.float32(1.5), np.int64(2)]}) == {"a": None, "0.4": [1.5, 2]}
     metrics = _json_ready({
-        "rsna_metric": float("nan"), "configured_threshold": 0.3,
+        "rsna_metric": float("nan"), "threshold": 0.3, "threshold_source": "config evaluation.score_threshold",
         "best_rsna_metric": float("nan"), "best_threshold": 0.3,
-        "per_iou_threshold": {"configured": {t: float("nan") for t in IOU_THRESHOLDS},
+        "per_iou_threshold": {"threshold": {t: float("nan") for t in IOU_THRESHOLDS},
                               "best": {t: float("nan") for t in IOU_THRESHOLDS}},
         "ap50": float("nan"), "coco_map": float("nan"), "image_level": None, "counts": {"images": 0},
         "predictions_csv": "predictions.csv"})
     json.dumps(metrics, allow_nan=False)
     report = format_report(metrics)
     assert "n/a" in report and "0.300" in report
+    assert report.startswith("score threshold 0.3 (config evaluation.score_threshold)\n")
 
 
 def test_metrics_json_stores_paths_relative_to_its_directory_and_reads_them_back(tmp_path, monkeypatch):

@@ -52,6 +52,7 @@ def exported(tiny_run, evaluated_run, tmp_path_factory, script):
     output = tmp_path_factory.mktemp("exported") / "model"
     completed = script("export.py", "--run-dir", tiny_run.run_dir, "--output", output, "--threshold", "0")
     assert completed.returncode == 0, completed.stderr
+    assert "score threshold 0 (--threshold)" in completed.stdout
     return output
 
 

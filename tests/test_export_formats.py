@@ -48,11 +48,16 @@ def exported(tiny_run, evaluated_run, tmp_path_factory) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("export_format", ["tflite", "onnx"])
 def test_exported_network_matches_infer_script(export_format, tiny_run, detector, inferred_dicom, png_image,
-                                               exported):
+                                               exported, evaluated_run):
     output, stdout = exported[export_format]
     path = output / f"model.{export_format}"
     assert f"{export_format} model written to {path}" in stdout
+    # No --threshold: the run's, from evaluate.py --write-threshold.
+    best = evaluated_run["metrics"]["best_threshold"]
+    assert (f"score threshold {best:g} (chosen on evaluation ({evaluated_run['output'] / 'metrics.json'}), "
+            f"{tiny_run.run_dir / 'threshold.json'})") in stdout
     info = json.loads((output / "serving_info.json").read_text())
+    assert info["score_threshold"] == best
     assert info["format"] == export_format and info["model"] == path.name and info["input_size"] == [64, 64]
     network = LOADERS[export_format](path)
 

@@ -33,6 +33,7 @@ def test_infer_on_a_dicom_writes_json_and_overlay(inferred_dicom, tiny_run):
     document = inferred_dicom["json"]
     check_document(document, tiny_run.image_size, tiny_run.image_size)
     assert document["score_threshold"] == 0.0
+    assert "score threshold 0 (--threshold)" in inferred_dicom["stdout"]
     assert len(document["boxes"]) == tiny_run.config.postprocessing.max_detections
     overlay = cv2.imread(str(inferred_dicom["output"] / f"{inferred_dicom['path'].stem}.png"))
     # The image at its own size under a band with the legend, threshold and p(pneumonia).
@@ -48,6 +49,8 @@ def test_infer_on_a_png_with_checkpoint_uses_the_run_threshold(tiny_run, evaluat
     document = json.loads((tmp_path / "chest.json").read_text())
     # The checkpoint's run directory holds threshold.json (evaluate.py --write-threshold).
     assert document["score_threshold"] == evaluated_run["metrics"]["best_threshold"]
+    assert (f"score threshold {document['score_threshold']:g} (chosen on evaluation "
+            f"({evaluated_run['output'] / 'metrics.json'}), {tiny_run.run_dir / 'threshold.json'})") in completed.stdout
     check_document(document, 200, 240)
     overlay = cv2.imread(str(tmp_path / "chest.png"))
     assert overlay.shape[0] > 200 and overlay.shape[1:] == (240, 3)
@@ -68,6 +71,40 @@ def test_infer_on_a_directory_writes_a_submission(tiny_run, evaluated_run, tmp_p
         assert np.all((boxes >= 0) & (boxes <= tiny_run.image_size + 0.1))
     summary = json.loads(completed.stdout[: completed.stdout.rindex("}") + 1])
     assert summary["num_images"] == len(patients)
+
+
+@pytest.mark.slow
+def test_infer_and_export_use_the_threshold_training_chose_and_say_so(tiny_run, run_as_trained, tmp_path, capsys,
+                                                                      monkeypatch):
+    import retinanet.visualize
+    from retinanet.commands import export, infer
+    from retinanet.commands.common import run_module
+
+    chosen = json.loads(tiny_run.training_threshold)["score_threshold"]
+    used = f"score threshold {chosen:g} (chosen on validation at step 4, {run_as_trained / 'threshold.json'})"
+    drawn_at = []
+    draw_boxes = retinanet.visualize.draw_boxes
+    monkeypatch.setattr(retinanet.visualize, "draw_boxes",
+                        lambda *arguments, **options: drawn_at.append(options["threshold"]) or draw_boxes(*arguments,
+                                                                                                         **options))
+    image = tiny_run.test_dicoms[0]
+    assert run_module(infer, ["--run-dir", str(run_as_trained), "--input", str(image), "--output",
+                              str(tmp_path / "default")]) == 0
+    assert used in capsys.readouterr().out
+    document = json.loads((tmp_path / "default" / f"{image.stem}.json").read_text())
+    assert document["score_threshold"] == chosen and drawn_at == [chosen]  # the overlay's caption too
+    check_document(document, tiny_run.image_size, tiny_run.image_size)
+
+    assert run_module(infer, ["--run-dir", str(run_as_trained), "--input", str(image), "--output",
+                              str(tmp_path / "given"), "--threshold", "0.01"]) == 0
+    assert "score threshold 0.01 (--threshold)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "given" / f"{image.stem}.json").read_text())["score_threshold"] == 0.01
+    assert drawn_at == [chosen, 0.01]
+
+    assert run_module(export, ["--run-dir", str(run_as_trained), "--output", str(tmp_path / "exported")]) == 0
+    assert used in capsys.readouterr().out
+    info = json.loads((tmp_path / "exported" / "assets.extra" / "serving_info.json").read_text())
+    assert info["score_threshold"] == chosen
 
 
 def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,8 @@ from retinanet.config import load_config, save_config
 from retinanet.runs import (RUN_ENTRIES, ModelLoadError, checkpoint_is_finite, last_finite_checkpoint,
                             last_validated_step, latest_run, non_finite_variables, read_threshold, record_path,
                             record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
-                            resolve_record_path, resolve_source, run_entries, source_from_run_dir, trim_log,
-                            validation_due_step, write_threshold)
+                            resolve_record_path, resolve_source, run_entries, source_from_run_dir, threshold_line,
+                            trim_log, validation_due_step, write_threshold, write_validation_threshold)
 from retinanet.training import TrainingError, start_fresh
 
 
@@ -187,12 +187,45 @@ def test_threshold_file_is_read_and_checked(tmp_path):
             read_threshold(tmp_path, 0.3)
 
 
-def test_threshold_written_is_read_back(tmp_path):
-    path = write_threshold(tmp_path, 0.35, 0.21, tmp_path / "evaluation" / "metrics.json")
+def test_threshold_written_is_read_back_with_where_it_was_chosen(tmp_path):
+    metrics = tmp_path / "evaluation" / "metrics.json"
+    path = write_threshold(tmp_path, 0.35, 0.21, "evaluation", metrics_file=metrics)
     assert path == tmp_path / "threshold.json"
-    assert json.loads(path.read_text())["rsna_metric"] == 0.21
-    assert json.loads(path.read_text())["metrics"] == "evaluation/metrics.json"  # relative to the run
-    assert read_threshold(tmp_path, 0.5) == (0.35, str(path))
+    # The metrics file is stored relative to the run (runs.record_path) and read back absolute.
+    assert json.loads(path.read_text()) == {"score_threshold": 0.35, "rsna_metric": 0.21, "chosen_on": "evaluation",
+                                            "metrics": "evaluation/metrics.json"}
+    assert read_threshold(tmp_path, 0.5) == (0.35, f"chosen on evaluation ({metrics}), {path}")
+    write_threshold(tmp_path, 0.4, 0.3, "out-of-fold predictions", metrics_file=tmp_path / "oof_metrics.json")
+    out_of_fold = f"chosen on out-of-fold predictions ({tmp_path / 'oof_metrics.json'}), {path}"
+    assert read_threshold(tmp_path, 0.5) == (0.4, out_of_fold)
+
+
+def test_a_threshold_file_of_an_older_version_still_loads(tmp_path):
+    # Written by `retinanet evaluate --write-threshold` and `retinanet cross-validate` before
+    # threshold.json said where its threshold was chosen.
+    path = tmp_path / "threshold.json"
+    path.write_text(json.dumps({"score_threshold": 0.45, "rsna_metric": 0.2, "metrics": "eval/metrics.json"}))
+    assert read_threshold(tmp_path, 0.3) == (0.45, f"from {tmp_path / 'eval' / 'metrics.json'}, {path}")
+
+
+def test_best_weights_bring_the_threshold_chosen_on_their_validation(tmp_path):
+    scalars = {"rsna_metric": 0.5, "best_rsna_metric": 0.9645, "best_threshold": 0.55, "ap50": 0.7}
+    path = write_validation_threshold(tmp_path, 375, scalars)
+    assert json.loads(path.read_text()) == {"score_threshold": 0.55, "rsna_metric": 0.9645, "chosen_on": "validation",
+                                            "step": 375}
+    threshold, origin = read_threshold(tmp_path, 0.3)
+    assert (threshold, origin) == (0.55, f"chosen on validation at step 375, {path}")
+    assert threshold_line(threshold, origin) == f"score threshold 0.55 (chosen on validation at step 375, {path})"
+    # Later best weights replace it (through a temporary file and a rename)...
+    write_validation_threshold(tmp_path, 400, {**scalars, "best_threshold": 0.6000000000000001})
+    assert read_threshold(tmp_path, 0.3) == (0.6000000000000001, f"chosen on validation at step 400, {path}")
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["threshold.json"]
+    # ...and best weights whose validation scored no image chose none: the config's applies.
+    assert write_validation_threshold(tmp_path, 425, {**scalars, "best_threshold": float("nan"),
+                                                      "best_rsna_metric": float("nan")}) is None
+    assert not path.exists()
+    assert read_threshold(tmp_path, 0.3) == (0.3, "config evaluation.score_threshold")
+    assert threshold_line(0.3, "--threshold") == "score threshold 0.3 (--threshold)"
 
 
 def test_record_paths_are_relative_to_the_record_within_it_and_its_parent(tmp_path, monkeypatch):

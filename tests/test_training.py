@@ -167,6 +167,16 @@ def test_train_script_reports_held_out_metrics_and_where_the_outputs_are(tiny_ru
             "configured one)") in stdout
     for path in (run_dir / "validation_predictions.png", run_dir / "tensorboard"):
         assert path.exists() and str(path) in stdout
+    # The threshold chosen on the validation that kept the best weights is the run's.
+    chosen = json.loads(tiny_run.training_threshold)
+    assert chosen == {"score_threshold": best["best_threshold"], "rsna_metric": best["best_rsna_metric"],
+                      "chosen_on": "validation", "step": 4}
+    assert (f"Score threshold:  {best['best_threshold']:g} (chosen on validation at step 4, "
+            f"{run_dir / 'threshold.json'}); infer, evaluate and export use it") in stdout
+    assert (f"{run_dir / 'validation_predictions.png'} (weights of step 4, score threshold "
+            f"{best['best_threshold']:g}, chosen on this validation)") in stdout
+    assert (f"(rsna_metric at score threshold {tiny_run.config.evaluation.score_threshold:g} "
+            "(config evaluation.score_threshold); best_rsna_metric at best_threshold") in stdout
 
 
 @pytest.mark.slow
@@ -181,6 +191,9 @@ def test_unscorable_validation_still_keeps_best_weights(tiny_data, tmp_path, mon
     assert results["step"] == 3 and np.isnan(results["scalars"]["rsna_metric"])
     assert (run_dir / "best.weights.h5").is_file()
     assert json.loads((run_dir / "best.json").read_text())["step"] == 3
+    # Nothing chose a threshold: none is written, the config's applies.
+    assert not (run_dir / "threshold.json").exists()
+    assert results["overlay_threshold"] == 0.3 and results["overlay_threshold_origin"].startswith("config ")
 
 
 @pytest.mark.slow
@@ -217,6 +230,15 @@ def test_killed_run_resumes_to_the_same_final_step(tiny_data, tmp_path):
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()
              if json.loads(line)["split"] == "train"]
     assert steps == [2, 4, 6]
+    assert_threshold_of_best_weights(run_dir)
+
+
+def assert_threshold_of_best_weights(run_dir: Path) -> None:
+    """threshold.json holds the threshold chosen on the validation of the best weights."""
+    best = json.loads((run_dir / "best.json").read_text())
+    chosen = json.loads((run_dir / "threshold.json").read_text())
+    assert (chosen["chosen_on"], chosen["step"]) == ("validation", best["step"])
+    assert (chosen["score_threshold"], chosen["rsna_metric"]) == (best["best_threshold"], best["best_rsna_metric"])
 
 
 @pytest.mark.slow
@@ -439,6 +461,7 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data,
     with pytest.raises(Killed):
         first.fit()
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-3")
+    assert not (run_dir / "threshold.json").exists()  # no validation completed
     # What a kill during a checkpoint write and during a best-weights write leave behind.
     (run_dir / "checkpoints" / "ckpt-4_temp").mkdir()
     (run_dir / "checkpoints" / "ckpt-4_temp" / "part-00000-of-00001.index").write_bytes(b"\0" * 64)
@@ -459,6 +482,8 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data,
     best = json.loads((run_dir / "best.json").read_text())
     ranked = {step: (metric if np.isfinite(metric) else -1.0) for step, metric in logged.items()}
     assert best["step"] == max(ranked, key=lambda step: (ranked[step], -step))
+    assert_threshold_of_best_weights(run_dir)
+    written = (run_dir / "threshold.json").read_text()
 
     # Resuming the finished run validates for its report but records nothing twice, and adds no event file.
     event_files = sorted((run_dir / "tensorboard").rglob("*tfevents*"))
@@ -466,6 +491,7 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data,
     results = finished.fit()
     assert results["step"] == 6 and validation_steps(run_dir) == [3, 6]
     assert sorted((run_dir / "tensorboard").rglob("*tfevents*")) == event_files
+    assert (run_dir / "threshold.json").read_text() == written
 
 
 def test_a_new_run_into_a_run_directory_is_refused_before_any_work(tiny_data, tmp_path):

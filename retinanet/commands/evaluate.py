@@ -5,7 +5,11 @@
     retinanet evaluate --run-dir runs/a --run-dir runs/b --output eval [--split FILE]  # an ensemble
     retinanet evaluate --run-dir runs/demo-cv --data data/other --output eval  # another labelled set
 
-The split defaults to the run's saved split file. Exit code 2 on a missing run, checkpoint,
+The split defaults to the run's saved split file. The metric, predictions.csv and the first
+row of the report are at the run's score threshold (its threshold.json: chosen on validation by
+training, or by an earlier --write-threshold; else evaluation.score_threshold), printed with
+where it came from (--threshold sets another); the best threshold of the sweep is reported
+beside it, and --write-threshold makes it the run's. Exit code 2 on a missing run, checkpoint,
 config or split file, or unreadable data. An ensemble (several --run-dir, or a cross-validation
 directory) is evaluated on the first run's held-out fold of --split, which must hold no patient
 any of its runs trained on (a cross-validation's folds trained on each other's: give a split of
@@ -27,8 +31,11 @@ def add_arguments(parser) -> None:
                            help="evaluate every patient of another labelled data set in the RSNA layout (the "
                                 "config's label and class CSVs and image folder under DIR) instead of the held-out fold")
     parser.add_argument("--output", required=True, help="directory for metrics.json, predictions.csv and plots")
+    parser.add_argument("--threshold", type=float,
+                        help="score threshold of the metric and predictions.csv (default: the run's chosen one)")
     parser.add_argument("--write-threshold", action="store_true",
-                        help="write the best threshold to <run_dir>/threshold.json for inference and export")
+                        help="write the best threshold to <run_dir>/threshold.json (replacing the one training "
+                             "chose on validation) for inference, export and later evaluations")
     add_progress_argument(parser)
 
 
@@ -44,7 +51,7 @@ def run(args, parser) -> int:
     try:
         metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,
                                config_path=args.config, split_file=args.split, data_root=args.data,
-                               write_threshold=args.write_threshold,
+                               threshold=args.threshold, write_threshold=args.write_threshold,
                                progress=not args.no_progress)
     except (ConfigError, LabelError, DicomReadError, ModelLoadError, InputError, EvaluationError,
             FileWriteError) as error:

@@ -41,6 +41,10 @@ def run(args, parser) -> int:
                           run_dir=args.run_dir, config_path=args.config, threshold=args.threshold)
     except (ConfigError, InputError, ModelLoadError, ConversionError) as error:
         return report_error(error)
+    from retinanet.runs import threshold_line
+
+    source = info.pop("score_threshold_source")
     print(json.dumps(info, indent=2))
+    print(threshold_line(info["score_threshold"], source))
     print(f"{args.format} model written to {info['model']}")
     return 0

@@ -11,7 +11,8 @@ and <output>/<name>.png with the boxes drawn; a directory of DICOMs gives
 <output>/submission.csv in the Kaggle format. An unreadable file in the directory stops the run,
 unless --skip-unreadable (or the run's data.bad_file_policy: skip): then its row has no boxes
 and it is listed in <output>/skipped_images.csv. The threshold defaults to the run's
-threshold.json (`retinanet evaluate --write-threshold`), else its evaluation.score_threshold.
+threshold.json (chosen on validation by training for its best weights, or by `retinanet evaluate
+--write-threshold`), else its evaluation.score_threshold; the command prints which it used.
 
 Several --run-dir make an ensemble (a cross-validation directory stands for every fold's best
 weights): the models' boxes, flip TTA passes included, are fused by weighted box fusion and
@@ -51,8 +52,12 @@ def run(args, parser) -> int:
                                 progress=not args.no_progress, skip_unreadable=args.skip_unreadable)
     except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
         return report_error(error)
+    from retinanet.runs import threshold_line
+
     outputs = summary.pop("outputs")
+    source = summary.pop("score_threshold_source")
     print(json.dumps(summary, indent=2))
+    print(threshold_line(summary["score_threshold"], source))
     for path in outputs:
         print(f"wrote {path}")
     return 0

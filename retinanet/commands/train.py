@@ -47,7 +47,8 @@ def run(args, parser) -> int:
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
     from retinanet.model.backbone import WeightsError
-    from retinanet.runs import BEST_WEIGHTS, TENSORBOARD, VALIDATION_PICTURE, read_best_record
+    from retinanet.runs import (BEST_WEIGHTS, CONFIG_FILE, TENSORBOARD, VALIDATION_PICTURE, load_run_config,
+                                read_best_record, read_threshold)
     from retinanet.safe_writes import FileWriteError
     from retinanet.training import TrainingError, default_run_dir, train
 
@@ -59,15 +60,21 @@ def run(args, parser) -> int:
     if not results["scalars"]:
         print(f"Worker finished at step {results['step']}; the chief wrote the run directory {run_dir}")
         return 0
+    configured = load_run_config(run_dir / CONFIG_FILE).evaluation.score_threshold
     print(f"\nHeld-out validation at step {results['step']}:")
     for key, value in results["scalars"].items():
         print(f"  {key:22s} {value:.4f}")
+    print(f"  (rsna_metric at score threshold {configured:g} (config evaluation.score_threshold); "
+          "best_rsna_metric at best_threshold, chosen on this validation)")
     best = read_best_record(run_dir)
+    threshold, origin = read_threshold(run_dir, configured)
     print(f"\nRun directory:    {run_dir}")
     print(f"Best weights:     {run_dir / BEST_WEIGHTS} (step {best['step']}: RSNA metric "
           f"{best['best_rsna_metric']:.4f} at the score threshold chosen on validation, {best['best_threshold']:.2f}; "
           f"{best['rsna_metric']:.4f} at the configured one)")
-    print(f"Predictions:      {run_dir / VALIDATION_PICTURE}")
+    print(f"Score threshold:  {threshold:g} ({origin}); infer, evaluate and export use it")
+    print(f"Predictions:      {run_dir / VALIDATION_PICTURE} (weights of step {results['step']}, score threshold "
+          f"{results['overlay_threshold']:g}, {results['overlay_threshold_origin']})")
     print(f"TensorBoard:      tensorboard --logdir {run_dir / TENSORBOARD}")
     print(f"Evaluate:         retinanet evaluate --run-dir {run_dir} --output {run_dir / 'evaluation'}")
     return 0
