@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet import hardware
+from retinanet.runtime import hardware
 
 REPO = Path(__file__).resolve().parent.parent
 THREAD_SETTINGS = ((2, 2), (2, 1), (1, 1), (1, 2))
@@ -58,7 +58,7 @@ def peers() -> dict:
 def measure(args) -> list[dict]:
     import numpy as np
 
-    from retinanet.benchmark_training import fixed_batch, peer_runner, project_runner, time_in_turns
+    from retinanet.bench.training import fixed_batch, peer_runner, project_runner, time_in_turns
     from retinanet.config import load_config
 
     rows = []

@@ -1,4 +1,4 @@
-"""Tests for retinanet.anchor_fitting and `retinanet fit-anchors`: hand-made box sets whose answer is
+"""Tests for retinanet.data.anchor_fitting and `retinanet fit-anchors`: hand-made box sets whose answer is
 known, coverage against a brute-force count, and the written section loading as a config."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from retinanet.anchor_fitting import (anchor_shapes, anchors_yaml, centred_iou, fit_anchor_shapes, fit_anchors,
+from retinanet.data.anchor_fitting import (anchor_shapes, anchors_yaml, centred_iou, fit_anchor_shapes, fit_anchors,
                                       mean_best_iou)
-from retinanet.anchors import generate_anchors_numpy
+from retinanet.detection.anchors import generate_anchors_numpy
 from retinanet.config import AnchorConfig, config_from_dict, load_config
 from retinanet.data.rsna import Record
 

@@ -1,4 +1,4 @@
-"""Tests for retinanet.anchors: counts, order, shapes of the anchor boxes."""
+"""Tests for retinanet.detection.anchors: counts, order, shapes of the anchor boxes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.anchors import (
+from retinanet.detection.anchors import (
     anchors_per_location,
     feature_map_size,
     generate_anchors,

@@ -1,4 +1,4 @@
-"""Tests for the constraints declared beside the config fields (retinanet.config_rules), the
+"""Tests for the constraints declared beside the config fields (retinanet.config.rules), the
 cross-field rules, the retired keys, and the choice lists shared with the modules that act on them."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from conftest import REPOSITORY_ROOT as REPOSITORY
-from retinanet import config as config_module
+from retinanet.config import schema as config_module
 from retinanet.config import CROSS_FIELD_RULES, RETIRED_KEYS, Config, ConfigError, load_config, save_config
-from retinanet.config_rules import (CrossFieldRule, Rule, at_least, each, increasing, one_of, ordered_pair, positive,
+from retinanet.config.rules import (CrossFieldRule, Rule, at_least, each, increasing, one_of, ordered_pair, positive,
                                     setting, violations, within)
 
 
@@ -192,8 +192,8 @@ def test_every_choice_the_config_allows_is_accepted_by_the_code_that_acts_on_it(
     import numpy as np
 
     from retinanet.data.rsna import read_labels
-    from retinanet.losses import RetinaNetLoss
-    from retinanet.postprocess import Postprocessor
+    from retinanet.detection.losses import RetinaNetLoss
+    from retinanet.detection.postprocess import Postprocessor
 
     anchors = np.array([[0, 0, 32, 32]], np.float32)
     for gating in config_module.IMAGE_GATINGS:

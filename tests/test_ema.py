@@ -1,4 +1,4 @@
-"""Tests for the moving average of the weights (`training.ema_decay`, retinanet/ema.py): the
+"""Tests for the moving average of the weights (`training.ema_decay`, retinanet/train/ema.py): the
 average against a hand computation, validation and saved weights on it, and `--resume` keeping it."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from retinanet.config import TrainingConfig, config_from_dict
-from retinanet.ema import averaged_weights, base_optimizer, uses_ema
-from retinanet.training import Trainer, build_optimizer
+from retinanet.train.ema import averaged_weights, base_optimizer, uses_ema
+from retinanet.train.trainer import Trainer, build_optimizer
 
 
 def one_weight_model() -> keras.Model:

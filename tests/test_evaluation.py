@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinanet.metrics import IOU_THRESHOLDS
-from retinanet.submission import read_submission, score_submission
+from retinanet.detection.metrics import IOU_THRESHOLDS
+from retinanet.data.submission import read_submission, score_submission
 
 
 def validation_patients(metrics: dict) -> list[str]:
@@ -163,7 +163,7 @@ def hand_made_case(tmp_path):
 
 
 def test_compute_metrics_on_known_detections(tmp_path):
-    from retinanet.evaluation import compute_metrics
+    from retinanet.evaluate.evaluation import compute_metrics
 
     _, records, detections = hand_made_case(tmp_path)
     metrics = compute_metrics(records, detections, np.array([0.9, 0.2, 0.1, 0.7]), threshold=0.25,
@@ -186,8 +186,8 @@ def test_compute_metrics_on_known_detections(tmp_path):
 
 
 def test_predictions_csv_scores_like_the_metric(tmp_path):
-    from retinanet.evaluation import compute_metrics, keep_above
-    from retinanet.submission import write_submission
+    from retinanet.evaluate.evaluation import compute_metrics, keep_above
+    from retinanet.data.submission import write_submission
 
     labels_csv, records, detections = hand_made_case(tmp_path)
     for threshold in (0.05, 0.25, 0.5):
@@ -201,7 +201,7 @@ def test_predictions_csv_scores_like_the_metric(tmp_path):
 
 
 def test_report_and_json_handle_missing_values():
-    from retinanet.evaluation import _json_ready, format_report, sweep_thresholds
+    from retinanet.evaluate.evaluation import _json_ready, format_report, sweep_thresholds
 
     assert sweep_thresholds((0.05, 0.95, 0.05)).tolist()[-1] == 0.95
     assert _json_ready({"a": float("nan"), 0.4: [np.float32(1.5), np.int64(2)]}) == {"a": None, "0.4": [1.5, 2]}

@@ -1,4 +1,4 @@
-"""scripts/infer.py and retinanet.inference end to end on the tiny trained run (see conftest.py)."""
+"""scripts/infer.py and retinanet.serve.inference end to end on the tiny trained run (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.inference import Detector, ModelLoadError
-from retinanet.submission import read_submission
+from retinanet.serve.inference import Detector, ModelLoadError
+from retinanet.data.submission import read_submission
 
 
 def check_document(document: dict, height: int, width: int) -> None:
@@ -75,7 +75,7 @@ def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, 
     decoding written from the box-coding formulas, greedy NMS by tf.image.non_max_suppression, then
     shrink, letterbox scale and clip by hand. One class, no flip TTA, no gating; every level's
     anchors fit in pre_nms_top_k (checked), so the per-level top-k keeps them all."""
-    from retinanet.anchors import generate_anchors_numpy, level_sizes
+    from retinanet.detection.anchors import generate_anchors_numpy, level_sizes
     from retinanet.data.preprocess import normalize, preprocess_image
 
     pre, post = config.preprocessing, config.postprocessing
@@ -108,7 +108,7 @@ def test_detector_matches_a_numpy_reference_on_a_non_square_image(tiny_run, png_
     from dataclasses import replace
 
     from retinanet.data.dicom import read_image
-    from retinanet.inference import build_inference_model
+    from retinanet.serve.inference import build_inference_model
 
     config = tiny_run.config
     config = replace(config, postprocessing=replace(config.postprocessing, flip_tta=False, image_gating="none",
@@ -230,7 +230,7 @@ def test_infer_on_a_directory_follows_the_run_bad_file_policy(tiny_run, director
     from dataclasses import replace
 
     from retinanet.config import load_config, save_config
-    from retinanet.inference import run_inference
+    from retinanet.serve.inference import run_inference
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -272,7 +272,7 @@ def small_config(image_head: bool):
 @pytest.mark.parametrize("kind", ["h5", "checkpoint"])
 @pytest.mark.parametrize("trained_with", [True, False])
 def test_image_head_mismatch_on_load_says_so(weights_with_and_without_image_head, trained_with, kind):
-    from retinanet.inference import build_inference_model
+    from retinanet.serve.inference import build_inference_model
 
     weights = weights_with_and_without_image_head[trained_with, kind]
     with pytest.raises(ModelLoadError) as error:
@@ -283,7 +283,7 @@ def test_image_head_mismatch_on_load_says_so(weights_with_and_without_image_head
 
 
 def test_matching_image_head_loads(weights_with_and_without_image_head):
-    from retinanet.inference import build_inference_model
+    from retinanet.serve.inference import build_inference_model
 
     model = build_inference_model(small_config(True), weights_with_and_without_image_head[True, "checkpoint"])
     assert "image_logits" in model.output

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.anchors import generate_anchors
+from retinanet.detection.anchors import generate_anchors
 from retinanet.config import config_from_dict
-from retinanet.hardware import dtype_policy
-from retinanet.losses import loss_from_config
+from retinanet.runtime.hardware import dtype_policy
+from retinanet.detection.losses import loss_from_config
 from retinanet.model.retinanet import build_model_from_config
-from retinanet.targets import LabelEncoder
-from retinanet.training import build_optimizer, build_train_step
+from retinanet.detection.targets import LabelEncoder
+from retinanet.train.trainer import build_optimizer, build_train_step
 
 IMAGE_SIZE = (64, 64)
 

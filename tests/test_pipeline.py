@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.anchors import generate_anchors_numpy
+from retinanet.detection.anchors import generate_anchors_numpy
 from retinanet.config import config_from_dict
 from retinanet.data.cache import build_cache, settings_key
 from retinanet.data.dicom import DicomReadError
@@ -254,8 +254,8 @@ def cache_directory(config, cache_dir):
 def test_a_full_disk_while_caching_keeps_the_earlier_images_and_index(data_root, tmp_path, monkeypatch):
     from test_safe_writes import FullDiskFile
 
-    from retinanet import safe_writes
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.runtime import safe_writes
+    from retinanet.runtime.safe_writes import FileWriteError
 
     config = make_config(data_root, tmp_path / "cache")
     records = prepare_split(config, progress=False).train[:4]

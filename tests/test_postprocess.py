@@ -1,4 +1,4 @@
-"""Tests for retinanet.postprocess: known boxes encoded against real anchors come back out."""
+"""Tests for retinanet.detection.postprocess: known boxes encoded against real anchors come back out."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet import boxes as box_ops
-from retinanet.anchors import generate_anchors_numpy, level_sizes
-from retinanet.postprocess import NetworkPass, Postprocessor, keep_above_in_graph
+from retinanet.detection import boxes as box_ops
+from retinanet.detection.anchors import generate_anchors_numpy, level_sizes
+from retinanet.detection.postprocess import NetworkPass, Postprocessor, keep_above_in_graph
 
 IMAGE_SIZE = (128, 128)
 ANCHORS = generate_anchors_numpy(IMAGE_SIZE)

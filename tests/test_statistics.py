@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from retinanet.anchors import generate_anchors_numpy, num_anchors
+from retinanet.detection.anchors import generate_anchors_numpy, num_anchors
 from retinanet.config import AnchorConfig
 from retinanet.data.rsna import Record
 from retinanet.data.statistics import (

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from retinanet.submission import (
+from retinanet.data.submission import (
     SubmissionError,
     format_prediction_string,
     read_submission,

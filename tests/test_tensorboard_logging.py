@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retinanet.config import Config, config_from_dict
-from retinanet.tensorboard_logging import (BOX_PR_CURVE, HPARAM_METRICS, IMAGE_PR_CURVE, counts_at_thresholds,
+from retinanet.train.tensorboard_logging import (BOX_PR_CURVE, HPARAM_METRICS, IMAGE_PR_CURVE, counts_at_thresholds,
                                            flatten_config)
 
 
@@ -84,8 +84,8 @@ def test_weight_histograms_when_asked(tiny_run, tmp_path):
     import shutil
     import tensorflow as tf
 
-    from retinanet.inference import build_inference_model
-    from retinanet.tensorboard_logging import log_validation_details
+    from retinanet.serve.inference import build_inference_model
+    from retinanet.train.tensorboard_logging import log_validation_details
 
     model = build_inference_model(tiny_run.config, tiny_run.run_dir / "final.weights.h5")
     writer = tf.summary.create_file_writer(str(tmp_path / "events"))

@@ -8,8 +8,8 @@
 
 The SavedModel loads with tf.saved_model.load alone and takes images of any size (one, or a
 batch with per-image sizes, grey or RGB); TFLite and ONNX hold the network only, at the fixed
-input size, for the caller to letterbox into and to post-process (see retinanet/export.py and
-retinanet/export_formats.py). ONNX needs the `export` extra (pip install "rsna-retinanet[export]").
+input size, for the caller to letterbox into and to post-process (see retinanet/serve/export.py and
+retinanet/serve/export_formats.py). ONNX needs the `export` extra (pip install "rsna-retinanet[export]").
 Several --run-dir (or a cross-validation directory) give one SavedModel holding every model,
 whose boxes it fuses as `retinanet infer` does; TFLite and ONNX take one run only.
 """
@@ -33,8 +33,8 @@ def run(args, parser) -> int:
     import json
 
     from retinanet.config import ConfigError
-    from retinanet.export_formats import ConversionError, export_run
-    from retinanet.inference import InputError, ModelLoadError
+    from retinanet.serve.export_formats import ConversionError, export_run
+    from retinanet.serve.inference import InputError, ModelLoadError
 
     try:
         info = export_run(output_dir=args.output, export_format=args.format, checkpoint=args.checkpoint,

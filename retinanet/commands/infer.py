@@ -43,7 +43,7 @@ def run(args, parser) -> int:
 
     from retinanet.config import ConfigError
     from retinanet.data.dicom import DicomReadError
-    from retinanet.inference import InputError, ModelLoadError, run_inference
+    from retinanet.serve.inference import InputError, ModelLoadError, run_inference
 
     try:
         summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,

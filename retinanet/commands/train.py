@@ -47,9 +47,9 @@ def run(args, parser) -> int:
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
     from retinanet.model.backbone import WeightsError
-    from retinanet.runs import BEST_WEIGHTS, TENSORBOARD, VALIDATION_PICTURE, read_best_record
-    from retinanet.safe_writes import FileWriteError
-    from retinanet.training import TrainingError, default_run_dir, train
+    from retinanet.train.runs import BEST_WEIGHTS, TENSORBOARD, VALIDATION_PICTURE, read_best_record
+    from retinanet.runtime.safe_writes import FileWriteError
+    from retinanet.train.trainer import TrainingError, default_run_dir, train
 
     try:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retinanet.anchors import generate_anchors
+from retinanet.detection.anchors import generate_anchors
 from retinanet.config import Config, TrainingConfig
 from retinanet.data.augment import Augmenter
 from retinanet.data.cache import build_cache, load_preprocessed
@@ -24,9 +24,9 @@ from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.order import augmentation_seed, record_at, worker_positions
 from retinanet.data.preprocess import normalize
 from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
-from retinanet.hardware import workers
-from retinanet.safe_writes import FileWriteError
-from retinanet.targets import LabelEncoder
+from retinanet.runtime.hardware import workers
+from retinanet.runtime.safe_writes import FileWriteError
+from retinanet.detection.targets import LabelEncoder
 
 SPLITS = ("train", "validation")
 

@@ -12,12 +12,12 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from retinanet import boxes as box_ops
-from retinanet.anchors import anchors_per_location, feature_map_size, generate_anchors_numpy, level_sizes
+from retinanet.detection import boxes as box_ops
+from retinanet.detection.anchors import anchors_per_location, feature_map_size, generate_anchors_numpy, level_sizes
 from retinanet.config import AnchorConfig
 from retinanet.data.preprocess import letterbox_scale
 from retinanet.data.rsna import CLASS_NAMES, Record
-from retinanet.targets import LabelEncoder
+from retinanet.detection.targets import LabelEncoder
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Boxes per IoU call: [chunk, A] IoUs for A = 49,104 anchors (512 px) stay near 50 MB.

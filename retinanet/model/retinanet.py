@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from retinanet.anchors import anchors_per_location
+from retinanet.detection.anchors import anchors_per_location
 from retinanet.config import AnchorConfig, Config, ModelConfig
 from retinanet.model.backbone import build_backbone, configure_layers
 from retinanet.model.fpn import build_fpn

@@ -29,7 +29,7 @@ _NO_BOXES = np.zeros((0, 4))
 def intersection_and_union(boxes_a, boxes_b) -> tuple[np.ndarray, np.ndarray]:
     """[..., 4] and [..., 4] (broadcast) -> float64 (intersection [...], union [...]) areas.
 
-    The numpy twin of `retinanet.boxes.intersection_and_union`: sizes are `x2 - x1` with no +1,
+    The numpy twin of `retinanet.detection.boxes.intersection_and_union`: sizes are `x2 - x1` with no +1,
     as in the competition's reference kernel and pycocotools; a degenerate box has area 0.
     """
     boxes_a = np.asarray(boxes_a, np.float64)

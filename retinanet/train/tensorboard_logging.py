@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 
 from retinanet.config import Config, to_dict
-from retinanet.metrics import detection_matches
+from retinanet.detection.metrics import detection_matches
 
 # (validation scalar tag, what the HParams table calls it)
 HPARAM_METRICS = (("best_rsna_metric", "validation RSNA metric at its best threshold"),

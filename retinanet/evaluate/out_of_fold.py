@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retinanet.metrics import image_score_table
-from retinanet.submission import format_prediction_string, parse_prediction_string
+from retinanet.detection.metrics import image_score_table
+from retinanet.data.submission import format_prediction_string, parse_prediction_string
 
 PREDICTION_COLUMNS = ("patientId", "fold", "PredictionString", "image_probability")
 BOOTSTRAP_RESAMPLES = 1000

@@ -6,8 +6,8 @@ resolved `config.yaml` (preprocessing, anchors, post-processing), the weights
 score threshold chosen by evaluation (`threshold.json`, written by `retinanet evaluate
 --write-threshold`; without it `evaluation.score_threshold` of the config).
 
-The run directory's layout and how a run's pieces are found are `retinanet.runs`'. Several
-runs, or a cross-validation directory, make one ensemble Detector (`retinanet.ensembles`).
+The run directory's layout and how a run's pieces are found are `retinanet.train.runs`'. Several
+runs, or a cross-validation directory, make one ensemble Detector (`retinanet.serve.ensembles`).
 
 Images go through exactly the training preprocessing (`read_image`, CLAHE, letterbox with
 OpenCV); boxes come back as `x1, y1, x2, y2` in the original image's pixels, clipped to it.
@@ -26,16 +26,16 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retinanet.anchors import generate_anchors, level_sizes
+from retinanet.detection.anchors import generate_anchors, level_sizes
 from retinanet.config import Config
 from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
 from retinanet.data.rsna import SkipReport
-from retinanet.detections import forward_function, per_image_results
-from retinanet.ensembles import EnsembleSource, resolve_ensemble
-from retinanet.hardware import dtype_policy, inference_precision, workers
-from retinanet.postprocess import postprocessor_from_config
-from retinanet.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
+from retinanet.detection.detections import forward_function, per_image_results
+from retinanet.serve.ensembles import EnsembleSource, resolve_ensemble
+from retinanet.runtime.hardware import dtype_policy, inference_precision, workers
+from retinanet.detection.postprocess import postprocessor_from_config
+from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
 
 
 class InputError(ValueError):
@@ -94,7 +94,7 @@ class Detector:
     (descending, >= the threshold), "image_probability": float, or None without the image head}.
     Boxes scoring below postprocessing.score_threshold never reach the threshold: it acts as
     the larger of the two. `model` is one Keras model or a list (an ensemble, see
-    `retinanet.ensembles`): all their passes are fused by the one postprocessor; `config` is the
+    `retinanet.serve.ensembles`): all their passes are fused by the one postprocessor; `config` is the
     first run's.
     """
 
@@ -267,7 +267,7 @@ def infer_directory(detector: Detector, directory: Path, output_dir: Path, progr
     empty, and the files and reasons are listed in `<output_dir>/skipped_images.csv` and counted.
     """
     from retinanet.data.pipeline import report_skips
-    from retinanet.submission import write_submission
+    from retinanet.data.submission import write_submission
 
     files = dicom_files(directory)
     skipped = SkipReport() if skip_unreadable else None

@@ -1,6 +1,6 @@
 """RetinaNet losses: sigmoid one-hot focal loss, smooth L1 (or GIoU / CIoU), image-level BCE.
 
-The targets come from `retinanet.targets` (`[B, A, 4 + 1]`); the loss only weights and
+The targets come from `retinanet.detection.targets` (`[B, A, 4 + 1]`); the loss only weights and
 normalises. Both detection terms are divided by max(1, positive anchors), so images without
 boxes still train the classifier through their negatives. Everything is computed in float32.
 """
@@ -11,9 +11,9 @@ import math
 
 import tensorflow as tf
 
-from retinanet import boxes as box_ops
+from retinanet.detection import boxes as box_ops
 from retinanet.config import BOX_LOSSES
-from retinanet.targets import NEGATIVE
+from retinanet.detection.targets import NEGATIVE
 
 
 def focal_loss(labels, logits, *, alpha: float = 0.25, gamma: float = 2.0):

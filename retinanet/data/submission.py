@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retinanet.data.rsna import read_labels
-from retinanet.metrics import rsna_metric
+from retinanet.detection.metrics import rsna_metric
 
 HEADER = ("patientId", "PredictionString")
 VALUES_PER_BOX = 5  # confidence, x, y, width, height

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from retinanet.config import Config, to_dict
-from retinanet.runs import (BEST_WEIGHTS, CONFIG_FILE, FOLD_DIRECTORY, SPLIT_FILE, ModelLoadError, ModelSource,
+from retinanet.train.runs import (BEST_WEIGHTS, CONFIG_FILE, FOLD_DIRECTORY, SPLIT_FILE, ModelLoadError, ModelSource,
                             load_run_config, resolve_source, source_from_run_dir)
 
 # What every model of an ensemble must share: they see one preprocessed image and their

@@ -42,17 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from retinanet import runs
+from retinanet.train import runs
 from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split, read_data_set
 from retinanet.data.rsna import Record
-from retinanet.detections import keep_above, predict_dataset
-from retinanet.ensembles import check_held_out, resolve_ensemble
-from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
-from retinanet.inference import Detector
-from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
+from retinanet.detection.detections import keep_above, predict_dataset
+from retinanet.serve.ensembles import check_held_out, resolve_ensemble
+from retinanet.evaluate.plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
+from retinanet.serve.inference import Detector
+from retinanet.detection.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                sweep_thresholds, threshold_sweep)
-from retinanet.safe_writes import write_text_atomically
-from retinanet.submission import write_submission
+from retinanet.runtime.safe_writes import write_text_atomically
+from retinanet.data.submission import write_submission
 
 
 class EvaluationError(ValueError):
@@ -204,7 +204,7 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     The configured threshold is config.evaluation.score_threshold: a threshold.json written
     by an earlier evaluation is ignored here. With `write_threshold`, the best threshold goes
     to `<run_dir>/threshold.json` for inference. `run_dir` may be a list: an ensemble
-    (`retinanet.ensembles`), evaluated on the first run's held-out fold of `split_file`, which
+    (`retinanet.serve.ensembles`), evaluated on the first run's held-out fold of `split_file`, which
     must hold no patient any of its runs trained on; its threshold goes to the
     cross-validation directory given. With `data_root`, every patient of that labelled data set
     is evaluated instead (`labelled_set_records`). Evaluating patients a model trained on is

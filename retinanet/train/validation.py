@@ -10,8 +10,8 @@ import numpy as np
 from retinanet.data.pipeline import build_dataset_and_records
 from retinanet.data.preprocess import denormalize
 from retinanet.data.rsna import Record
-from retinanet.detections import above, forward_function, keep_above, predict_dataset
-from retinanet.metrics import (average_precision, best_of_sweep, image_level_metrics, rsna_metric,
+from retinanet.detection.detections import above, forward_function, keep_above, predict_dataset
+from retinanet.detection.metrics import (average_precision, best_of_sweep, image_level_metrics, rsna_metric,
                                sweep_thresholds)
 from retinanet.visualize import draw_boxes
 

@@ -2,7 +2,7 @@
 
 Two paths are timed on the same file, each stage as the median over repeated warm runs:
 - Keras: read_image | preprocess (CLAHE + letterbox, OpenCV) | network | post-processing;
-- SavedModel (retinanet.export): read_image | CLAHE by the caller | one graph call holding
+- SavedModel (retinanet.serve.export): read_image | CLAHE by the caller | one graph call holding
   the letterbox resize, network and post-processing.
 """
 
@@ -18,8 +18,8 @@ import tensorflow as tf
 from retinanet.config import load_config
 from retinanet.data.dicom import read_image
 from retinanet.data.preprocess import apply_clahe, normalize
-from retinanet.inference import Detector, build_untrained_model
-from retinanet.postprocess import network_pass
+from retinanet.serve.inference import Detector, build_untrained_model
+from retinanet.detection.postprocess import network_pass
 
 STAGES = ("read", "preprocess", "network", "postprocess")
 
@@ -116,7 +116,7 @@ def run_benchmark(*, config_path="configs/rsna.yaml", run_dir=None, checkpoint=N
             config = load_config(config_path, overrides)
             detector = Detector(config, build_untrained_model(config), threshold=config.evaluation.score_threshold)
         path = Path(dicom) if dicom is not None else synthetic_dicom(scratch / "data")
-        from retinanet.export import export_detector
+        from retinanet.serve.export import export_detector
 
         export_detector(detector, scratch / "exported")
         keras_times = time_keras(detector, path, repeats, warmup)

@@ -16,7 +16,7 @@ Signatures (each also a method of the loaded object, e.g. `loaded.detect(image)`
        image_probability [B]; D = postprocessing.max_detections
 
 `network`: the network alone at its fixed input size (what TFLite and ONNX hold, see
-`retinanet.export_formats`)
+`retinanet.serve.export_formats`)
     image             uint8 [1, h, w] (the network input size): the letterboxed grey image
     -> predictions    float32 [M, A, 4 + K] box deltas and class logits, one row per anchor
        boxes          float32 [M, A, 4] the deltas decoded on the anchors, input pixels, clipped
@@ -24,9 +24,9 @@ Signatures (each also a method of the loaded object, e.g. `loaded.detect(image)`
        image_probability float32 [M] (with the image-level head)
     M is the number of models: 1 for a run, one row per model for an ensemble.
     Thresholding, NMS, flip TTA, gating, box shrink and the division by the letterbox scale are
-    the caller's (`retinanet.export_formats.detect_with_network` does them as inference does).
+    the caller's (`retinanet.serve.export_formats.detect_with_network` does them as inference does).
 
-An ensemble (several runs, or a cross-validation directory, see `retinanet.ensembles`) is
+An ensemble (several runs, or a cross-validation directory, see `retinanet.serve.ensembles`) is
 one SavedModel holding every model: `detect` and `detect_batch` fuse their passes as the
 ensemble Detector does.
 
@@ -56,10 +56,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from retinanet import boxes as box_ops
+from retinanet.detection import boxes as box_ops
 from retinanet.data.preprocess import normalize
-from retinanet.inference import Detector
-from retinanet.postprocess import keep_above_in_graph
+from retinanet.serve.inference import Detector
+from retinanet.detection.postprocess import keep_above_in_graph
 
 GREY_ONLY = "expected a grey [H, W] / [H, W, 1] or RGB [H, W, 3] uint8 image"
 # OpenCV's fixed-point RGB -> grey weights (0.299, 0.587, 0.114 scaled by 2^15, rounded to nearest),

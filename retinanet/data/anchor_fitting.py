@@ -43,7 +43,7 @@ def centred_iou(shapes_a: np.ndarray, shapes_b: np.ndarray) -> np.ndarray:
 
 def anchor_shapes(sizes, aspect_ratios, scales) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every anchor shape -> (shapes [L * R * S, 2] as (width, height), level index, ratio index,
-    scale index [L * R * S] each), in the order of `retinanet.anchors` (level, ratio, scale)."""
+    scale index [L * R * S] each), in the order of `retinanet.detection.anchors` (level, ratio, scale)."""
     level, ratio, scale = (index.ravel() for index in np.meshgrid(
         np.arange(len(sizes)), np.arange(len(aspect_ratios)), np.arange(len(scales)), indexing="ij"))
     side = np.asarray(sizes, np.float64)[level] * np.asarray(scales, np.float64)[scale]

@@ -1,6 +1,6 @@
 """The numpy side of the one detections path: padded results -> per-image boxes, thresholds, datasets.
 
-`retinanet.postprocess.Postprocessor` turns network outputs and letterbox info into padded
+`retinanet.detection.postprocess.Postprocessor` turns network outputs and letterbox info into padded
 detections in original pixels, clipped to the original image. Validation, evaluation,
 inference and export all get their boxes from it; here are the steps they share after it:
 `unpad` (per-image arrays), `above` / `keep_above` (the score threshold) and
@@ -53,8 +53,8 @@ def forward_function(models: list, postprocessor, loss=None):
     `models` is a list: one model, or an ensemble whose passes are fused. With `loss` (one model)
     the sums hold its components on the plain pass and, with the image head, "image_loss".
     """
-    from retinanet.losses import image_loss
-    from retinanet.postprocess import network_pass
+    from retinanet.detection.losses import image_loss
+    from retinanet.detection.postprocess import network_pass
 
     if loss is not None and len(models) != 1:
         raise ValueError("loss sums need exactly one model")

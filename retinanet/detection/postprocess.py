@@ -11,7 +11,7 @@ rescaled by the image-level probability, the boxes shrunk about their centres, d
 scale and clipped to the original image. The letterbox puts the image in the top-left corner
 of the input, so the offset between the two frames is zero.
 
-`retinanet.detections` turns the padded result into per-image numpy arrays and runs datasets.
+`retinanet.detection.detections` turns the padded result into per-image numpy arrays and runs datasets.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from retinanet import boxes as box_ops
+from retinanet.detection import boxes as box_ops
 from retinanet.config import IMAGE_GATINGS
 
 # Boxes of the two TTA passes join one cluster above this IoU (the ensemble-boxes default).

@@ -1,6 +1,6 @@
 """Build everything from a config and train: custom loop, checkpoints, validation, TensorBoard.
 
-What a run directory holds, and what makes it recoverable, is described in retinanet/runs.py;
+What a run directory holds, and what makes it recoverable, is described in retinanet/train/runs.py;
 `best.weights.h5` and `final.weights.h5` hold the moving average of the weights with
 `training.ema_decay`, which validation judges.
 One directory holds one run: a new run into it is refused unless it resumes or overwrites.
@@ -22,25 +22,25 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retinanet.anchors import generate_anchors, level_sizes
-from retinanet.budget import CALIBRATION_STEPS, Timing, fit_schedule
+from retinanet.detection.anchors import generate_anchors, level_sizes
+from retinanet.train.budget import CALIBRATION_STEPS, Timing, fit_schedule
 from retinanet.config import Config, TrainingConfig, load_config, save_config
 from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
 from retinanet.data.rsna import Record
-from retinanet.distributed import barrier, make_strategy, remove_write_directory, worker_role, write_directory
-from retinanet.ema import averaged_weights
-from retinanet.fused_optimizers import FusedAdamW, FusedSGD
-from retinanet.hardware import dtype_policy, prepare_runtime
-from retinanet.losses import image_loss, loss_from_config
+from retinanet.train.distributed import barrier, make_strategy, remove_write_directory, worker_role, write_directory
+from retinanet.train.ema import averaged_weights
+from retinanet.train.optimizers import FusedAdamW, FusedSGD
+from retinanet.runtime.hardware import dtype_policy, prepare_runtime
+from retinanet.detection.losses import image_loss, loss_from_config
 from retinanet.model.retinanet import build_model_from_config
-from retinanet.postprocess import postprocessor_from_config
-from retinanet import runs
-from retinanet.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
+from retinanet.detection.postprocess import postprocessor_from_config
+from retinanet.train import runs
+from retinanet.train.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
                             record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
                             validation_due_step, write_json_atomically)
-from retinanet.safe_writes import append_line, save_checkpoint, save_weights_atomically
-from retinanet.tensorboard_logging import log_run_start, log_validation_details
-from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
+from retinanet.runtime.safe_writes import append_line, save_checkpoint, save_weights_atomically
+from retinanet.train.tensorboard_logging import log_run_start, log_validation_details
+from retinanet.train.validation import NonFiniteOutputError, Validator, validation_picture
 from retinanet.visualize import save_rgb
 
 
@@ -92,7 +92,7 @@ def schedule_from_config(training: TrainingConfig) -> WarmupDecay:
 
 def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = None) -> keras.optimizers.Optimizer:
     schedule = schedule or schedule_from_config(training)
-    # Keras keeps the weights' moving average itself (retinanet/ema.py).
+    # Keras keeps the weights' moving average itself (retinanet/train/ema.py).
     ema = {"use_ema": True, "ema_momentum": training.ema_decay} if training.ema_decay else {}
     if training.optimizer == "sgd":
         optimizer = FusedSGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay, **ema)

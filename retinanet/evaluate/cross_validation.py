@@ -5,7 +5,7 @@ The parent directory holds
     split.csv              the patient folds, fixed once: every fold reads this one file
     fold_<k>/              a normal run directory, trained with data.validation_fold = k
     oof_predictions.csv    every held-out patient predicted by the fold that did not train on it
-                           (see retinanet/out_of_fold.py)
+                           (see retinanet/evaluate/out_of_fold.py)
     oof_submission.csv     Kaggle format, the boxes kept at the out-of-fold threshold
     oof_metrics.json       the sweep, chosen threshold, metric and 95% bootstrap interval, per fold
     threshold.json         the out-of-fold threshold, in the format of a run's threshold.json
@@ -31,10 +31,10 @@ import tensorflow as tf
 
 from retinanet.config import Config, ConfigError, load_config, save_config, to_dict
 from retinanet.data.pipeline import prepare_split
-from retinanet.detections import keep_above
-from retinanet.metrics import sweep_thresholds
-from retinanet.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
-from retinanet.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
+from retinanet.detection.detections import keep_above
+from retinanet.detection.metrics import sweep_thresholds
+from retinanet.evaluate.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
+from retinanet.train.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
                             fold_dir, read_best_record, run_entries, write_json_atomically, write_threshold)
 
 FINISHED_FILE = FINAL_WEIGHTS  # training writes it last: the run is complete
@@ -126,7 +126,7 @@ def _check_fold_config(run_dir: Path, fold: int, split_path: Path) -> None:
 
 def train_fold(base: Config, parent: Path, fold: int, position: str, progress: bool = True) -> str:
     """Train, resume or skip fold `fold`; prints a progress line; returns its state before."""
-    from retinanet.training import train
+    from retinanet.train.trainer import train
 
     run_dir = fold_dir(parent, fold)
     state = fold_state(run_dir)
@@ -155,7 +155,7 @@ def train_fold(base: Config, parent: Path, fold: int, position: str, progress: b
 
 def held_out_records(parent: Path, folds: list[int]) -> dict:
     """{fold: its held-out records, from the split file saved with its run}; the folds must not overlap."""
-    from retinanet.training import split_records_of_run
+    from retinanet.train.trainer import split_records_of_run
 
     records_of, fold_of = {}, {}
     for fold in folds:
@@ -172,8 +172,8 @@ def held_out_records(parent: Path, folds: list[int]) -> dict:
 def predict_fold(parent: Path, fold: int, records, progress: bool = True):
     """Fold `fold`'s best weights on its held-out `records` -> (records, {patient_id: (boxes,
     scores)} in original pixels, image probabilities [N] or None)."""
-    from retinanet.evaluation import predict_records
-    from retinanet.inference import Detector
+    from retinanet.evaluate.evaluation import predict_records
+    from retinanet.serve.inference import Detector
 
     run_dir = fold_dir(parent, fold)
     if not (run_dir / BEST_WEIGHTS).is_file():
@@ -219,8 +219,8 @@ def _all_patients(parent: Path) -> int:
 
 def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = True) -> dict:
     """Pool the folds' predictions of their held-out patients; write the files of the module docstring."""
-    from retinanet.evaluation_plots import plot_fold_sweeps
-    from retinanet.submission import write_submission
+    from retinanet.evaluate.plots import plot_fold_sweeps
+    from retinanet.data.submission import write_submission
 
     records_of = held_out_records(parent, folds)
     stamp = write_out_of_fold_predictions(parent, records_of, progress)
@@ -266,10 +266,10 @@ def _naming_fold(fold: int, parent: Path):
     """The errors of training and prediction name the problem: add which fold and directory."""
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
-    from retinanet.inference import InputError, ModelLoadError
+    from retinanet.serve.inference import InputError, ModelLoadError
     from retinanet.model.backbone import WeightsError
-    from retinanet.safe_writes import FileWriteError
-    from retinanet.training import TrainingError
+    from retinanet.runtime.safe_writes import FileWriteError
+    from retinanet.train.trainer import TrainingError
 
     try:
         yield
@@ -280,7 +280,7 @@ def _naming_fold(fold: int, parent: Path):
 
 def cross_validate(config: Config, parent: str | Path, folds: list[int] | None = None, progress: bool = True) -> dict:
     """Train (or resume, or skip) each fold, then the out-of-fold part; returns its analysis
-    (see `retinanet.out_of_fold.analyse`, plus "num_training_patients", "files", "summary")."""
+    (see `retinanet.evaluate.out_of_fold.analyse`, plus "num_training_patients", "files", "summary")."""
     parent = Path(parent)
     folds = list(range(config.data.num_folds)) if folds is None else folds
     base = prepare_parent(config, parent, progress)

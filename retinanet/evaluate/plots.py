@@ -9,7 +9,7 @@ import numpy as np
 
 from retinanet.data.dicom import read_image
 from retinanet.data.rsna import Record
-from retinanet.metrics import detection_matches, rsna_image_scores, roc_curve
+from retinanet.detection.metrics import detection_matches, rsna_image_scores, roc_curve
 from retinanet.visualize import draw_boxes, save_rgb
 
 

@@ -3,14 +3,14 @@
 `load_config(path, overrides=())` is the one entry point. Every key is checked against the
 schema below: an unknown key, a wrong type or an impossible value raises `ConfigError` naming
 the dotted key and the file. Each field declares its allowed values beside its default
-(`setting(default, rule, ...)`, see `retinanet.config_rules`); the few rules that relate
+(`setting(default, rule, ...)`, see `retinanet.config.rules`); the few rules that relate
 several keys are CROSS_FIELD_RULES. A retired key (RETIRED_KEYS) is dropped with a note, so
 that the config.yaml of an older run still loads. Overrides are `section.key=value` strings whose value is parsed
 as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size=[256,256]`).
 Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
 infinities are refused for every number key.
 
-Paths (`retinanet.config_paths.PATH_KEYS`): a relative path written in a config file is relative to the file's
+Paths (`retinanet.config.paths.PATH_KEYS`): a relative path written in a config file is relative to the file's
 directory, a relative path in an override to the working directory; `load_config` returns
 them absolute, so that no command depends on where it runs. `save_config` writes the paths
 inside the file's directory relative to it (a run's `split.csv`) and the others absolute,
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from retinanet.config_paths import absolute_path, is_path, map_paths, portable_path
-from retinanet.config_rules import (CrossFieldRule, Rule, at_least, each, increasing, not_empty, one_of,
+from retinanet.config.paths import absolute_path, is_path, map_paths, portable_path
+from retinanet.config.rules import (CrossFieldRule, Rule, at_least, each, increasing, not_empty, one_of,
                                     ordered_pair, positive, setting, violations, within)
 
 
@@ -135,7 +135,7 @@ class AnchorConfig:
     scales: tuple[float, ...] = setting((1.0, 2 ** (1 / 3), 2 ** (2 / 3)), each(positive()))
     positive_iou: float = setting(0.5, within(0, 1, low_open=True))
     negative_iou: float = setting(0.4, within(0, 1, low_open=True))  # and at most positive_iou
-    # Each box's best anchors become positive even below positive_iou (retinanet/targets.py).
+    # Each box's best anchors become positive even below positive_iou (retinanet/detection/targets.py).
     allow_low_quality_matches: bool = False
 
 

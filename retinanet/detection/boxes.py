@@ -49,7 +49,7 @@ def area(boxes):
 def intersection_and_union(boxes_a, boxes_b):
     """[..., 4] and [..., 4] (broadcast against each other) -> (intersection [...], union [...]) areas.
 
-    The one overlap primitive behind IoU, GIoU/CIoU and fusion; `retinanet.metrics` has its
+    The one overlap primitive behind IoU, GIoU/CIoU and fusion; `retinanet.detection.metrics` has its
     numpy twin. Sizes are `x2 - x1`, no +1; a degenerate box has area 0.
     """
     boxes_a = tf.convert_to_tensor(boxes_a, tf.float32)

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from retinanet.config import Config, ConfigError, load_config
-from retinanet.safe_writes import write_text_atomically
+from retinanet.runtime.safe_writes import write_text_atomically
 
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.csv"
@@ -83,7 +83,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
     TensorFlow writes a checkpoint into `checkpoints/<prefix>_temp/` and removes it once the
     checkpoint is complete; weights and JSON files are written as `*.tmp.weights.h5` and
-    `*.tmp.json` and then renamed (retinanet/safe_writes.py).
+    `*.tmp.json` and then renamed (retinanet/runtime/safe_writes.py).
     """
     run_dir = Path(run_dir)
     stale = sorted(path for path in (run_dir / CHECKPOINTS).glob("*_temp") if path.is_dir())

@@ -1,6 +1,6 @@
 """TFLite and ONNX exports of the network, and inference through them.
 
-Both hold the `network` signature of `retinanet.export` (float32 arithmetic whatever the
+Both hold the `network` signature of `retinanet.serve.export` (float32 arithmetic whatever the
 run's mixed precision): uint8 [1, h, w] letterboxed grey image at the network input size ->
 `predictions` [1, A, 4 + K], decoded `boxes` [1, A, 4] in input pixels, `scores` [1, A, K] and,
 with the image head, `image_probability` [1]. The resizing (OpenCV's area resize has no TFLite
@@ -8,7 +8,7 @@ kernel) and the post-processing stay outside, so every operation is a TFLite bui
 ONNX standard one. `detect_with_network` runs an exported network exactly as `Detector` runs
 the Keras model: CLAHE and letterbox with OpenCV, the same decoding, NMS, flip TTA, gating and
 box shrink. `<output>/serving_info.json` carries the settings a caller needs (see
-`retinanet.export.serving_info`).
+`retinanet.serve.export.serving_info`).
 
 TFLite conversion ships with TensorFlow; ONNX needs the `export` extra (tf2onnx, onnxruntime).
 """
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from retinanet.detections import per_image_results
-from retinanet.export import export_detector, network_function, serving_info
-from retinanet.inference import Detector, build_inference_model
-from retinanet.postprocess import NetworkPass
+from retinanet.detection.detections import per_image_results
+from retinanet.serve.export import export_detector, network_function, serving_info
+from retinanet.serve.inference import Detector, build_inference_model
+from retinanet.detection.postprocess import NetworkPass
 
 MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
 ONNX_OPSET = 17

@@ -14,14 +14,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from retinanet.anchors import generate_anchors
+from retinanet.detection.anchors import generate_anchors
 from retinanet.config import Config
-from retinanet.hardware import dtype_policy
-from retinanet.losses import loss_from_config
+from retinanet.runtime.hardware import dtype_policy
+from retinanet.detection.losses import loss_from_config
 from retinanet.model.retinanet import build_model_from_config
-from retinanet.peer import peer_train_step
-from retinanet.targets import LabelEncoder
-from retinanet.training import build_optimizer, build_train_step
+from retinanet.bench.peer import peer_train_step
+from retinanet.detection.targets import LabelEncoder
+from retinanet.train.trainer import build_optimizer, build_train_step
 
 
 def fixed_batch(config: Config, rng: np.random.Generator) -> dict:
@@ -39,7 +39,7 @@ def fixed_batch(config: Config, rng: np.random.Generator) -> dict:
 
 
 def project_runner(config: Config, batch: dict):
-    """A function running one of the project's training steps (`retinanet.training`) on `batch`."""
+    """A function running one of the project's training steps (`retinanet.train.trainer`) on `batch`."""
     with dtype_policy(config.training.mixed_precision):
         model = build_model_from_config(config)
     optimizer = build_optimizer(config.training)
@@ -49,7 +49,7 @@ def project_runner(config: Config, batch: dict):
 
 
 def peer_runner(config: Config, batch: dict, keras_module):
-    """A function running one training step of the keras-io example (`retinanet.peer`) on `batch`."""
+    """A function running one training step of the keras-io example (`retinanet.bench.peer`) on `batch`."""
     height, width = config.preprocessing.image_size
     step = peer_train_step(keras_module, (height, width, config.preprocessing.channels),
                            precision=config.training.mixed_precision)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from retinanet import boxes as box_ops
+from retinanet.detection import boxes as box_ops
 
 NEGATIVE = -1.0  # background: trains the classifier towards 0 for every class
 IGNORE = -2.0  # between the IoU thresholds: contributes to no loss
