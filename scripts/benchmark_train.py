@@ -66,7 +66,7 @@ def measure(args) -> list[dict]:
     for precision in precisions(args.precisions, auto):
         config = load_config(args.config, [f"preprocessing.image_size=[{args.size},{args.size}]",
                                            f"training.batch_size={args.batch}", "model.weights=none",
-                                           f"training.mixed_precision={precision}"])
+                                           f"runtime.mixed_precision={precision}"])
         batch = fixed_batch(config, np.random.default_rng(0))
         runners = {"project": project_runner(config, batch)}
         if not args.no_peers:

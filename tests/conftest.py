@@ -28,7 +28,7 @@ TINY_OVERRIDES = (
     "model.head_convs=1",
     # Thresholds of 0 keep the max_detections best boxes of every image whatever the barely
     # trained model scores, so that every output has boxes to check.
-    "postprocessing.score_threshold=0.0",
+    "postprocessing.candidate_score_threshold=0.0",
     "postprocessing.max_detections=10",
     "training.steps=4",
     "training.batch_size=2",
@@ -36,7 +36,7 @@ TINY_OVERRIDES = (
     "training.validate_every=4",
     "training.log_every=2",
     "training.checkpoint_every=4",
-    "training.mixed_precision=float32",
+    "runtime.mixed_precision=float32",
     "training.num_summary_images=2",
     "evaluation.batch_size=4",
     "evaluation.score_threshold=0.0",

@@ -56,7 +56,8 @@ def test_fold_state_tells_new_restart_resume_and_finished(tmp_path):
 def small_config(root, **data):
     return config_from_dict({"data": {"root": str(root), "cache_dir": str(root / "cache"), "original_size": 128,
                                       "num_folds": 3, **data},
-                             "training": {"mixed_precision": "float32", "steps": 4, "warmup_steps": 1}})
+                             "training": {"steps": 4, "warmup_steps": 1},
+                             "runtime": {"mixed_precision": "float32"}})
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,10 @@ def tiny_config(root, channels: int = 1):
         "preprocessing": {"image_size": [64, 64], "channels": channels},
         "anchors": {"sizes": [8, 16, 32, 64, 128]},
         "model": {"fpn_channels": 8, "head_convs": 1, "image_head": True},
-        "postprocessing": {"score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
+        "postprocessing": {"candidate_score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
                            "image_gating": "multiply", "box_shrink": 0.9},
-        "training": {"mixed_precision": "float32", "num_summary_images": 1},
+        "training": {"num_summary_images": 1},
+        "runtime": {"mixed_precision": "float32"},
         "evaluation": {"batch_size": 1, "score_threshold": 0.0},
     })
 
@@ -79,12 +80,11 @@ def tiny_detector_run(tmp_path_factory):
 
 
 def validation_detections(detector, record):
-    from retinanet.detection.anchors import generate_anchors
-    from retinanet.detection.losses import loss_from_config
+    from retinanet.builders import build_loss
     from retinanet.train.validation import Validator
 
     config = detector.config
-    loss = loss_from_config(config, generate_anchors(tuple(config.preprocessing.image_size), config.anchors))
+    loss = build_loss(config, detector.anchor_set)
     validator = Validator(config, detector.model, detector.postprocessor, loss, [record], progress=False)
     return validator.run()
 

@@ -81,9 +81,10 @@ def tiny_config(root: Path, strategy: str = "default", **training):
         "model": {"fpn_channels": 16, "head_convs": 1, "freeze_batch_norm": True},
         "training": {"batch_size": 8, "steps": 4, "warmup_steps": 1, "validate_every": 2, "log_every": 1,
                      "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw", "deterministic": True,
-                     "positive_fraction": 0.5, "learning_rate": 1e-4, "mixed_precision": "float32",
+                     "positive_fraction": 0.5, "learning_rate": 1e-4,
                      # Below the first steps' gradient norms (about 20-40): clipping is active.
                      "gradient_clip_norm": 0.5, "strategy": strategy, **training},
+        "runtime": {"mixed_precision": "float32"},
         "evaluation": {"batch_size": 4},
     })
 

@@ -28,9 +28,9 @@ def tiny_config(root, **sections):
         "preprocessing": {"image_size": [64, 64], "channels": 1},
         "anchors": {"sizes": [8, 16, 32, 64, 128]},
         "model": {"fpn_channels": 8, "head_convs": 1, "image_head": True},
-        "postprocessing": {"score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
+        "postprocessing": {"candidate_score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
                            "image_gating": "multiply", "box_shrink": 0.9},
-        "training": {"mixed_precision": "float32"},
+        "runtime": {"mixed_precision": "float32"},
         "evaluation": {"batch_size": 1, "score_threshold": 0.0},
     }
     for section, values in sections.items():

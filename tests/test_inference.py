@@ -75,16 +75,17 @@ def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, 
     decoding written from the box-coding formulas, greedy NMS by tf.image.non_max_suppression, then
     shrink, letterbox scale and clip by hand. One class, no flip TTA, no gating; every level's
     anchors fit in pre_nms_top_k (checked), so the per-level top-k keeps them all."""
-    from retinanet.detection.anchors import generate_anchors_numpy, level_sizes
+    from retinanet.builders import build_anchor_set
     from retinanet.data.preprocess import normalize, preprocess_image
 
     pre, post = config.preprocessing, config.postprocessing
     height, width = pre.image_size
-    assert max(level_sizes(tuple(pre.image_size), config.anchors)) <= post.pre_nms_top_k
+    anchor_set = build_anchor_set(config)
+    assert max(anchor_set.level_sizes) <= post.pre_nms_top_k
     processed, scale = preprocess_image(image, pre)
     predictions = model(normalize(processed[None, ..., None], pre.channels), training=False)["predictions"]
     predictions = np.asarray(predictions, np.float64)[0]
-    anchors = generate_anchors_numpy(tuple(pre.image_size), config.anchors).astype(np.float64)
+    anchors = anchor_set.boxes.astype(np.float64)
     # boxes = anchor centre + (dx, dy) * 0.1 * anchor size; size = anchor size * exp((dw, dh) * 0.2)
     anchor_sizes = anchors[:, 2:] - anchors[:, :2]
     anchor_centres = anchors[:, :2] + anchor_sizes / 2
@@ -95,7 +96,7 @@ def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, 
     scores = 1 / (1 + np.exp(-predictions[:, 4]))
     kept = tf.image.non_max_suppression(boxes.astype(np.float32), scores.astype(np.float32),
                                         max_output_size=post.max_detections, iou_threshold=post.nms_iou,
-                                        score_threshold=post.score_threshold).numpy()
+                                        score_threshold=post.candidate_score_threshold).numpy()
     boxes, scores = boxes[kept], scores[kept]
     centres, sizes = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * post.box_shrink
     boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1) / scale

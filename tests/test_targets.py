@@ -199,7 +199,7 @@ def oracle_targets_states(anchors, boxes, classes, allow_low_quality_matches, po
 
 @pytest.mark.parametrize("allow_low_quality_matches", [False, True])
 def test_states_match_a_loop_oracle_on_real_anchors(allow_low_quality_matches):
-    anchors = generate_anchors_numpy((128, 128), AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)))
+    anchors = generate_anchors_numpy((128, 128), sizes=(16.0, 32.0, 64.0, 128.0, 256.0))
     rng = np.random.default_rng(3)
     corners = rng.uniform(0, 100, size=(6, 2))
     # Tall and flat boxes of 6-40 px: several have no anchor at IoU 0.5.

@@ -80,15 +80,14 @@ def test_overlays_show_positives_and_negatives_and_keep_every_record():
 
 def test_a_few_steps_on_one_fixed_batch_drive_the_loss_down():
     tf.keras.utils.set_random_seed(0)
-    model = build_retinanet((64, 64, 3), fpn_channels=32, head_convs=1, anchor_config=SMALL_ANCHORS,
-                            image_head=False)
+    model = build_retinanet((64, 64, 3), fpn_channels=32, head_convs=1, image_head=False)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
     images[0, 10:40, 20:44] += 3.0  # the object
-    from retinanet.detection.anchors import generate_anchors
+    from retinanet.builders import anchor_set_for
     from retinanet.detection.targets import LabelEncoder
 
-    encoder = LabelEncoder(generate_anchors((64, 64), SMALL_ANCHORS))
+    encoder = LabelEncoder(anchor_set_for(SMALL_ANCHORS, (64, 64)).boxes)
     targets = tf.stack([encoder(np.array([[20.0, 10.0, 44.0, 40.0]]), [0]), encoder(np.zeros((0, 4)), [])])
     loss = RetinaNetLoss(1)
     optimizer = tf.keras.optimizers.Adam(1e-3)
@@ -114,7 +113,7 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def tiny_config(root, cache, **training):
+def tiny_config(root, cache, mixed_precision="float32", **training):
     return config_from_dict({
         "data": {"root": str(root), "cache_dir": str(cache), "original_size": 128, "num_folds": 4},
         "preprocessing": {"image_size": [64, 64]},
@@ -122,7 +121,8 @@ def tiny_config(root, cache, **training):
         "model": {"fpn_channels": 16, "head_convs": 1},
         "training": {"batch_size": 2, "steps": 6, "warmup_steps": 1, "validate_every": 3, "log_every": 2,
                      "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw",
-                     "learning_rate": 1e-4, "mixed_precision": "float32", **training},
+                     "learning_rate": 1e-4, **training},
+        "runtime": {"mixed_precision": mixed_precision},
         "evaluation": {"batch_size": 4},
     })
 
@@ -358,11 +358,11 @@ def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(tiny
     captured = capsys.readouterr()
     assert "warning: mixed_bfloat16 on a CPU without amx_bf16 or avx512_bf16 is emulated" in captured.err
     assert "Device: CPU AMD EPYC 7R13 Processor, avx2" in captured.out
-    assert explicit.config.training.mixed_precision == "mixed_bfloat16"
+    assert explicit.config.runtime.mixed_precision == "mixed_bfloat16"
     automatic = Trainer(tiny_config(tiny_data, tmp_path / "cache", mixed_precision="auto"), tmp_path / "auto",
                         progress=False)
     assert "precision float32 (auto: the CPU has no bfloat16 instructions" in capsys.readouterr().out
-    assert automatic.config.training.mixed_precision == "float32"
+    assert automatic.config.runtime.mixed_precision == "float32"
     assert "mixed_precision: float32" in (tmp_path / "auto" / "config.yaml").read_text()
 
 
@@ -571,9 +571,7 @@ def test_the_train_step_clips_the_gradient_as_clip_by_global_norm(clip_fraction)
     step moves it by -0.1 g min(1, c / |g|)."""
     from test_mixed_precision import one_batch
 
-    from retinanet.detection.anchors import generate_anchors
-    from retinanet.detection.losses import loss_from_config
-    from retinanet.model.retinanet import build_model_from_config
+    from retinanet.builders import build_anchor_set, build_loss, build_model
     from retinanet.train.trainer import build_optimizer, build_train_step
 
     def config(clip):
@@ -581,11 +579,11 @@ def test_the_train_step_clips_the_gradient_as_clip_by_global_norm(clip_fraction)
             "preprocessing": {"image_size": [64, 64]}, "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
             "model": {"fpn_channels": 16, "head_convs": 1},
             "training": {"batch_size": 2, "steps": 3, "warmup_steps": 0, "optimizer": "sgd", "momentum": 0.0,
-                         "weight_decay": 0.0, "learning_rate": 0.1, "gradient_clip_norm": clip,
-                         "mixed_precision": "float32"}})
+                         "weight_decay": 0.0, "learning_rate": 0.1, "gradient_clip_norm": clip},
+            "runtime": {"mixed_precision": "float32"}})
 
     tf.keras.utils.set_random_seed(0)
-    model = build_model_from_config(config(0.0))
+    model = build_model(config(0.0))
     start = [variable.numpy() for variable in model.trainable_variables]
 
     def moves(clip):
@@ -594,7 +592,7 @@ def test_the_train_step_clips_the_gradient_as_clip_by_global_norm(clip_fraction)
             variable.assign(value)
         settings = config(clip)
         step = build_train_step(settings, tf.distribute.get_strategy(), model, build_optimizer(settings.training),
-                                loss_from_config(settings, generate_anchors((64, 64), settings.anchors)))
+                                build_loss(settings, build_anchor_set(settings)))
         scalars = step.python_function(one_batch(settings))
         return [variable.numpy() - value for variable, value in zip(model.trainable_variables, start)], \
             float(scalars["gradient_norm"])

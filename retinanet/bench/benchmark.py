@@ -124,7 +124,7 @@ def run_benchmark(*, config_path="configs/rsna.yaml", run_dir=None, checkpoint=N
         image = read_image(path)
     config = detector.config
     header = (f"{path.name}: {image.shape[1]}x{image.shape[0]} px -> input {config.preprocessing.image_size[1]}x"
-              f"{config.preprocessing.image_size[0]}, {config.training.mixed_precision}, flip TTA "
+              f"{config.preprocessing.image_size[0]}, {config.runtime.mixed_precision}, flip TTA "
               f"{config.postprocessing.flip_tta}, {repeats} warm runs (median), "
               f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")
     return header + "\n" + format_table(keras_times, saved_model_times)

@@ -14,11 +14,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from retinanet.detection.anchors import generate_anchors
 from retinanet.config import Config
 from retinanet.runtime.hardware import dtype_policy
-from retinanet.detection.losses import loss_from_config
-from retinanet.model.retinanet import build_model_from_config
+from retinanet.builders import build_anchor_set, build_loss, build_model
 from retinanet.bench.peer import peer_train_step
 from retinanet.detection.targets import LabelEncoder
 from retinanet.train.trainer import build_optimizer, build_train_step
@@ -28,7 +26,7 @@ def fixed_batch(config: Config, rng: np.random.Generator) -> dict:
     """Random images; every other image holds one box, the rest none (RSNA is mostly negatives)."""
     height, width = config.preprocessing.image_size
     batch_size = config.training.batch_size
-    encoder = LabelEncoder(generate_anchors((height, width), config.anchors))
+    encoder = LabelEncoder(build_anchor_set(config).boxes)
     boxes = np.array([[0.2 * width, 0.2 * height, 0.45 * width, 0.6 * height]], np.float32)
     targets = [encoder(boxes if i % 2 == 0 else np.zeros((0, 4)), np.zeros(1 if i % 2 == 0 else 0))
                for i in range(batch_size)]
@@ -40,10 +38,10 @@ def fixed_batch(config: Config, rng: np.random.Generator) -> dict:
 
 def project_runner(config: Config, batch: dict):
     """A function running one of the project's training steps (`retinanet.train.trainer`) on `batch`."""
-    with dtype_policy(config.training.mixed_precision):
-        model = build_model_from_config(config)
-    optimizer = build_optimizer(config.training)
-    loss = loss_from_config(config, generate_anchors(tuple(config.preprocessing.image_size), config.anchors))
+    with dtype_policy(config.runtime.mixed_precision):
+        model = build_model(config)
+    optimizer = build_optimizer(config.training, precision=config.runtime.mixed_precision)
+    loss = build_loss(config, build_anchor_set(config))
     step = build_train_step(config, tf.distribute.get_strategy(), model, optimizer, loss)
     return lambda: step(batch)["loss/total"].numpy()
 
@@ -52,7 +50,7 @@ def peer_runner(config: Config, batch: dict, keras_module):
     """A function running one training step of the keras-io example (`retinanet.bench.peer`) on `batch`."""
     height, width = config.preprocessing.image_size
     step = peer_train_step(keras_module, (height, width, config.preprocessing.channels),
-                           precision=config.training.mixed_precision)
+                           precision=config.runtime.mixed_precision)
     return lambda: float(np.asarray(step(batch["images"], batch["targets"])))
 
 

@@ -17,14 +17,13 @@ whose boxes it fuses as `retinanet infer` does; TFLite and ONNX take one run onl
 from __future__ import annotations
 
 from retinanet.commands.common import add_source_arguments, check_source_arguments, report_error
-
-FORMATS = ("savedmodel", "tflite", "onnx")
+from retinanet.serve.export_formats import EXPORT_FORMATS
 
 
 def add_arguments(parser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--output", required=True, help="directory to write (the SavedModel, or model.<format>)")
-    parser.add_argument("--format", choices=FORMATS, default="savedmodel", help="what to write (default: savedmodel)")
+    parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="savedmodel", help="what to write (default: savedmodel)")
     parser.add_argument("--threshold", type=float, help="score threshold baked in (default: the run's chosen one)")
 
 

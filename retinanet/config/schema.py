@@ -4,8 +4,9 @@
 schema below: an unknown key, a wrong type or an impossible value raises `ConfigError` naming
 the dotted key and the file. Each field declares its allowed values beside its default
 (`setting(default, rule, ...)`, see `retinanet.config.rules`); the few rules that relate
-several keys are CROSS_FIELD_RULES. A retired key (RETIRED_KEYS) is dropped with a note, so
-that the config.yaml of an older run still loads. Overrides are `section.key=value` strings whose value is parsed
+several keys are CROSS_FIELD_RULES. A retired key (RETIRED_KEYS) is dropped with a note and a renamed
+one (RENAMED_KEYS) moved to its new name with a note, so that the config.yaml of an older run
+still loads. Overrides are `section.key=value` strings whose value is parsed
 as YAML and typed by the schema (`training.steps=100`, `preprocessing.image_size=[256,256]`).
 Numbers follow YAML 1.2 (`1e-3` and `1e6` are numbers, not strings as in YAML 1.1); NaN and
 infinities are refused for every number key.
@@ -31,6 +32,9 @@ from pathlib import Path
 
 import yaml
 
+from retinanet.detection import anchors as anchor_defaults
+from retinanet.detection.losses import BOX_LOSSES
+from retinanet.detection.postprocess import IMAGE_GATINGS
 from retinanet.config.paths import absolute_path, is_path, map_paths, portable_path
 from retinanet.config.rules import (CrossFieldRule, Rule, at_least, each, increasing, not_empty, one_of,
                                     ordered_pair, positive, setting, violations, within)
@@ -53,21 +57,30 @@ def _parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
-# Allowed words of the choice keys. The modules that act on them (postprocess, losses, data.rsna)
-# import them from here, so that the config and the code cannot disagree.
+# Allowed words of the choice keys. The components own the tables of theirs (loss.box_loss:
+# `retinanet.detection.losses.BOX_LOSSES`, postprocessing.image_gating:
+# `retinanet.detection.postprocess.IMAGE_GATINGS`); the rest are read from here, so that the
+# config and the code cannot disagree.
 BAD_FILE_POLICIES = ("error", "skip")
-BOX_LOSSES = ("smooth_l1", "giou", "ciou")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-IMAGE_GATINGS = ("none", "gate", "multiply")
 
 # Keys that earlier versions had and nothing reads any more: a file that still has them (the
 # config.yaml of an older run) loads with a note instead of an unknown-key error.
 RETIRED_KEYS = {
     "data.test_images": "the test images are given to `retinanet infer --input`",
     "training.shuffle_buffer": "each epoch reads a full permutation of the records instead",
+}
+
+# Keys that earlier versions named otherwise: a file with the old name (the config.yaml of an
+# older run) loads with a note, its value carried over to the new key.
+RENAMED_KEYS = {
+    "postprocessing.score_threshold": "postprocessing.candidate_score_threshold",
+    "training.mixed_precision": "runtime.mixed_precision",
+    "training.intra_op_threads": "runtime.intra_op_threads",
+    "training.inter_op_threads": "runtime.inter_op_threads",
 }
 
 
@@ -129,10 +142,10 @@ class AugmentationConfig:
 
 @dataclass(frozen=True)
 class AnchorConfig:
-    levels: tuple[int, ...] = setting((3, 4, 5, 6, 7), each(within(3, 7)), increasing())
-    sizes: tuple[float, ...] = setting((32.0, 64.0, 128.0, 256.0, 512.0), each(positive()))  # one per level
-    aspect_ratios: tuple[float, ...] = setting((0.5, 1.0, 2.0), each(positive()))  # height / width
-    scales: tuple[float, ...] = setting((1.0, 2 ** (1 / 3), 2 ** (2 / 3)), each(positive()))
+    levels: tuple[int, ...] = setting(anchor_defaults.LEVELS, each(within(3, 7)), increasing())
+    sizes: tuple[float, ...] = setting(anchor_defaults.SIZES, each(positive()))  # one per level
+    aspect_ratios: tuple[float, ...] = setting(anchor_defaults.ASPECT_RATIOS, each(positive()))  # height / width
+    scales: tuple[float, ...] = setting(anchor_defaults.SCALES, each(positive()))
     positive_iou: float = setting(0.5, within(0, 1, low_open=True))
     negative_iou: float = setting(0.4, within(0, 1, low_open=True))  # and at most positive_iou
     # Each box's best anchors become positive even below positive_iou (retinanet/detection/targets.py).
@@ -180,11 +193,6 @@ class TrainingConfig:
         (0.67, 0.89), each(within(0, 1, low_open=True, high_open=True)), increasing())
     step_factor: float = setting(0.1, within(0, 1, low_open=True))  # learning rate multiplier at each boundary
     gradient_clip_norm: float = setting(10.0, at_least(0))  # 0 = off
-    # "auto" (bfloat16 where the CPU/GPU computes it natively, float16 on GPUs of compute
-    # capability 7.x, else float32), "float32", "mixed_bfloat16" or "mixed_float16".
-    mixed_precision: str = setting("auto", one_of(PRECISIONS))
-    intra_op_threads: int = setting(0, at_least(0))  # threads inside one op; 0 = one per available core
-    inter_op_threads: int = setting(0, at_least(0))  # ops run at once; 0 = min(2, cores)
     # > 0: time the first steps and one validation, then fit `steps` (the maximum), the warm-up,
     # validation and checkpoint intervals so that the whole command ends within this budget.
     time_budget_minutes: float = setting(0.0, at_least(0))
@@ -211,8 +219,20 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How train, evaluate, infer and export run on this machine."""
+
+    # "auto" (bfloat16 where the CPU/GPU computes it natively, float16 on GPUs of compute
+    # capability 7.x, else float32), "float32", "mixed_bfloat16" or "mixed_float16".
+    mixed_precision: str = setting("auto", one_of(PRECISIONS))
+    intra_op_threads: int = setting(0, at_least(0))  # threads inside one op; 0 = one per available core
+    inter_op_threads: int = setting(0, at_least(0))  # ops run at once; 0 = min(2, cores)
+
+
+@dataclass(frozen=True)
 class PostprocessingConfig:
-    score_threshold: float = setting(0.05, within(0, 1))
+    # The in-graph candidate filter before NMS; evaluation.score_threshold decides what is kept.
+    candidate_score_threshold: float = setting(0.05, within(0, 1))
     pre_nms_top_k: int = setting(1000, at_least(1))  # per pyramid level
     nms_iou: float = setting(0.5, within(0, 1))
     max_detections: int = setting(100, at_least(1))
@@ -241,6 +261,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     postprocessing: PostprocessingConfig = field(default_factory=PostprocessingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
@@ -322,14 +343,28 @@ def _build(cls, mapping: dict, prefix: str):
     return cls(**values)
 
 
-def _drop_retired_keys(mapping: dict, source: str) -> dict:
-    """`mapping` without the RETIRED_KEYS it holds, each dropped with a note on stderr."""
+def _update_old_keys(mapping: dict, source: str) -> dict:
+    """`mapping` without the RETIRED_KEYS it holds and with the RENAMED_KEYS under their new
+    names, each with a note on stderr. A file that has both names of a key is refused."""
     kept = {section: dict(values) if isinstance(values, dict) else values for section, values in mapping.items()}
     for key, reason in RETIRED_KEYS.items():
         section, name = key.split(".")
         if isinstance(kept.get(section), dict) and name in kept[section]:
             del kept[section][name]
             print(f"note: {source}: {key} is retired and ignored: {reason}", file=sys.stderr)
+    for old, new in RENAMED_KEYS.items():
+        (section, name), (new_section, new_name) = old.split("."), new.split(".")
+        if not isinstance(kept.get(section), dict) or name not in kept[section]:
+            continue
+        target = kept.setdefault(new_section, {})
+        if target is None:
+            target = kept[new_section] = {}
+        if not isinstance(target, dict):
+            continue  # the type error is reported on the section itself
+        if new_name in target:
+            raise ConfigError(f"{old} and {new} are both set; {old} is the old name of {new}: keep only {new}")
+        target[new_name] = kept[section].pop(name)
+        print(f"note: {source}: {old} is now {new}", file=sys.stderr)
     return kept
 
 
@@ -354,7 +389,7 @@ def _clamp_warmup(config: Config, source: str) -> Config:
 
 def config_from_dict(mapping: dict, source: str = "<dict>") -> Config:
     try:
-        config = _build(Config, _drop_retired_keys(mapping, source), "")
+        config = _build(Config, _update_old_keys(mapping, source), "")
         if config.training.steps >= 1:
             config = _clamp_warmup(config, source)
         problems = violations(config, CROSS_FIELD_RULES)
@@ -376,8 +411,13 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(mapping, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    mapping = _update_old_keys(mapping, str(path))
     for override in overrides:
         keys, value = _parse_override(override)
+        if ".".join(keys) in RENAMED_KEYS:
+            renamed = RENAMED_KEYS[".".join(keys)]
+            print(f"note: override {override!r}: {'.'.join(keys)} is now {renamed}", file=sys.stderr)
+            keys = renamed.split(".")
         if is_path(".".join(keys), value):
             value = absolute_path(value, Path.cwd())
         node = mapping

@@ -144,7 +144,7 @@ def input_box_shapes(records: list[Record], config: Config) -> np.ndarray:
         return np.zeros((0, 2))
     boxes = np.concatenate(boxes).astype(np.float64)
     original = config.data.original_size
-    scale = letterbox_scale((original, original), tuple(config.preprocessing.image_size))
+    scale = letterbox_scale((original, original), config.preprocessing.image_size)
     return (boxes[:, 2:] - boxes[:, :2]) * scale
 
 
@@ -171,7 +171,7 @@ def fit_anchors(records: list[Record], config: Config, *, num_ratios: int | None
                                num_scales or len(anchors.scales), seed=seed,
                                initial=(anchors.aspect_ratios, anchors.scales))
     after = dataclasses.replace(anchors, aspect_ratios=fitted.aspect_ratios, scales=fitted.scales)
-    image_size = tuple(config.preprocessing.image_size)
+    image_size = config.preprocessing.image_size
 
     def coverage(anchor_config: AnchorConfig) -> dict:
         frame = anchor_coverage(records, image_size, anchor_config, config.data.original_size)

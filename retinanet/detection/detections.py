@@ -87,7 +87,7 @@ class DatasetDetections:
 
 def predict_dataset(forward, dataset, progress: bool = False, desc: str = "predicting") -> DatasetDetections:
     """Run `forward` (see `forward_function`) over an unshuffled dataset; every detection above
-    postprocessing.score_threshold is kept."""
+    postprocessing.candidate_score_threshold is kept."""
     detections, probabilities, sums, first_batch = [], [], {}, None
     for batch in tqdm(dataset, desc=desc, disable=not progress, unit="batch", leave=False):
         result, batch_sums = forward(batch)

@@ -12,7 +12,6 @@ import math
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
-from retinanet.config import BOX_LOSSES
 from retinanet.detection.targets import NEGATIVE
 
 
@@ -58,6 +57,25 @@ def iou_loss(target_boxes, predicted_boxes, kind: str = "giou"):
     return 1.0 - (iou - center_distance / diagonal - trade_off * aspect)
 
 
+def smooth_l1_box_loss(target_deltas, predicted_deltas, *, anchors, smooth_l1_delta: float):
+    """Smooth L1 on the encoded deltas [..., 4] -> [...]; the anchors are not needed."""
+    return smooth_l1(target_deltas, predicted_deltas, smooth_l1_delta)
+
+
+def decoded_iou_loss(kind: str):
+    """The box loss `iou_loss(kind)` of the boxes decoded from the deltas [A, 4] at the anchors [A, 4]."""
+
+    def box_loss(target_deltas, predicted_deltas, *, anchors, smooth_l1_delta: float):
+        return iou_loss(box_ops.decode(target_deltas, anchors), box_ops.decode(predicted_deltas, anchors), kind)
+
+    return box_loss
+
+
+# loss.box_loss -> per-anchor box loss (target deltas, predicted deltas, anchors, delta) -> [...].
+# The config accepts exactly these names.
+BOX_LOSSES = {"smooth_l1": smooth_l1_box_loss, "giou": decoded_iou_loss("giou"), "ciou": decoded_iou_loss("ciou")}
+
+
 class RetinaNetLoss:
     """Detection loss on `y_true [B, A, 5]` and `y_pred [B, A, 4 + K]`.
 
@@ -71,7 +89,7 @@ class RetinaNetLoss:
                  label_smoothing: float = 0.0, anchors=None):
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
-        if box_loss != "smooth_l1" and anchors is None:
+        if BOX_LOSSES[box_loss] is not smooth_l1_box_loss and anchors is None:
             raise ValueError(f"box_loss={box_loss!r} decodes boxes and needs the anchors")
         self.num_classes = num_classes
         self.alpha = alpha
@@ -80,7 +98,7 @@ class RetinaNetLoss:
         self.box_loss = box_loss
         self.box_weight = box_weight
         self.label_smoothing = label_smoothing
-        self.anchors = None if box_loss == "smooth_l1" else tf.convert_to_tensor(anchors, tf.float32)
+        self.anchors = None if anchors is None else tf.convert_to_tensor(anchors, tf.float32)
 
     def components(self, y_true, y_pred) -> dict:
         """{"classification", "box"} sums over the batch and "num_positive" (float32 scalars)."""
@@ -94,13 +112,9 @@ class RetinaNetLoss:
             labels = labels * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         classification = focal_loss(labels, y_pred[..., 4:], alpha=self.alpha, gamma=self.gamma)
         classification = tf.reduce_sum(tf.reduce_sum(classification, axis=-1) * valid_mask)
-        if self.box_loss == "smooth_l1":
-            per_anchor = smooth_l1(y_true[..., :4], y_pred[..., :4], self.smooth_l1_delta)
-        else:
-            # Positive anchors only; elsewhere the decoded boxes are meaningless but masked out.
-            target_boxes = box_ops.decode(y_true[..., :4], self.anchors)
-            predicted_boxes = box_ops.decode(y_pred[..., :4], self.anchors)
-            per_anchor = iou_loss(target_boxes, predicted_boxes, self.box_loss)
+        # Positive anchors only; elsewhere decoded boxes are meaningless but masked out.
+        per_anchor = BOX_LOSSES[self.box_loss](y_true[..., :4], y_pred[..., :4], anchors=self.anchors,
+                                               smooth_l1_delta=self.smooth_l1_delta)
         box = tf.reduce_sum(tf.where(positive_mask, per_anchor, 0.0))
         return {"classification": classification, "box": box,
                 "num_positive": tf.reduce_sum(tf.cast(positive_mask, tf.float32))}
@@ -122,10 +136,3 @@ def image_loss(labels, logits):
     logits = tf.reshape(tf.cast(logits, tf.float32), [-1])
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32), logits=logits)
 
-
-def loss_from_config(config, anchors=None) -> RetinaNetLoss:
-    loss = config.loss
-    return RetinaNetLoss(config.model.num_classes, alpha=loss.alpha, gamma=loss.gamma,
-                         smooth_l1_delta=loss.smooth_l1_delta, box_loss=loss.box_loss, box_weight=loss.box_weight,
-                         label_smoothing=loss.label_smoothing,
-                         anchors=anchors if loss.box_loss != "smooth_l1" else None)

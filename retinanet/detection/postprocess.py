@@ -21,7 +21,6 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
-from retinanet.config import IMAGE_GATINGS
 
 # Boxes of the two TTA passes join one cluster above this IoU (the ensemble-boxes default).
 FUSION_IOU = 0.55
@@ -85,6 +84,26 @@ def weighted_box_fusion(boxes, scores, classes, valid, *, iou_threshold: float =
             tf.gather(cluster_class, order, batch_dims=1), count)
 
 
+def no_gating(scores, num_detections, probabilities, threshold):
+    return scores, num_detections
+
+
+def gate_images(scores, num_detections, probabilities, threshold):
+    """Empty the images whose probability is below `threshold`."""
+    keep = probabilities >= threshold
+    return tf.where(keep[:, None], scores, 0.0), tf.where(keep, num_detections, 0)
+
+
+def multiply_scores(scores, num_detections, probabilities, threshold):
+    """Scale each image's box scores by its probability."""
+    return scores * probabilities[:, None], num_detections
+
+
+# postprocessing.image_gating -> (scores [B, D], num_detections [B], probabilities [B], threshold)
+# -> (scores, num_detections). The config accepts exactly these names.
+IMAGE_GATINGS = {"none": no_gating, "gate": gate_images, "multiply": multiply_scores}
+
+
 class NetworkPass(NamedTuple):
     """One network pass over a batch of B images, an input of `Postprocessor` (a named tuple, so
     that lists of them pass into a tf.function).
@@ -134,7 +153,7 @@ class Postprocessor:
     """
 
     def __init__(self, anchors, level_sizes: list[int], image_size: tuple[int, int], *, num_classes: int = 1,
-                 score_threshold: float = 0.05, pre_nms_top_k: int = 1000, nms_iou: float = 0.5,
+                 candidate_score_threshold: float = 0.05, pre_nms_top_k: int = 1000, nms_iou: float = 0.5,
                  max_detections: int = 100, box_shrink: float = 1.0, flip_tta: bool = False,
                  image_gating: str = "none", image_gate_threshold: float = 0.5, fusion_iou: float = FUSION_IOU):
         if image_gating not in IMAGE_GATINGS:
@@ -143,7 +162,7 @@ class Postprocessor:
         self.level_sizes = list(level_sizes)
         self.image_size = tuple(image_size)
         self.num_classes = num_classes
-        self.score_threshold = score_threshold
+        self.candidate_score_threshold = candidate_score_threshold
         self.pre_nms_top_k = pre_nms_top_k
         self.nms_iou = nms_iou
         self.max_detections = max_detections
@@ -181,7 +200,7 @@ class Postprocessor:
         nms = tf.image.combined_non_max_suppression(
             boxes[:, :, None, :], class_scores, max_output_size_per_class=self.max_detections,
             max_total_size=self.max_detections, iou_threshold=self.nms_iou,
-            score_threshold=self.score_threshold, clip_boxes=False)
+            score_threshold=self.candidate_score_threshold, clip_boxes=False)
         return nms.nmsed_boxes, nms.nmsed_scores, tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections
 
     def unmirror(self, boxes):
@@ -202,15 +221,10 @@ class Postprocessor:
                 tf.minimum(fused_count, keep))
 
     def gate(self, scores, num_detections, image_probabilities):
-        """Apply `image_gating` with probabilities [B]: "gate" empties images below the threshold,
-        "multiply" scales their scores by the probability. -> (scores [B, D], num_detections [B])."""
+        """Apply `image_gating` (IMAGE_GATINGS) with probabilities [B]: "gate" empties images below the
+        threshold, "multiply" scales their scores by the probability. -> (scores [B, D], num_detections [B])."""
         probabilities = tf.reshape(tf.cast(image_probabilities, tf.float32), [-1])
-        if self.image_gating == "gate":
-            keep = probabilities >= self.image_gate_threshold
-            return tf.where(keep[:, None], scores, 0.0), tf.where(keep, num_detections, 0)
-        if self.image_gating == "multiply":
-            return scores * probabilities[:, None], num_detections
-        return scores, num_detections
+        return IMAGE_GATINGS[self.image_gating](scores, num_detections, probabilities, self.image_gate_threshold)
 
     def image_probabilities(self, passes):
         """The mean image probability [B] over the passes, or None when no pass has one."""
@@ -276,12 +290,3 @@ def to_original_pixels(boxes, scales, original_sizes):
     limits = tf.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], axis=1)[:, None, :]
     return tf.clip_by_value(boxes, 0.0, limits)
 
-
-def postprocessor_from_config(config, anchors, level_sizes) -> Postprocessor:
-    post = config.postprocessing
-    return Postprocessor(anchors, level_sizes, tuple(config.preprocessing.image_size),
-                         num_classes=config.model.num_classes, score_threshold=post.score_threshold,
-                         pre_nms_top_k=post.pre_nms_top_k, nms_iou=post.nms_iou,
-                         max_detections=post.max_detections, box_shrink=post.box_shrink,
-                         flip_tta=post.flip_tta, image_gating=post.image_gating,
-                         image_gate_threshold=post.image_gate_threshold)

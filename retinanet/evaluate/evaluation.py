@@ -11,7 +11,7 @@ cached, preprocessed images. The output directory receives:
     best_rsna_metric, best_threshold: the best metric of the sweep and its threshold;
     per_iou_threshold: {"configured": {iou: score}, "best": {iou: score}};
     ap50, coco_map: pycocotools-style AP at IoU 0.5 and mean over 0.50:0.95 (every detection
-        above postprocessing.score_threshold, no evaluation threshold);
+        above postprocessing.candidate_score_threshold, no evaluation threshold);
     image_level: {roc_auc, sensitivity, specificity, threshold, num_positive, num_negative}
         at postprocessing.image_gate_threshold, or null without the image head;
     counts: images, positive_images, ground_truth_boxes, predicted_boxes (at the configured
@@ -88,10 +88,10 @@ def predict_records(detector: Detector, records: list[Record], progress: bool = 
     """Detections for records -> (records used, {patient_id: (boxes [M, 4], scores [M])}, probabilities [N] or None).
 
     Boxes are in original pixels, clipped to the image; every detection above
-    postprocessing.score_threshold is kept.
+    postprocessing.candidate_score_threshold is kept.
     """
     dataset, records = build_dataset_and_records(detector.config, "validation", records=records, training=False,
-                                                 progress=progress)
+                                                 progress=progress, anchor_set=detector.anchor_set)
     predicted = predict_dataset(detector.forward, dataset, progress, "evaluating")
     by_patient = {record.patient_id: detection for record, detection in zip(records, predicted.detections)}
     return records, by_patient, predicted.probabilities

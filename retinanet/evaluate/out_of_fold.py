@@ -7,7 +7,7 @@ training set, with per-fold values and a bootstrap interval over patients.
 The predictions file (`oof_predictions.csv`) has the columns
     patientId, fold, PredictionString, image_probability
 PredictionString as in a Kaggle submission (`c x y w h ...`, original pixels) holding every
-detection above postprocessing.score_threshold; image_probability is empty without the
+detection above postprocessing.candidate_score_threshold; image_probability is empty without the
 image-level head.
 """
 

@@ -2,7 +2,7 @@
 
 bfloat16 is fast only where the hardware computes it: CPUs with AMX or AVX512-BF16 (oneDNN's
 kernels), GPUs of compute capability 8.0 and newer. Elsewhere TensorFlow emulates it, about 9x
-slower than float32 on an AVX2-only CPU. `training.mixed_precision: auto` picks accordingly.
+slower than float32 on an AVX2-only CPU. `runtime.mixed_precision: auto` picks accordingly.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def detect_device() -> Device:
 
 
 def choose_precision(requested: str, device: Device) -> Precision:
-    """Resolve `training.mixed_precision` (auto or an explicit policy) for `device`."""
+    """Resolve `runtime.mixed_precision` (auto or an explicit policy) for `device`."""
     if device.gpus:
         capability = min(capability for _, capability in device.gpus)
         where = f"GPU compute capability {capability[0]}.{capability[1]}"
@@ -120,9 +120,9 @@ def choose_precision(requested: str, device: Device) -> Precision:
     warning = ""
     if requested == "mixed_bfloat16" and not native:
         warning = ("mixed_bfloat16 on a CPU without amx_bf16 or avx512_bf16 is emulated: expect it to run about "
-                   "9x slower than float32 (set training.mixed_precision: auto or float32)")
+                   "9x slower than float32 (set runtime.mixed_precision: auto or float32)")
     elif requested == "mixed_float16":
-        warning = "mixed_float16 on a CPU is emulated and slower than float32 (set training.mixed_precision: auto)"
+        warning = "mixed_float16 on a CPU is emulated and slower than float32 (set runtime.mixed_precision: auto)"
     return Precision(requested, "set in the config", warning)
 
 

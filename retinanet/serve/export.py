@@ -122,7 +122,7 @@ class ServingModule(tf.Module):
         self.models = list(detector.models)
         self._postprocessor = detector.postprocessor
         self._channels = preprocessing.channels
-        self._input_size = tuple(preprocessing.image_size)
+        self._input_size = preprocessing.image_size
         self._has_image_head = detector.has_image_head
         self.input_size = tf.Variable(list(self._input_size), dtype=tf.int32, trainable=False, name="input_size")
         self.score_threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="score_threshold")
@@ -226,7 +226,7 @@ def serving_info(detector: Detector, threshold: float) -> dict:
             "clahe_tile_grid": preprocessing.clahe_tile_grid, "image_head": detector.has_image_head,
             "flip_tta": post.flip_tta, "image_gating": post.image_gating,
             "image_gate_threshold": post.image_gate_threshold, "box_shrink": post.box_shrink,
-            "candidate_score_threshold": post.score_threshold, "pre_nms_top_k": post.pre_nms_top_k,
+            "candidate_score_threshold": post.candidate_score_threshold, "pre_nms_top_k": post.pre_nms_top_k,
             "nms_iou": post.nms_iou, "max_detections": post.max_detections,
             # "source": the one run's (null for an ensemble); "sources": every model's.
             "source": sources[0] if len(sources) == 1 else None, "sources": sources,

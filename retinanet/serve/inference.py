@@ -26,15 +26,15 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retinanet.detection.anchors import generate_anchors, level_sizes
+from retinanet.builders import build_anchor_set, build_postprocessor
 from retinanet.config import Config
 from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
 from retinanet.data.rsna import SkipReport
 from retinanet.detection.detections import forward_function, per_image_results
 from retinanet.serve.ensembles import EnsembleSource, resolve_ensemble
-from retinanet.runtime.hardware import dtype_policy, inference_precision, workers
-from retinanet.detection.postprocess import postprocessor_from_config
+from retinanet.runtime.hardware import (available_cores, configure_threads, dtype_policy, inference_precision,
+                                        resolve_threads, workers)
 from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
 
 
@@ -45,12 +45,14 @@ class InputError(ValueError):
 def build_untrained_model(config: Config):
     """The config's model, randomly initialised (no backbone download), under the run's dtype
     policy where this machine computes it natively, else under the one `auto` picks here."""
-    from retinanet.model.retinanet import build_model_from_config
+    from retinanet.builders import build_model
 
+    runtime = config.runtime
+    configure_threads(*resolve_threads(runtime.intra_op_threads, runtime.inter_op_threads, available_cores()))
     # A run's own weights replace any pretrained backbone: never fetch ImageNet weights here.
     config = replace(config, model=replace(config.model, weights="none"))
-    with dtype_policy(inference_precision(config.training.mixed_precision)):
-        return build_model_from_config(config)
+    with dtype_policy(inference_precision(runtime.mixed_precision)):
+        return build_model(config)
 
 
 def check_image_head(config: Config, weights: Path) -> None:
@@ -92,7 +94,7 @@ class Detector:
 
     Results are dicts {"boxes": float64 [N, 4] `x1, y1, x2, y2` original pixels, "scores": [N]
     (descending, >= the threshold), "image_probability": float, or None without the image head}.
-    Boxes scoring below postprocessing.score_threshold never reach the threshold: it acts as
+    Boxes scoring below postprocessing.candidate_score_threshold never reach the threshold: it acts as
     the larger of the two. `model` is one Keras model or a list (an ensemble, see
     `retinanet.serve.ensembles`): all their passes are fused by the one postprocessor; `config` is the
     first run's.
@@ -109,10 +111,10 @@ class Detector:
         self.sources = tuple(sources) if sources is not None else ((source,) if source is not None else ())
         self.source = self.sources[0] if len(self.sources) == 1 else None
         self.threshold, self.threshold_origin = float(threshold), threshold_origin
-        self.image_size = tuple(config.preprocessing.image_size)
+        self.image_size = config.preprocessing.image_size
         self.has_image_head = "image_logits" in self.model.output
-        self.postprocessor = postprocessor_from_config(config, generate_anchors(self.image_size, config.anchors),
-                                                       level_sizes(self.image_size, config.anchors))
+        self.anchor_set = build_anchor_set(config)
+        self.postprocessor = build_postprocessor(config, self.anchor_set)
         # Batch {"images", "scales", "original_sizes"} -> (Postprocessor result, {}), traced once.
         self.forward = forward_function(self.models, self.postprocessor)
 

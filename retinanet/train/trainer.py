@@ -22,7 +22,6 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retinanet.detection.anchors import generate_anchors, level_sizes
 from retinanet.train.budget import CALIBRATION_STEPS, Timing, fit_schedule
 from retinanet.config import Config, TrainingConfig, load_config, save_config
 from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
@@ -31,9 +30,8 @@ from retinanet.train.distributed import barrier, make_strategy, remove_write_dir
 from retinanet.train.ema import averaged_weights
 from retinanet.train.optimizers import FusedAdamW, FusedSGD
 from retinanet.runtime.hardware import dtype_policy, prepare_runtime
-from retinanet.detection.losses import image_loss, loss_from_config
-from retinanet.model.retinanet import build_model_from_config
-from retinanet.detection.postprocess import postprocessor_from_config
+from retinanet.builders import build_anchor_set, build_loss, build_model, build_postprocessor
+from retinanet.detection.losses import image_loss
 from retinanet.train import runs
 from retinanet.train.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
                             record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
@@ -90,7 +88,9 @@ def schedule_from_config(training: TrainingConfig) -> WarmupDecay:
                        training.step_boundaries, training.step_factor)
 
 
-def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = None) -> keras.optimizers.Optimizer:
+def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = None, *,
+                    precision: str = "float32") -> keras.optimizers.Optimizer:
+    """The training section's optimizer; loss scaling under the `precision` policy mixed_float16."""
     schedule = schedule or schedule_from_config(training)
     # Keras keeps the weights' moving average itself (retinanet/train/ema.py).
     ema = {"use_ema": True, "ema_momentum": training.ema_decay} if training.ema_decay else {}
@@ -98,7 +98,7 @@ def build_optimizer(training: TrainingConfig, schedule: WarmupDecay | None = Non
         optimizer = FusedSGD(schedule, momentum=training.momentum, weight_decay=training.weight_decay, **ema)
     else:
         optimizer = FusedAdamW(schedule, weight_decay=training.weight_decay, **ema)
-    if training.mixed_precision == "mixed_float16":
+    if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -191,8 +191,9 @@ class Trainer:
             start_fresh(self.run_dir, overwrite)  # a multi-worker run's chief checks once it knows its role
         self.started = time.monotonic()  # the time budget counts from here
         training = config.training
-        precision, device_line = prepare_runtime(training.mixed_precision, training.intra_op_threads,
-                                                 training.inter_op_threads)
+        runtime = config.runtime
+        precision, device_line = prepare_runtime(runtime.mixed_precision, runtime.intra_op_threads,
+                                                 runtime.inter_op_threads)
         print(device_line)
         try:
             # Multi-worker collectives must be set up before TensorFlow runs its first op.
@@ -208,7 +209,7 @@ class Trainer:
                                                                    f"; writes to {self.run_dir} (removed at the end)"))
         if precision.warning:
             print(f"warning: {precision.warning}", file=sys.stderr)
-        self.config = config = replace(config, training=replace(training, mixed_precision=precision.policy))
+        self.config = config = replace(config, runtime=replace(runtime, mixed_precision=precision.policy))
         training = config.training
         self.device_line = device_line
         set_seeds(training.seed, training.deterministic)
@@ -236,16 +237,15 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         if training.batch_size % replicas:
             raise TrainingError(f"training.batch_size {training.batch_size} is not divisible by {replicas} replicas")
-        image_size = tuple(config.preprocessing.image_size)
-        self.anchors = generate_anchors(image_size, config.anchors)
-        with self.strategy.scope(), dtype_policy(training.mixed_precision):
-            self.model = build_model_from_config(config)
+        self.anchor_set = build_anchor_set(config)
+        with self.strategy.scope(), dtype_policy(config.runtime.mixed_precision):
+            self.model = build_model(config)
             self.schedule = schedule_from_config(training)
-            self.optimizer = build_optimizer(training, self.schedule)
+            self.optimizer = build_optimizer(training, self.schedule, precision=config.runtime.mixed_precision)
             self.optimizer.build(self.model.trainable_variables)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.loss = loss_from_config(config, self.anchors)
-        self.postprocessor = postprocessor_from_config(config, self.anchors, level_sizes(image_size, config.anchors))
+        self.loss = build_loss(config, self.anchor_set)
+        self.postprocessor = build_postprocessor(config, self.anchor_set)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / runs.CHECKPOINTS,
                                                   max_to_keep=training.keep_checkpoints)
@@ -260,7 +260,7 @@ class Trainer:
         # The data position is the step: the stream starts where the restored run stopped.
         self.train_dataset = self.strategy.distribute_datasets_from_function(self._training_input)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
-                                   progress=progress) if self.is_chief else None
+                                   progress=progress, anchor_set=self.anchor_set) if self.is_chief else None
         self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / runs.TENSORBOARD / name))
                         for name in ("train", "validation")}
         log_run_start(self.run_dir / runs.TENSORBOARD, config, self.run_dir.name)
@@ -274,7 +274,8 @@ class Trainer:
         batch_size = context.get_per_replica_batch_size(self.config.training.batch_size)
         return build_dataset(self.config, "train", records=self.train_records, progress=self.progress,
                              start_step=self.step, worker=context.input_pipeline_id,
-                             num_workers=context.num_input_pipelines, batch_size=batch_size)
+                             num_workers=context.num_input_pipelines, batch_size=batch_size,
+                             anchor_set=self.anchor_set)
 
     @property
     def step(self) -> int:

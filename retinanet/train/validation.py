@@ -49,14 +49,16 @@ def overlays_first(records: list[Record], count: int) -> list[Record]:
 class Validator:
     """Evaluates a model on fixed held-out records; `run()` -> {"scalars", "overlays", "detections"}."""
 
-    def __init__(self, config, model, postprocessor, loss, records: list[Record], progress: bool = True):
+    def __init__(self, config, model, postprocessor, loss, records: list[Record], progress: bool = True,
+                 anchor_set=None):
         self.config = config
         self.model = model
         self.postprocessor = postprocessor
         self.loss = loss
         records = overlays_first(records, config.training.num_summary_images)
         self.dataset, self.records = build_dataset_and_records(config, "validation", records=records,
-                                                               training=False, progress=progress)
+                                                               training=False, progress=progress,
+                                                               anchor_set=anchor_set)
         self.progress = progress
         self.forward = forward_function([model], postprocessor, loss)
 
