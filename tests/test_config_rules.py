@@ -264,9 +264,11 @@ def test_every_choice_the_config_allows_is_accepted_by_the_code_that_acts_on_it(
     from retinanet.detection.postprocess import Postprocessor
 
     anchors = np.array([[0, 0, 32, 32]], np.float32)
-    for gating in config_module.IMAGE_GATINGS:
+    assert config_module.IMAGE_GATINGS.choices() == ("none", "gate", "multiply")
+    for gating in config_module.IMAGE_GATINGS.choices():
         assert Postprocessor(anchors, [1], (32, 32), image_gating=gating).image_gating == gating
-    for box_loss in config_module.BOX_LOSSES:
+    assert config_module.BOX_LOSSES.choices() == ("smooth_l1", "giou", "ciou")
+    for box_loss in config_module.BOX_LOSSES.choices():
         assert RetinaNetLoss(box_loss=box_loss, anchors=anchors).box_loss == box_loss
     labels = tmp_path / "labels.csv"
     labels.write_text("patientId,x,y,width,height,Target\np1,,,,,0\n")
@@ -275,3 +277,24 @@ def test_every_choice_the_config_allows_is_accepted_by_the_code_that_acts_on_it(
         assert [record.patient_id for record in records] == ["p1"]
     with pytest.raises(ValueError, match="image_gating must be one of none, gate, multiply"):
         Postprocessor(anchors, [1], (32, 32), image_gating="sometimes")
+
+
+def test_a_name_added_to_a_component_table_is_a_config_choice(monkeypatch):
+    from retinanet.config import config_from_dict
+    from retinanet.detection import losses
+
+    with pytest.raises(ConfigError, match="loss.box_loss: must be one of smooth_l1, giou, ciou, got 'l1'"):
+        config_from_dict({"loss": {"box_loss": "l1"}})
+    monkeypatch.setitem(losses.BOX_LOSSES, "l1", losses.smooth_l1_box_loss)
+    assert config_from_dict({"loss": {"box_loss": "l1"}}).loss.box_loss == "l1"
+
+
+def test_importing_the_config_loads_no_tensorflow():
+    """The components' tables are read when a value is checked: `retinanet score` and the data
+    readers import the config without paying for TensorFlow."""
+    import subprocess
+    import sys
+
+    probe = "import sys, retinanet.config, retinanet.data.rsna; print('tensorflow' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.strip() == "False", completed.stderr

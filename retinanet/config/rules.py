@@ -9,6 +9,7 @@ cross-field rules, and returns the messages in that order; each message names th
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,6 +60,25 @@ def within(low, high, *, low_open: bool = False, high_open: bool = False) -> Rul
 
 def one_of(choices: tuple[str, ...]) -> Rule:
     return Rule(lambda value: value in choices, f"must be one of {', '.join(choices)}")
+
+
+class TableChoice:
+    """A Rule (`holds`, `requirement`) whose allowed words are the keys of a component's name table,
+    `module.table` (e.g. retinanet.detection.losses.BOX_LOSSES). The table is imported when a value
+    is first checked: the components import TensorFlow, which importing the config must not."""
+
+    def __init__(self, module: str, table: str):
+        self.module, self.table = module, table
+
+    def choices(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.table))
+
+    def holds(self, value) -> bool:
+        return value in self.choices()
+
+    @property
+    def requirement(self) -> str:
+        return f"must be one of {', '.join(self.choices())}"
 
 
 def not_empty() -> Rule:

@@ -33,10 +33,8 @@ from pathlib import Path
 import yaml
 
 from retinanet.detection import anchors as anchor_defaults
-from retinanet.detection.losses import BOX_LOSSES
-from retinanet.detection.postprocess import IMAGE_GATINGS
 from retinanet.config.paths import absolute_path, is_path, map_paths, portable_path
-from retinanet.config.rules import (CrossFieldRule, Rule, at_least, each, increasing, not_empty, one_of,
+from retinanet.config.rules import (CrossFieldRule, Rule, TableChoice, at_least, each, increasing, not_empty, one_of,
                                     ordered_pair, positive, setting, violations, within)
 
 
@@ -62,6 +60,8 @@ def _parse_yaml(text: str):
 # `retinanet.detection.postprocess.IMAGE_GATINGS`); the rest are read from here, so that the
 # config and the code cannot disagree.
 BAD_FILE_POLICIES = ("error", "skip")
+BOX_LOSSES = TableChoice("retinanet.detection.losses", "BOX_LOSSES")
+IMAGE_GATINGS = TableChoice("retinanet.detection.postprocess", "IMAGE_GATINGS")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -173,7 +173,7 @@ class LossConfig:
     alpha: float = setting(0.25, within(0, 1))
     gamma: float = setting(2.0, at_least(0))
     smooth_l1_delta: float = setting(1.0 / 9.0, positive())
-    box_loss: str = setting("smooth_l1", one_of(BOX_LOSSES))
+    box_loss: str = setting("smooth_l1", BOX_LOSSES)
     box_weight: float = setting(1.0, at_least(0))
     label_smoothing: float = setting(0.0, within(0, 1, high_open=True))
     image_weight: float = setting(0.1, at_least(0))
@@ -238,7 +238,7 @@ class PostprocessingConfig:
     max_detections: int = setting(100, at_least(1))
     box_shrink: float = setting(1.0, within(0, 1, low_open=True))  # 0.83-0.875 helped in the competition
     flip_tta: bool = False
-    image_gating: str = setting("none", one_of(IMAGE_GATINGS))  # other than "none" needs model.image_head
+    image_gating: str = setting("none", IMAGE_GATINGS)  # other than "none" needs model.image_head
     image_gate_threshold: float = setting(0.5, within(0, 1))
 
 
