@@ -17,7 +17,7 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 def match_predictions(ground_truth, predictions, scores, iou_threshold: float = MATCH_IOU):
     """Greedy matching in descending score -> (prediction is TP bool [P], truth was found bool [G])."""
-    from retinanet.metrics import pairwise_iou
+    from retinanet.detection.metrics import pairwise_iou
 
     ground_truth = np.asarray(ground_truth, np.float64).reshape(-1, 4)
     predictions = np.asarray(predictions, np.float64).reshape(-1, 4)

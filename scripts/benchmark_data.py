@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from retinanet import hardware
+from retinanet.runtime import hardware
 from retinanet.config import load_config
 from retinanet.data.dicom import read_dicom
 from retinanet.data.pipeline import build_dataset, prepare_split

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retinanet.benchmark import run_benchmark
+from retinanet.bench.benchmark import run_benchmark
 from retinanet.config import ConfigError
 from retinanet.data.dicom import DicomReadError
-from retinanet.inference import InputError, ModelLoadError
+from retinanet.serve.inference import InputError, ModelLoadError
 
 
 def main(argv: list[str] | None = None) -> int:

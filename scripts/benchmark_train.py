@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet import hardware
+from retinanet.runtime import hardware
 
 REPO = Path(__file__).resolve().parent.parent
 THREAD_SETTINGS = ((2, 2), (2, 1), (1, 1), (1, 2))
@@ -58,7 +58,7 @@ def peers() -> dict:
 def measure(args) -> list[dict]:
     import numpy as np
 
-    from retinanet.benchmark_training import fixed_batch, peer_runner, project_runner, time_in_turns
+    from retinanet.bench.training import fixed_batch, peer_runner, project_runner, time_in_turns
     from retinanet.config import load_config
 
     rows = []
@@ -66,7 +66,7 @@ def measure(args) -> list[dict]:
     for precision in precisions(args.precisions, auto):
         config = load_config(args.config, [f"preprocessing.image_size=[{args.size},{args.size}]",
                                            f"training.batch_size={args.batch}", "model.weights=none",
-                                           f"training.mixed_precision={precision}"])
+                                           f"runtime.mixed_precision={precision}"])
         batch = fixed_batch(config, np.random.default_rng(0))
         runners = {"project": project_runner(config, batch)}
         if not args.no_peers:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retinanet.launcher import launch
+from retinanet.train.launcher import launch
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ TINY_OVERRIDES = (
     "model.head_convs=1",
     # Thresholds of 0 keep the max_detections best boxes of every image whatever the barely
     # trained model scores, so that every output has boxes to check.
-    "postprocessing.score_threshold=0.0",
+    "postprocessing.candidate_score_threshold=0.0",
     "postprocessing.max_detections=10",
     "training.steps=4",
     "training.batch_size=2",
@@ -37,7 +37,7 @@ TINY_OVERRIDES = (
     "training.validate_every=4",
     "training.log_every=2",
     "training.checkpoint_every=4",
-    "training.mixed_precision=float32",
+    "runtime.mixed_precision=float32",
     "training.num_summary_images=2",
     "evaluation.batch_size=4",
     "evaluation.score_threshold=0.0",
@@ -117,7 +117,7 @@ def evaluated_run(tiny_run, tmp_path_factory) -> dict:
     completed = run_script("evaluate.py", "--run-dir", tiny_run.run_dir, "--output", output, "--write-threshold",
                            "--threshold", "0", "--no-progress")
     assert completed.returncode == 0, completed.stderr
-    from retinanet.evaluation import read_metrics
+    from retinanet.evaluate.evaluation import read_metrics
 
     return {"output": output, "stdout": completed.stdout, "metrics": read_metrics(output)}
 

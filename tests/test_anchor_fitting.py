@@ -1,4 +1,4 @@
-"""Tests for retinanet.anchor_fitting and `retinanet fit-anchors`: hand-made box sets whose answer is
+"""Tests for retinanet.data.anchor_fitting and `retinanet fit-anchors`: hand-made box sets whose answer is
 known, coverage against a brute-force count, and the written section loading as a config."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from retinanet.anchor_fitting import (anchor_shapes, anchors_yaml, centred_iou, fit_anchor_shapes, fit_anchors,
+from retinanet.data.anchor_fitting import (anchor_shapes, anchors_yaml, centred_iou, fit_anchor_shapes, fit_anchors,
                                       mean_best_iou)
-from retinanet.anchors import generate_anchors_numpy
+from retinanet.builders import anchor_set_for
 from retinanet.config import AnchorConfig, config_from_dict, load_config
 from retinanet.data.rsna import Record
 
@@ -33,7 +33,7 @@ def test_centred_iou_by_hand():
 def test_anchor_shapes_follow_the_anchor_generator():
     config = AnchorConfig(levels=(3, 4), sizes=(16.0, 32.0), aspect_ratios=(0.5, 2.0), scales=(1.0, 1.5))
     shapes, level, ratio, scale = anchor_shapes(config.sizes, config.aspect_ratios, config.scales)
-    generated = generate_anchors_numpy((8, 8), config)  # one cell per level: 4 shapes each
+    generated = anchor_set_for(config, (8, 8)).boxes  # one cell per level: 4 shapes each
     np.testing.assert_allclose(shapes, generated[:, 2:] - generated[:, :2], rtol=1e-5)
     assert list(level) == [0] * 4 + [1] * 4 and list(ratio) == [0, 0, 1, 1] * 2 and list(scale) == [0, 1] * 4
 
@@ -93,7 +93,7 @@ def iou_loop(box, anchor) -> float:
 def brute_force_covered(records, config, anchor_config) -> int:
     """Boxes (scaled to the input by hand) with any anchor at IoU >= positive_iou, by loops."""
     scale = config.preprocessing.image_size[0] / config.data.original_size
-    anchors = generate_anchors_numpy(tuple(config.preprocessing.image_size), anchor_config).astype(np.float64)
+    anchors = anchor_set_for(anchor_config, config.preprocessing.image_size).boxes.astype(np.float64)
     covered = 0
     for record in records:
         for box in record.boxes.astype(np.float64) * scale:

@@ -1,4 +1,4 @@
-"""Tests for retinanet.anchors: counts, order, shapes of the anchor boxes."""
+"""Tests for retinanet.detection.anchors: counts, order, shapes of the anchor boxes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.anchors import (
+from retinanet.detection.anchors import (
     anchors_per_location,
     feature_map_size,
-    generate_anchors,
     generate_anchors_numpy,
     level_sizes,
+    make_anchor_set,
     num_anchors,
 )
 from retinanet.config import AnchorConfig
@@ -49,18 +49,28 @@ def test_feature_map_size_rounds_up():
     assert feature_map_size((512, 512), 3) == (64, 64)
 
 
-def test_tensor_shape_and_dtype():
-    anchors = generate_anchors((128, 128))
-    assert isinstance(anchors, tf.Tensor)
-    assert anchors.dtype == tf.float32
-    assert tuple(anchors.shape) == (num_anchors((128, 128)), 4)
-    assert generate_anchors_numpy((128, 128)).dtype == np.float32
-    np.testing.assert_array_equal(anchors.numpy(), generate_anchors_numpy((128, 128)))
+def test_anchor_set_holds_the_anchors_of_one_input_size():
+    shape = {"levels": (3, 4), "aspect_ratios": (1.0, 2.0), "scales": (1.0,)}
+    anchor_set = make_anchor_set([128, 96], sizes=(16.0, 48.0), **shape)
+    assert anchor_set.image_size == (128, 96)
+    assert anchor_set.boxes.dtype == np.float32
+    np.testing.assert_array_equal(anchor_set.boxes, generate_anchors_numpy((128, 96), sizes=(16.0, 48.0), **shape))
+    assert anchor_set.level_sizes == (16 * 12 * 2, 8 * 6 * 2)
+    assert anchor_set.levels == (3, 4) and anchor_set.per_location == 2
+    with pytest.raises(ValueError):
+        anchor_set.boxes[0, 0] = 1.0  # shared by the encoder, the loss and the postprocessor: read-only
+
+
+def test_the_config_defaults_are_the_generator_defaults():
+    assert make_anchor_set((128, 128)).level_sizes == tuple(level_sizes((128, 128), DEFAULT.levels,
+                                                                        DEFAULT.aspect_ratios, DEFAULT.scales))
+    np.testing.assert_array_equal(generate_anchors_numpy((128, 128)), generate_anchors_numpy(
+        (128, 128), DEFAULT.levels, DEFAULT.sizes, DEFAULT.aspect_ratios, DEFAULT.scales))
 
 
 def test_anchors_per_location():
     assert anchors_per_location() == 9
-    assert anchors_per_location(AnchorConfig(aspect_ratios=(1.0,), scales=(1.0, 2.0))) == 2
+    assert anchors_per_location(aspect_ratios=(1.0,), scales=(1.0, 2.0)) == 2
 
 
 def test_level_sizes_for_square_input():
@@ -127,12 +137,12 @@ def test_levels_are_in_increasing_size_order():
 
 
 def test_custom_config_with_fewer_levels():
-    config = AnchorConfig(levels=(3, 4), sizes=(16.0, 48.0), aspect_ratios=(1.0, 2.0), scales=(1.0,))
+    shape = {"levels": (3, 4), "aspect_ratios": (1.0, 2.0), "scales": (1.0,)}
     image_size = (64, 64)
-    assert anchors_per_location(config) == 2
-    assert level_sizes(image_size, config) == [8 * 8 * 2, 4 * 4 * 2]
-    assert num_anchors(image_size, config) == 8 * 8 * 2 + 4 * 4 * 2
-    anchors = generate_anchors_numpy(image_size, config).astype(np.float64)
+    assert anchors_per_location(shape["aspect_ratios"], shape["scales"]) == 2
+    assert level_sizes(image_size, **shape) == [8 * 8 * 2, 4 * 4 * 2]
+    assert num_anchors(image_size, **shape) == 8 * 8 * 2 + 4 * 4 * 2
+    anchors = generate_anchors_numpy(image_size, sizes=(16.0, 48.0), **shape).astype(np.float64)
     assert anchors.shape == (160, 4)
     # First anchor: P3 cell (0, 0), ratio 1, side 16 around (4, 4).
     np.testing.assert_allclose(anchors[0], [-4, -4, 12, 12], atol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.hardware import dtype_policy
+from retinanet.runtime.hardware import dtype_policy
 from retinanet.model import batch_norm
 from retinanet.model.backbone import build_backbone
 

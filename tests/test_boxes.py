@@ -1,4 +1,4 @@
-"""Tests for retinanet.boxes against plain-loop oracles and hand-computed cases."""
+"""Tests for retinanet.detection.boxes against plain-loop oracles and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from retinanet import boxes as box_ops
+from retinanet.detection import boxes as box_ops
 
 # --- oracles ----------------------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ OVERLAP_CASES = [
 
 @pytest.mark.parametrize("twin", ["tensorflow", "numpy"])
 def test_intersection_and_union_twins_match_hand_computed_areas(twin):
-    from retinanet.metrics import intersection_and_union as numpy_twin
+    from retinanet.detection.metrics import intersection_and_union as numpy_twin
 
     boxes_a = np.array([case[0] for case in OVERLAP_CASES], np.float32)
     boxes_b = np.array([case[1] for case in OVERLAP_CASES], np.float32)
@@ -227,8 +227,8 @@ def test_intersection_and_union_twins_match_hand_computed_areas(twin):
 
 
 def test_every_iou_rests_on_the_same_hand_computed_areas():
-    from retinanet.losses import iou_loss
-    from retinanet.metrics import pairwise_iou as metric_iou
+    from retinanet.detection.losses import iou_loss
+    from retinanet.detection.metrics import pairwise_iou as metric_iou
 
     boxes_a = np.array([case[0] for case in OVERLAP_CASES], np.float32)
     boxes_b = np.array([case[1] for case in OVERLAP_CASES], np.float32)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from retinanet.budget import Timing, compress, events_between, fit_schedule, remaining_cost
+from retinanet.train.budget import Timing, compress, events_between, fit_schedule, remaining_cost
 from retinanet.config import TrainingConfig
-from retinanet.training import WarmupDecay
+from retinanet.train.trainer import WarmupDecay
 
 DEMO = TrainingConfig(steps=500, warmup_steps=50, validate_every=125, checkpoint_every=100, time_budget_minutes=10)
 

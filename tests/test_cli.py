@@ -158,7 +158,7 @@ def test_copied_run_directory_evaluates_and_infers_from_another_working_director
         hidden.rename(tiny_run.run_dir)
     assert evaluated.returncode == 0, evaluated.stderr
     assert inferred.returncode == 0, inferred.stderr
-    from retinanet.evaluation import read_metrics
+    from retinanet.evaluate.evaluation import read_metrics
 
     stored = json.loads((elsewhere / "evaluation" / "metrics.json").read_text())
     assert stored["source"]["config"] == str(copy / "config.yaml")  # beyond the output's parent: absolute

@@ -376,7 +376,7 @@ def test_loss_and_model_defaults_match_design():
 
 def test_postprocessing_defaults_match_design():
     post = PostprocessingConfig()
-    assert post.score_threshold == 0.05
+    assert post.candidate_score_threshold == 0.05
     assert post.nms_iou == 0.5
     assert post.max_detections == 100
 

@@ -1,4 +1,4 @@
-"""Tests for the constraints declared beside the config fields (retinanet.config_rules), the
+"""Tests for the constraints declared beside the config fields (retinanet.config.rules), the
 cross-field rules, the retired keys, and the choice lists shared with the modules that act on them."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from conftest import REPOSITORY_ROOT as REPOSITORY
-from retinanet import config as config_module
-from retinanet.config import CROSS_FIELD_RULES, RETIRED_KEYS, Config, ConfigError, load_config, save_config
-from retinanet.config_rules import (CrossFieldRule, Rule, at_least, each, increasing, one_of, ordered_pair, positive,
+from retinanet.config import schema as config_module
+from retinanet.config import CROSS_FIELD_RULES, RENAMED_KEYS, RETIRED_KEYS, Config, ConfigError, load_config, save_config
+from retinanet.config.rules import (CrossFieldRule, Rule, at_least, each, increasing, one_of, ordered_pair, positive,
                                     setting, violations, within)
 
 
@@ -185,6 +185,74 @@ def test_retired_keys_are_not_keys_of_the_schema():
         assert name not in {field.name for field in dataclasses.fields(getattr(Config(), section))}, key
 
 
+# --- renamed keys -------------------------------------------------------------------------------
+
+OLD_STYLE_SECTIONS = """\
+training:
+  steps: 40
+  warmup_steps: 4
+  mixed_precision: mixed_bfloat16
+  intra_op_threads: 3
+  inter_op_threads: 1
+postprocessing:
+  score_threshold: 0.02
+  nms_iou: 0.45
+evaluation:
+  score_threshold: 0.35
+"""
+
+
+def test_an_older_runs_config_with_renamed_keys_loads_with_their_values(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(OLD_STYLE_SECTIONS)  # as the previous version saved them
+
+    config = load_config(run_dir / "config.yaml")
+
+    assert (config.runtime.mixed_precision, config.runtime.intra_op_threads, config.runtime.inter_op_threads) == \
+        ("mixed_bfloat16", 3, 1)
+    assert config.postprocessing.candidate_score_threshold == 0.02 and config.postprocessing.nms_iou == 0.45
+    assert config.evaluation.score_threshold == 0.35  # the decision threshold keeps its name
+    notes = capsys.readouterr().err.splitlines()
+    assert [note.split(": ")[2] for note in notes] == [
+        "postprocessing.score_threshold is now postprocessing.candidate_score_threshold",
+        "training.mixed_precision is now runtime.mixed_precision",
+        "training.intra_op_threads is now runtime.intra_op_threads",
+        "training.inter_op_threads is now runtime.inter_op_threads"]
+    save_config(config, run_dir / "config.yaml")  # saved again: the new names only
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["runtime"]["mixed_precision"] == "mixed_bfloat16" and "mixed_precision" not in saved["training"]
+    assert load_config(run_dir / "config.yaml") == config
+
+
+def test_an_old_name_in_an_override_sets_the_new_key(tmp_path, capsys):
+    path = _write(tmp_path, {"runtime": {"mixed_precision": "auto"}})
+    config = load_config(path, ["training.mixed_precision=float32", "postprocessing.score_threshold=0.0"])
+    assert config.runtime.mixed_precision == "float32" and config.postprocessing.candidate_score_threshold == 0.0
+    assert "training.mixed_precision is now runtime.mixed_precision" in capsys.readouterr().err
+
+
+def test_a_new_name_in_an_override_wins_over_the_old_name_in_the_file(tmp_path):
+    (tmp_path / "old.yaml").write_text(OLD_STYLE_SECTIONS)
+    config = load_config(tmp_path / "old.yaml", ["runtime.mixed_precision=float32"])
+    assert config.runtime.mixed_precision == "float32" and config.runtime.intra_op_threads == 3
+
+
+def test_both_names_of_a_key_in_one_file_are_refused(tmp_path):
+    path = _write(tmp_path, {"training": {"mixed_precision": "float32"}, "runtime": {"mixed_precision": "auto"}})
+    with pytest.raises(ConfigError, match="training.mixed_precision and runtime.mixed_precision are both set"):
+        load_config(path)
+
+
+def test_renamed_keys_point_from_no_key_to_a_key_of_the_schema():
+    def keys_of(section):
+        return {field.name for field in dataclasses.fields(getattr(Config(), section))}
+
+    for old, new in RENAMED_KEYS.items():
+        (section, name), (new_section, new_name) = old.split("."), new.split(".")
+        assert name not in keys_of(section) and new_name in keys_of(new_section), old
+
+
 # --- one list of choices ------------------------------------------------------------------------
 
 
@@ -192,13 +260,15 @@ def test_every_choice_the_config_allows_is_accepted_by_the_code_that_acts_on_it(
     import numpy as np
 
     from retinanet.data.rsna import read_labels
-    from retinanet.losses import RetinaNetLoss
-    from retinanet.postprocess import Postprocessor
+    from retinanet.detection.losses import RetinaNetLoss
+    from retinanet.detection.postprocess import Postprocessor
 
     anchors = np.array([[0, 0, 32, 32]], np.float32)
-    for gating in config_module.IMAGE_GATINGS:
+    assert config_module.IMAGE_GATINGS.choices() == ("none", "gate", "multiply")
+    for gating in config_module.IMAGE_GATINGS.choices():
         assert Postprocessor(anchors, [1], (32, 32), image_gating=gating).image_gating == gating
-    for box_loss in config_module.BOX_LOSSES:
+    assert config_module.BOX_LOSSES.choices() == ("smooth_l1", "giou", "ciou")
+    for box_loss in config_module.BOX_LOSSES.choices():
         assert RetinaNetLoss(box_loss=box_loss, anchors=anchors).box_loss == box_loss
     labels = tmp_path / "labels.csv"
     labels.write_text("patientId,x,y,width,height,Target\np1,,,,,0\n")
@@ -207,3 +277,24 @@ def test_every_choice_the_config_allows_is_accepted_by_the_code_that_acts_on_it(
         assert [record.patient_id for record in records] == ["p1"]
     with pytest.raises(ValueError, match="image_gating must be one of none, gate, multiply"):
         Postprocessor(anchors, [1], (32, 32), image_gating="sometimes")
+
+
+def test_a_name_added_to_a_component_table_is_a_config_choice(monkeypatch):
+    from retinanet.config import config_from_dict
+    from retinanet.detection import losses
+
+    with pytest.raises(ConfigError, match="loss.box_loss: must be one of smooth_l1, giou, ciou, got 'l1'"):
+        config_from_dict({"loss": {"box_loss": "l1"}})
+    monkeypatch.setitem(losses.BOX_LOSSES, "l1", losses.smooth_l1_box_loss)
+    assert config_from_dict({"loss": {"box_loss": "l1"}}).loss.box_loss == "l1"
+
+
+def test_importing_the_config_loads_no_tensorflow():
+    """The components' tables are read when a value is checked: `retinanet score` and the data
+    readers import the config without paying for TensorFlow."""
+    import subprocess
+    import sys
+
+    probe = "import sys, retinanet.config, retinanet.data.rsna; print('tensorflow' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.strip() == "False", completed.stderr

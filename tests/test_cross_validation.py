@@ -15,9 +15,9 @@ import pytest
 
 from conftest import REPOSITORY_ROOT, TINY_OVERRIDES, assert_clean_error, run_script
 from retinanet.config import config_from_dict, load_config, save_config
-from retinanet.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds, prepare_parent,
+from retinanet.evaluate.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds, prepare_parent,
                                         train_fold)
-from retinanet.out_of_fold import (OutOfFoldError, analyse, bootstrap_interval, read_predictions,
+from retinanet.evaluate.out_of_fold import (OutOfFoldError, analyse, bootstrap_interval, read_predictions,
                                    write_predictions)
 from test_metrics import loop_image_score, random_data_set
 
@@ -56,7 +56,8 @@ def test_fold_state_tells_new_restart_resume_and_finished(tmp_path):
 def small_config(root, **data):
     return config_from_dict({"data": {"root": str(root), "cache_dir": str(root / "cache"), "original_size": 128,
                                       "num_folds": 3, **data},
-                             "training": {"mixed_precision": "float32", "steps": 4, "warmup_steps": 1}})
+                             "training": {"steps": 4, "warmup_steps": 1},
+                             "runtime": {"mixed_precision": "float32"}})
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def small_data(tmp_path_factory):
 
 
 def test_each_fold_is_trained_resumed_restarted_or_skipped_by_its_state(small_data, tmp_path, monkeypatch, capsys):
-    import retinanet.training
+    import retinanet.train.trainer
 
     parent = tmp_path / "cv"
     base = prepare_parent(small_config(small_data), parent, progress=False)
@@ -80,7 +81,7 @@ def test_each_fold_is_trained_resumed_restarted_or_skipped_by_its_state(small_da
         (run_dir / "best.json").write_text(json.dumps({"step": 4, "best_rsna_metric": 0.5}))
         return {"step": 4}
 
-    monkeypatch.setattr(retinanet.training, "train", fake_train)
+    monkeypatch.setattr(retinanet.train.trainer, "train", fake_train)
     for fold, files in ((1, ["config.yaml"]), (2, ["config.yaml", "final.weights.h5"])):
         fold_dir(parent, fold).mkdir()
         save_config(load_config(parent / "config.yaml", [f"data.validation_fold={fold}"]),
@@ -112,7 +113,7 @@ def test_a_directory_of_another_fold_or_config_is_refused(small_data, tmp_path):
 
 
 def test_predictions_are_made_again_only_when_a_fold_has_new_best_weights(tmp_path, monkeypatch):
-    import retinanet.cross_validation as cross_validation
+    import retinanet.evaluate.cross_validation as cross_validation
     from retinanet.data.rsna import Record
 
     parent = tmp_path / "cv"
@@ -219,15 +220,15 @@ CV_OVERRIDES = (*TINY_OVERRIDES, "data.num_folds=2", "data.original_size=128", "
 
 KILL_FOLD_1_AFTER_STEP_2 = textwrap.dedent("""
     import os, sys
-    import retinanet.training
+    import retinanet.train.trainer
     from retinanet.cli import main
 
-    original = retinanet.training.Trainer._save_latest
+    original = retinanet.train.trainer.Trainer._save_latest
     def save_then_die(self, **options):
         original(self, **options)
         if self.run_dir.name == "fold_1" and self.step == 2:
             os._exit(17)  # killed right after fold 1's first checkpoint
-    retinanet.training.Trainer._save_latest = save_then_die
+    retinanet.train.trainer.Trainer._save_latest = save_then_die
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -308,9 +309,9 @@ def test_every_fold_is_a_run_of_the_same_split_and_out_of_fold_covers_every_pati
 @pytest.mark.slow
 def test_out_of_fold_metric_equals_an_independent_computation_on_the_files(cross_validation):
     from retinanet.data.rsna import read_labels
-    from retinanet.ensembles import resolve_ensemble
-    from retinanet.runs import read_best_record, read_threshold
-    from retinanet.submission import score_submission
+    from retinanet.serve.ensembles import resolve_ensemble
+    from retinanet.train.runs import read_best_record, read_threshold
+    from retinanet.data.submission import score_submission
 
     parent, data, metrics = cross_validation["parent"], cross_validation["data"], cross_validation["metrics"]
     records, _ = read_labels(data / "stage_2_train_labels.csv", image_size=128)

@@ -17,7 +17,7 @@ from retinanet.config import config_from_dict, save_config
 from retinanet.data.dicom import read_image
 from retinanet.data.preprocess import denormalize, normalize, preprocess_image
 from retinanet.data.rsna import Record
-from retinanet.detections import above, keep_above, per_image_results, unpad
+from retinanet.detection.detections import above, keep_above, per_image_results, unpad
 
 ORIGINAL_HEIGHT, ORIGINAL_WIDTH = 96, 128  # letterboxed at scale 0.5 into the top 48 rows of 64 x 64
 
@@ -29,9 +29,10 @@ def tiny_config(root, channels: int = 1):
         "preprocessing": {"image_size": [64, 64], "channels": channels},
         "anchors": {"sizes": [8, 16, 32, 64, 128]},
         "model": {"fpn_channels": 8, "head_convs": 1, "image_head": True},
-        "postprocessing": {"score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
+        "postprocessing": {"candidate_score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
                            "image_gating": "multiply", "box_shrink": 0.9},
-        "training": {"mixed_precision": "float32", "num_summary_images": 1},
+        "training": {"num_summary_images": 1},
+        "runtime": {"mixed_precision": "float32"},
         "evaluation": {"batch_size": 1, "score_threshold": 0.0},
     })
 
@@ -47,7 +48,7 @@ def chest_like_image() -> np.ndarray:
 
 def write_run(run_dir, config, seed: int):
     """An untrained run directory (config.yaml, best.weights.h5) whose scores are spread out."""
-    from retinanet.inference import build_untrained_model
+    from retinanet.serve.inference import build_untrained_model
 
     keras.utils.set_random_seed(seed)
     model = build_untrained_model(config)
@@ -67,7 +68,7 @@ def tiny_detector_run(tmp_path_factory):
     """(run directory, Record of the one image, Detector): untrained weights whose class logits are
     spread out (the head's features lifted off ReLU's zero, its output kernel enlarged) and whose
     image probability is near 0.4, so that the detections are not a tie of equal scores."""
-    from retinanet.inference import Detector
+    from retinanet.serve.inference import Detector
 
     root = tmp_path_factory.mktemp("detections")
     image_path = root / "patient.png"
@@ -79,23 +80,22 @@ def tiny_detector_run(tmp_path_factory):
 
 
 def validation_detections(detector, record):
-    from retinanet.anchors import generate_anchors
-    from retinanet.losses import loss_from_config
-    from retinanet.validation import Validator
+    from retinanet.builders import build_loss
+    from retinanet.train.validation import Validator
 
     config = detector.config
-    loss = loss_from_config(config, generate_anchors(tuple(config.preprocessing.image_size), config.anchors))
+    loss = build_loss(config, detector.anchor_set)
     validator = Validator(config, detector.model, detector.postprocessor, loss, [record], progress=False)
     return validator.run()
 
 
 def exported_detections(detector, image, directory):
     from retinanet.data.preprocess import apply_clahe
-    from retinanet.export import export_detector
+    from retinanet.serve.export import export_detector
 
     export_detector(detector, directory, threshold=0.0)
     loaded = tf.saved_model.load(str(directory))
-    # The SavedModel leaves CLAHE to the caller (see retinanet.export).
+    # The SavedModel leaves CLAHE to the caller (see retinanet.serve.export).
     clahe = apply_clahe(image, float(loaded.clahe_clip_limit.numpy()), int(loaded.clahe_tile_grid.numpy()))
     result = loaded.detect(tf.constant(clahe))
     return result["boxes"].numpy().astype(np.float64), result["scores"].numpy().astype(np.float64)
@@ -103,7 +103,7 @@ def exported_detections(detector, image, directory):
 
 @pytest.mark.slow
 def test_validation_evaluation_inference_and_export_give_the_same_boxes(tiny_detector_run, tmp_path):
-    from retinanet.evaluation import predict_records
+    from retinanet.evaluate.evaluation import predict_records
 
     _, record, detector = tiny_detector_run
     image = read_image(record.image_path)

@@ -20,7 +20,7 @@ from retinanet.config import config_from_dict, save_config
 from retinanet.data.order import record_at, worker_positions
 from retinanet.data.pipeline import build_dataset, prepare_split
 from retinanet.data.synthetic import generate_synthetic_rsna
-from retinanet.launcher import free_ports, launch, tf_config
+from retinanet.train.launcher import free_ports, launch, tf_config
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 600  # seconds for one launch of a tiny run
@@ -85,11 +85,11 @@ def tiny_config(root: Path, strategy: str = "default", **training):
         "model": {"fpn_channels": 16, "head_convs": 1, "freeze_batch_norm": True},
         "training": {"batch_size": 8, "steps": REFERENCE_SCHEDULE["steps"], "warmup_steps": 1, "validate_every": 2,
                      "log_every": 1, "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw",
-                     "deterministic": True,
-                     "positive_fraction": 0.5, "learning_rate": REFERENCE_SCHEDULE["learning_rate"],
-                     "mixed_precision": "float32",
+                     "deterministic": True, "positive_fraction": 0.5,
+                     "learning_rate": REFERENCE_SCHEDULE["learning_rate"],
                      # Below the first steps' gradient norms (about 20-40): clipping is active.
                      "gradient_clip_norm": 0.5, "strategy": strategy, **training},
+        "runtime": {"mixed_precision": "float32"},
         "evaluation": {"batch_size": 4},
     })
 
@@ -206,7 +206,7 @@ KILLED_WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
     from retinanet.config import load_config
-    from retinanet.training import Trainer
+    from retinanet.train.trainer import Trainer
     config_path, run_dir, dying_worker, die_after = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     trainer = Trainer(load_config(config_path), run_dir, progress=False)
     original = trainer._save_latest
@@ -315,7 +315,7 @@ def test_multi_worker_refuses_a_time_budget_naming_the_key():
 
 
 def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
-    from retinanet.distributed import make_strategy
+    from retinanet.train.distributed import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG"):

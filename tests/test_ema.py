@@ -1,4 +1,4 @@
-"""Tests for the moving average of the weights (`training.ema_decay`, retinanet/ema.py): the
+"""Tests for the moving average of the weights (`training.ema_decay`, retinanet/train/ema.py): the
 average against a hand computation, validation and saved weights on it, and `--resume` keeping it."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from retinanet.config import TrainingConfig, config_from_dict
-from retinanet.ema import averaged_weights, base_optimizer, uses_ema
-from retinanet.training import Trainer, build_optimizer
+from retinanet.train.ema import averaged_weights, base_optimizer, uses_ema
+from retinanet.train.trainer import Trainer, build_optimizer
 
 
 def one_weight_model() -> keras.Model:
@@ -61,7 +61,7 @@ def test_without_ema_nothing_is_swapped_and_float16_wraps_the_averaging_optimize
     sgd_steps(model, optimizer, 2)
     with averaged_weights(model, optimizer):
         assert float(model.trainable_variables[0].numpy()[0, 0]) == pytest.approx(0.8)
-    scaled = build_optimizer(constant_sgd_config(ema_decay=0.99, mixed_precision="mixed_float16"))
+    scaled = build_optimizer(constant_sgd_config(ema_decay=0.99), precision="mixed_float16")
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer) and uses_ema(scaled)
     assert base_optimizer(scaled).ema_momentum == 0.99
 
@@ -94,7 +94,8 @@ def ema_config(root, cache):
         "model": {"fpn_channels": 16, "head_convs": 1},
         "training": {"batch_size": 2, "steps": 4, "warmup_steps": 1, "validate_every": 2, "log_every": 2,
                      "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw", "learning_rate": 1e-3,
-                     "mixed_precision": "float32", "ema_decay": 0.5},
+                     "ema_decay": 0.5},
+        "runtime": {"mixed_precision": "float32"},
         "evaluation": {"batch_size": 4},
     })
 

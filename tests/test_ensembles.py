@@ -18,8 +18,8 @@ from test_detections import ORIGINAL_HEIGHT, ORIGINAL_WIDTH, chest_like_image, w
 
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.preprocess import normalize
-from retinanet.ensembles import check_held_out, resolve_ensemble
-from retinanet.runs import ModelLoadError, write_threshold, write_validation_threshold
+from retinanet.serve.ensembles import check_held_out, resolve_ensemble
+from retinanet.train.runs import ModelLoadError, write_threshold, write_validation_threshold
 
 
 def tiny_config(root, **sections):
@@ -28,9 +28,9 @@ def tiny_config(root, **sections):
         "preprocessing": {"image_size": [64, 64], "channels": 1},
         "anchors": {"sizes": [8, 16, 32, 64, 128]},
         "model": {"fpn_channels": 8, "head_convs": 1, "image_head": True},
-        "postprocessing": {"score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
+        "postprocessing": {"candidate_score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
                            "image_gating": "multiply", "box_shrink": 0.9},
-        "training": {"mixed_precision": "float32"},
+        "runtime": {"mixed_precision": "float32"},
         "evaluation": {"batch_size": 1, "score_threshold": 0.0},
     }
     for section, values in sections.items():
@@ -46,7 +46,7 @@ def two_runs(tmp_path_factory):
 
 
 def detect(run_dirs, image, threshold=0.0):
-    from retinanet.inference import Detector
+    from retinanet.serve.inference import Detector
 
     return Detector.load(run_dir=[str(path) for path in run_dirs], threshold=threshold).detect_array(image)
 
@@ -74,7 +74,7 @@ def test_two_copies_of_one_run_give_the_runs_own_boxes(two_runs, tmp_path):
 def independent_ensemble(run_dirs, image):
     """Each model run by hand on the image and its mirror, each pass's NMS by the postprocessor,
     then ensemble_boxes' WBF, the mean image probability, gating, shrink, scale and clip in numpy."""
-    from retinanet.inference import Detector
+    from retinanet.serve.inference import Detector
 
     detectors = [Detector.load(run_dir=[run_dir], threshold=0.0) for run_dir in run_dirs]
     config, post = detectors[0].config, detectors[0].postprocessor
@@ -143,7 +143,7 @@ def make_cross_validation_dir(parent, run_dirs, threshold: float):
 
 
 def test_a_cross_validation_directory_stands_for_every_folds_best_weights_and_its_threshold(two_runs, tmp_path):
-    from retinanet.inference import Detector
+    from retinanet.serve.inference import Detector
 
     parent = make_cross_validation_dir(tmp_path / "cv", two_runs, threshold=0.3)
     ensemble = resolve_ensemble(run_dir=[parent])
@@ -164,7 +164,7 @@ def test_a_cross_validation_directory_stands_for_every_folds_best_weights_and_it
 
 
 def test_one_run_stays_a_single_model_detector(two_runs):
-    from retinanet.inference import Detector
+    from retinanet.serve.inference import Detector
 
     for run_dir in (two_runs[0], [two_runs[0]]):
         detector = Detector.load(run_dir=run_dir)
@@ -189,8 +189,8 @@ def test_evaluating_an_ensemble_on_patients_a_run_trained_on_is_refused(two_runs
 @pytest.mark.slow
 def test_exported_ensemble_gives_the_in_process_ensembles_boxes(two_runs, tmp_path):
     from retinanet.data.preprocess import apply_clahe
-    from retinanet.export import export_detector
-    from retinanet.inference import Detector
+    from retinanet.serve.export import export_detector
+    from retinanet.serve.inference import Detector
 
     detector = Detector.load(run_dir=list(two_runs), threshold=0.0)
     image = chest_like_image()
@@ -209,7 +209,7 @@ def test_exported_ensemble_gives_the_in_process_ensembles_boxes(two_runs, tmp_pa
 
 @pytest.mark.slow
 def test_infer_script_takes_several_runs_and_names_a_mismatched_one(two_runs, tmp_path, script, clean_error):
-    from retinanet.inference import Detector
+    from retinanet.serve.inference import Detector
 
     image_path = tmp_path / "chest.png"
     cv2.imwrite(str(image_path), chest_like_image())

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinanet.evaluation import read_metrics
-from retinanet.metrics import IOU_THRESHOLDS
-from retinanet.submission import read_submission, score_submission
+from retinanet.evaluate.evaluation import read_metrics
+from retinanet.detection.metrics import IOU_THRESHOLDS
+from retinanet.data.submission import read_submission, score_submission
 
 
 def validation_patients(metrics: dict) -> list[str]:
@@ -89,7 +89,7 @@ def test_write_threshold_writes_the_best_threshold(tiny_run, evaluated_run):
 
 @pytest.mark.slow
 def test_the_default_operating_point_is_the_threshold_training_chose(tiny_run, run_as_trained, tmp_path):
-    from retinanet.evaluation import evaluate_run, format_report
+    from retinanet.evaluate.evaluation import evaluate_run, format_report
 
     chosen = json.loads(tiny_run.training_threshold)
     metrics = evaluate_run(output_dir=tmp_path / "evaluation", run_dir=[str(run_as_trained)], progress=False)
@@ -189,7 +189,7 @@ def hand_made_case(tmp_path):
 
 
 def test_compute_metrics_on_known_detections(tmp_path):
-    from retinanet.evaluation import compute_metrics
+    from retinanet.evaluate.evaluation import compute_metrics
 
     _, records, detections = hand_made_case(tmp_path)
     metrics = compute_metrics(records, detections, np.array([0.9, 0.2, 0.1, 0.7]), threshold=0.25,
@@ -212,8 +212,8 @@ def test_compute_metrics_on_known_detections(tmp_path):
 
 
 def test_predictions_csv_scores_like_the_metric(tmp_path):
-    from retinanet.evaluation import compute_metrics, keep_above
-    from retinanet.submission import write_submission
+    from retinanet.evaluate.evaluation import compute_metrics, keep_above
+    from retinanet.data.submission import write_submission
 
     labels_csv, records, detections = hand_made_case(tmp_path)
     for threshold in (0.05, 0.25, 0.5):
@@ -227,7 +227,7 @@ def test_predictions_csv_scores_like_the_metric(tmp_path):
 
 
 def test_report_and_json_handle_missing_values():
-    from retinanet.evaluation import _json_ready, format_report, sweep_thresholds
+    from retinanet.evaluate.evaluation import _json_ready, format_report, sweep_thresholds
 
     assert sweep_thresholds((0.05, 0.95, 0.05)).tolist()[-1] == 0.95
     assert _json_ready({"a": float("nan"), 0.4: [np.float32(1.5), np.int64(2)]}) == {"a": None, "0.4": [1.5, 2]}
@@ -245,7 +245,7 @@ def test_report_and_json_handle_missing_values():
 
 
 def test_metrics_json_stores_paths_relative_to_its_directory_and_reads_them_back(tmp_path, monkeypatch):
-    from retinanet.evaluation import write_metrics
+    from retinanet.evaluate.evaluation import write_metrics
 
     run = tmp_path / "runs" / "demo"
     output = run / "evaluation"
@@ -273,7 +273,7 @@ def test_metrics_json_stores_paths_relative_to_its_directory_and_reads_them_back
 
 
 def test_an_ensemble_and_a_data_set_elsewhere_in_metrics_json(tmp_path):
-    from retinanet.evaluation import write_metrics
+    from retinanet.evaluate.evaluation import write_metrics
 
     parent = tmp_path / "cv"
     output = parent / "ensemble-eval"

@@ -14,7 +14,7 @@ import pytest
 
 from retinanet.data.dicom import read_image
 from retinanet.data.preprocess import apply_clahe
-from retinanet.inference import Detector
+from retinanet.serve.inference import Detector
 
 # Runs in a fresh interpreter where importing retinanet fails: only TensorFlow and numpy.
 SERVE = """
@@ -135,7 +135,7 @@ def test_missing_run_is_a_clean_error(tmp_path, script, clean_error):
 ])
 def test_in_graph_letterbox_matches_opencv(original_size, input_size, exact):
     from retinanet.data.preprocess import letterbox
-    from retinanet.export import letterbox_in_graph
+    from retinanet.serve.export import letterbox_in_graph
 
     image = np.random.default_rng(0).integers(0, 256, original_size).astype(np.uint8)
     expected, expected_scale = letterbox(image, input_size)
@@ -148,7 +148,7 @@ def test_in_graph_letterbox_matches_opencv(original_size, input_size, exact):
 
 
 def test_rgb_to_grey_in_graph_matches_opencv():
-    from retinanet.export import grey_in_graph
+    from retinanet.serve.export import grey_in_graph
 
     rgb = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3)).astype(np.uint8)
     expected = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in rgb])

@@ -15,8 +15,8 @@ import pytest
 
 from retinanet.data.dicom import read_image
 from retinanet.data.preprocess import normalize
-from retinanet.export_formats import detect_with_network, load_onnx, load_tflite
-from retinanet.inference import Detector
+from retinanet.serve.export_formats import detect_with_network, load_onnx, load_tflite
+from retinanet.serve.inference import Detector
 from test_export import assert_agree
 
 LOADERS = {"tflite": load_tflite, "onnx": load_onnx}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.fused_optimizers import FusedAdamW, FusedSGD
+from retinanet.train.optimizers import FusedAdamW, FusedSGD
 
 SHAPES = [(3, 3, 4, 8), (8,), (257,)]
 PAIRS = [(keras.optimizers.AdamW, FusedAdamW, {}),

@@ -1,4 +1,4 @@
-"""Weighted box fusion, flip TTA and image-level gating in retinanet.postprocess."""
+"""Weighted box fusion, flip TTA and image-level gating in retinanet.detection.postprocess."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from ensemble_boxes import weighted_boxes_fusion as reference_fusion  # a test dependency
 
-from retinanet.anchors import generate_anchors_numpy, level_sizes
-from retinanet.postprocess import NetworkPass, Postprocessor, weighted_box_fusion
+from retinanet.detection.anchors import generate_anchors_numpy, level_sizes
+from retinanet.detection.postprocess import NetworkPass, Postprocessor, weighted_box_fusion
 
 IMAGE_SIZE = (128, 128)
 ANCHORS = generate_anchors_numpy(IMAGE_SIZE)
@@ -196,7 +196,7 @@ def best_anchor(box) -> int:
 
 def predictions_with(box, logit: float) -> np.ndarray:
     """[1, A, 5]: one anchor predicting `box` (input pixels) with `logit`, the rest far below threshold."""
-    from retinanet import boxes as box_ops
+    from retinanet.detection import boxes as box_ops
 
     predictions = np.zeros([1, len(ANCHORS), 5], np.float32)
     predictions[..., 4] = -20.0

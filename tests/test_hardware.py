@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from retinanet.hardware import (Device, available_cores, choose_precision, describe, read_cpu, resolve_threads)
+from retinanet.runtime.hardware import (Device, available_cores, choose_precision, describe, read_cpu, resolve_threads)
 
 AMX_XEON = Device("Intel(R) Xeon(R) Platinum 8488C", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), 2)
 ZEN4 = Device("AMD EPYC 9R14", frozenset({"avx2", "avx512f", "avx512_bf16"}), 2)
@@ -86,7 +86,7 @@ def test_thread_counts_default_to_the_available_cores(configured, cores, expecte
 def test_thread_pools_are_set_before_tensorflow_starts_and_kept_after():
     script = textwrap.dedent("""
         import tensorflow as tf
-        from retinanet.hardware import configure_threads
+        from retinanet.runtime.hardware import configure_threads
         print(configure_threads(1, 1))
         tf.constant(1.0) + 1.0  # starts the runtime: the pools are fixed from here on
         print(configure_threads(2, 2))

@@ -1,4 +1,4 @@
-"""scripts/infer.py and retinanet.inference end to end on the tiny trained run (see conftest.py)."""
+"""scripts/infer.py and retinanet.serve.inference end to end on the tiny trained run (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.inference import Detector, ModelLoadError
-from retinanet.submission import read_submission
+from retinanet.serve.inference import Detector, ModelLoadError
+from retinanet.data.submission import read_submission
 
 
 def check_document(document: dict, height: int, width: int) -> None:
@@ -112,16 +112,17 @@ def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, 
     decoding written from the box-coding formulas, greedy NMS by tf.image.non_max_suppression, then
     shrink, letterbox scale and clip by hand. One class, no flip TTA, no gating; every level's
     anchors fit in pre_nms_top_k (checked), so the per-level top-k keeps them all."""
-    from retinanet.anchors import generate_anchors_numpy, level_sizes
+    from retinanet.builders import build_anchor_set
     from retinanet.data.preprocess import normalize, preprocess_image
 
     pre, post = config.preprocessing, config.postprocessing
     height, width = pre.image_size
-    assert max(level_sizes(tuple(pre.image_size), config.anchors)) <= post.pre_nms_top_k
+    anchor_set = build_anchor_set(config)
+    assert max(anchor_set.level_sizes) <= post.pre_nms_top_k
     processed, scale = preprocess_image(image, pre)
     predictions = model(normalize(processed[None, ..., None], pre.channels), training=False)["predictions"]
     predictions = np.asarray(predictions, np.float64)[0]
-    anchors = generate_anchors_numpy(tuple(pre.image_size), config.anchors).astype(np.float64)
+    anchors = anchor_set.boxes.astype(np.float64)
     # boxes = anchor centre + (dx, dy) * 0.1 * anchor size; size = anchor size * exp((dw, dh) * 0.2)
     anchor_sizes = anchors[:, 2:] - anchors[:, :2]
     anchor_centres = anchors[:, :2] + anchor_sizes / 2
@@ -132,7 +133,7 @@ def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, 
     scores = 1 / (1 + np.exp(-predictions[:, 4]))
     kept = tf.image.non_max_suppression(boxes.astype(np.float32), scores.astype(np.float32),
                                         max_output_size=post.max_detections, iou_threshold=post.nms_iou,
-                                        score_threshold=post.score_threshold).numpy()
+                                        score_threshold=post.candidate_score_threshold).numpy()
     boxes, scores = boxes[kept], scores[kept]
     centres, sizes = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * post.box_shrink
     boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1) / scale
@@ -145,7 +146,7 @@ def test_detector_matches_a_numpy_reference_on_a_non_square_image(tiny_run, png_
     from dataclasses import replace
 
     from retinanet.data.dicom import read_image
-    from retinanet.inference import build_inference_model
+    from retinanet.serve.inference import build_inference_model
 
     config = tiny_run.config
     config = replace(config, postprocessing=replace(config.postprocessing, flip_tta=False, image_gating="none",
@@ -267,7 +268,7 @@ def test_infer_on_a_directory_follows_the_run_bad_file_policy(tiny_run, director
     from dataclasses import replace
 
     from retinanet.config import load_config, save_config
-    from retinanet.inference import run_inference
+    from retinanet.serve.inference import run_inference
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -309,7 +310,7 @@ def small_config(image_head: bool):
 @pytest.mark.parametrize("kind", ["h5", "checkpoint"])
 @pytest.mark.parametrize("trained_with", [True, False])
 def test_image_head_mismatch_on_load_says_so(weights_with_and_without_image_head, trained_with, kind):
-    from retinanet.inference import build_inference_model
+    from retinanet.serve.inference import build_inference_model
 
     weights = weights_with_and_without_image_head[trained_with, kind]
     with pytest.raises(ModelLoadError) as error:
@@ -320,7 +321,7 @@ def test_image_head_mismatch_on_load_says_so(weights_with_and_without_image_head
 
 
 def test_matching_image_head_loads(weights_with_and_without_image_head):
-    from retinanet.inference import build_inference_model
+    from retinanet.serve.inference import build_inference_model
 
     model = build_inference_model(small_config(True), weights_with_and_without_image_head[True, "checkpoint"])
     assert "image_logits" in model.output

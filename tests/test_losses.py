@@ -1,4 +1,4 @@
-"""Tests for retinanet.losses against numpy formulations and the seed-000 worked example."""
+"""Tests for retinanet.detection.losses against numpy formulations and the seed-000 worked example."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from retinanet import boxes as box_ops
-from retinanet.losses import RetinaNetLoss, focal_loss, image_loss, iou_loss, smooth_l1
-from retinanet.targets import IGNORE, NEGATIVE
+from retinanet.detection import boxes as box_ops
+from retinanet.detection.losses import RetinaNetLoss, focal_loss, image_loss, iou_loss, smooth_l1
+from retinanet.detection.targets import IGNORE, NEGATIVE
 
 # --- numpy oracles ----------------------------------------------------------------------------
 

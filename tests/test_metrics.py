@@ -11,7 +11,7 @@ from pycocotools.coco import COCO  # a test dependency (the `test` extra): never
 from pycocotools.cocoeval import COCOeval
 import pytest
 
-from retinanet.metrics import (
+from retinanet.detection.metrics import (
     IOU_THRESHOLDS,
     average_precision,
     coco_map,
@@ -339,7 +339,7 @@ def test_roc_auc_is_nan_with_one_class():
 
 
 def test_best_of_sweep_is_the_highest_metric_over_the_thresholds():
-    from retinanet.metrics import best_of_sweep, rsna_metric
+    from retinanet.detection.metrics import best_of_sweep, rsna_metric
 
     truth = {"a": np.array([[0, 0, 10, 10]], float), "b": np.zeros((0, 4)), "c": np.array([[50, 50, 80, 90]], float)}
     predictions = {"a": (np.array([[0, 0, 10, 10], [30, 30, 40, 40]], float), np.array([0.9, 0.4])),

@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.anchors import generate_anchors
+from retinanet.builders import build_anchor_set, build_loss, build_model
 from retinanet.config import config_from_dict
-from retinanet.hardware import dtype_policy
-from retinanet.losses import loss_from_config
-from retinanet.model.retinanet import build_model_from_config
-from retinanet.targets import LabelEncoder
-from retinanet.training import build_optimizer, build_train_step
+from retinanet.runtime.hardware import dtype_policy
+from retinanet.detection.targets import LabelEncoder
+from retinanet.train.trainer import build_optimizer, build_train_step
 
 IMAGE_SIZE = (64, 64)
 
@@ -31,13 +29,14 @@ def tiny_config(policy: str):
         "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
         "model": {"fpn_channels": 16, "head_convs": 1, "image_head": True},
         "training": {"batch_size": 2, "steps": 3, "warmup_steps": 0, "optimizer": "adamw", "learning_rate": 1e-4,
-                     "gradient_clip_norm": 10.0, "mixed_precision": policy, "seed": 0},
+                     "gradient_clip_norm": 10.0, "seed": 0},
+        "runtime": {"mixed_precision": policy},
     })
 
 
 def one_batch(config) -> dict:
     """Two images: one with a bright opacity whose box is an anchor (so that it has positives), one negative."""
-    anchors = generate_anchors(IMAGE_SIZE, config.anchors).numpy()
+    anchors = build_anchor_set(config).boxes
     sizes = anchors[:, 2:] - anchors[:, :2]
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     square_20px = np.flatnonzero(np.all(np.abs(sizes - 20.16) < 0.1, axis=1))
@@ -64,8 +63,8 @@ def test_a_mixed_precision_training_step_is_finite_and_returns_float32(policy, c
     keras.utils.set_random_seed(0)
     config = tiny_config(policy)
     with dtype_policy(policy):
-        model = build_model_from_config(config)
-        optimizer = build_optimizer(config.training)
+        model = build_model(config)
+        optimizer = build_optimizer(config.training, precision=config.runtime.mixed_precision)
         optimizer.build(model.trainable_variables)
     assert keras.config.dtype_policy().name == "float32"  # the policy is restored after building
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
@@ -81,8 +80,8 @@ def test_a_mixed_precision_training_step_is_finite_and_returns_float32(policy, c
     assert np.isfinite(outputs["predictions"].numpy()).all()
 
     before = [variable.numpy().copy() for variable in model.trainable_variables]
-    step = build_train_step(config, tf.distribute.get_strategy(), model, optimizer, loss_from_config(
-        config, generate_anchors(IMAGE_SIZE, config.anchors)))
+    step = build_train_step(config, tf.distribute.get_strategy(), model, optimizer,
+                            build_loss(config, build_anchor_set(config)))
     if policy == "mixed_float16":
         # Keras starts the loss scale at 2^15, at which the float16 gradients of this untrained
         # model overflow for four steps (each skipped, halving the scale, as designed); float16

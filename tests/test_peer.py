@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from retinanet.anchors import num_anchors
+from retinanet.detection.anchors import num_anchors
 from retinanet.model.retinanet import build_retinanet
-from retinanet.peer import build_peer_model, peer_loss, peer_train_step
+from retinanet.bench.peer import build_peer_model, peer_loss, peer_train_step
 
 
 def test_the_peer_network_has_the_projects_size_and_outputs():
@@ -63,7 +63,7 @@ def test_the_peer_builds_under_mixed_precision_and_restores_the_policy(precision
 
 
 def test_implementations_take_turns_and_report_their_median_step():
-    from retinanet import benchmark_training
+    from retinanet.bench import training as benchmark_training
 
     calls = []
     runners = {"fast": lambda: calls.append("fast"), "slow": lambda: calls.append("slow")}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.anchors import generate_anchors_numpy
+from retinanet.builders import anchor_set_for
 from retinanet.config import config_from_dict
 from retinanet.data.cache import build_cache, settings_key
 from retinanet.data.dicom import DicomReadError
@@ -52,7 +52,7 @@ def test_validation_batches_have_documented_shapes_and_targets(data_root, tmp_pa
     dataset, records = build_dataset_and_records(config, "validation", progress=False)
     batches = list(dataset)
     assert [b["images"].shape[0] for b in batches] == [5, 1]
-    anchors = generate_anchors_numpy((SIZE, SIZE), config.anchors)
+    anchors = anchor_set_for(config.anchors, (SIZE, SIZE)).boxes
     first = batches[0]
     assert first["images"].shape == (5, SIZE, SIZE, 3) and first["images"].dtype.name == "float32"
     assert first["targets"].shape == (5, len(anchors), 5)
@@ -214,7 +214,7 @@ def test_low_quality_matches_reach_the_targets_of_the_pipeline(data_root, tmp_pa
     """With anchors four times as tall as wide few boxes reach IoU 0.5; the option gives every box its best anchor."""
     config = make_config(data_root, tmp_path / "cache")
     tall = dataclasses.replace(config.anchors, aspect_ratios=(4.0,), scales=(1.0,))
-    anchors = generate_anchors_numpy((SIZE, SIZE), tall)
+    anchors = anchor_set_for(tall, (SIZE, SIZE)).boxes
     boxes_without_positive = {}
     for allow in (False, True):
         anchor_config = dataclasses.replace(tall, allow_low_quality_matches=allow)
@@ -254,8 +254,8 @@ def cache_directory(config, cache_dir):
 def test_a_full_disk_while_caching_keeps_the_earlier_images_and_index(data_root, tmp_path, monkeypatch):
     from test_safe_writes import FullDiskFile
 
-    from retinanet import safe_writes
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.runtime import safe_writes
+    from retinanet.runtime.safe_writes import FileWriteError
 
     config = make_config(data_root, tmp_path / "cache")
     records = prepare_split(config, progress=False).train[:4]

@@ -1,4 +1,4 @@
-"""Tests for retinanet.postprocess: known boxes encoded against real anchors come back out."""
+"""Tests for retinanet.detection.postprocess: known boxes encoded against real anchors come back out."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet import boxes as box_ops
-from retinanet.anchors import generate_anchors_numpy, level_sizes
-from retinanet.postprocess import NetworkPass, Postprocessor, keep_above_in_graph
+from retinanet.detection import boxes as box_ops
+from retinanet.detection.anchors import generate_anchors_numpy, level_sizes
+from retinanet.detection.postprocess import NetworkPass, Postprocessor, keep_above_in_graph
 
 IMAGE_SIZE = (128, 128)
 ANCHORS = generate_anchors_numpy(IMAGE_SIZE)
@@ -128,8 +128,8 @@ def test_score_threshold_drops_low_scores():
     entries = [(best_anchor(boxes[0]), boxes[0], 2.0, 0), (best_anchor(boxes[1]), boxes[1], -1.0, 0)]
     # sigmoid(-1) = 0.27: kept at threshold 0.05, dropped at 0.5.
     predictions = make_predictions([entries])
-    low = make_postprocessor(score_threshold=0.05)(predictions, np.array([1.0], np.float32))
-    high = make_postprocessor(score_threshold=0.5)(predictions, np.array([1.0], np.float32))
+    low = make_postprocessor(candidate_score_threshold=0.05)(predictions, np.array([1.0], np.float32))
+    high = make_postprocessor(candidate_score_threshold=0.5)(predictions, np.array([1.0], np.float32))
     assert int(low["num_detections"][0]) == 2
     assert int(high["num_detections"][0]) == 1
     np.testing.assert_allclose(high["boxes"].numpy()[0, 0], boxes[0], atol=0.05)

@@ -1,4 +1,4 @@
-"""A quiet TensorFlow start (retinanet.quiet_start): no CUDA probe error without a GPU, the user's
+"""A quiet TensorFlow start (retinanet.runtime.quiet_start): no CUDA probe error without a GPU, the user's
 TF_CPP_MIN_LOG_LEVEL respected, real errors kept."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPOSITORY_ROOT
-from retinanet.quiet_start import PRE_INIT_NOTICE, filtered_stderr, keep_line
+from retinanet.runtime.quiet_start import PRE_INIT_NOTICE, filtered_stderr, keep_line
 
 # Lines TensorFlow 2.21 prints at its start on a CPU-only machine (timestamps and thread ids vary).
 ONEDNN = ("I0000 00:00:1796191807.648146   32596 port.cc:153] oneDNN custom operations are on. You may see "

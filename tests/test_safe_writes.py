@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet import safe_writes
-from retinanet.safe_writes import (FileWriteError, append_line, replace_atomically, save_checkpoint,
+from retinanet.runtime import safe_writes
+from retinanet.runtime.safe_writes import (FileWriteError, append_line, replace_atomically, save_checkpoint,
                                    save_weights_atomically, temporary_path, write_text_atomically)
 
 
@@ -37,7 +37,7 @@ class FullDiskFile:
 
 @pytest.fixture
 def full_disk(monkeypatch):
-    """Every file written through retinanet.safe_writes hits a full disk."""
+    """Every file written through retinanet.runtime.safe_writes hits a full disk."""
     monkeypatch.setattr(safe_writes, "open", FullDiskFile, raising=False)
 
 

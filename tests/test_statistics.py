@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from retinanet.anchors import generate_anchors_numpy, num_anchors
+from retinanet.builders import anchor_set_for
+from retinanet.detection.anchors import num_anchors
 from retinanet.config import AnchorConfig
 from retinanet.data.rsna import Record
 from retinanet.data.statistics import (
@@ -131,7 +132,7 @@ def test_coverage_matches_a_plain_loop():
         sizes = rng.uniform(4, 60, size=(2, 2))
         records.append(record(f"p{index}", np.concatenate([corners, corners + sizes], axis=1)))
     coverage = anchor_coverage(records, image_size, config, original_size=96)  # scale 64 / 96
-    anchors = generate_anchors_numpy(image_size, config)
+    anchors = anchor_set_for(config, image_size).boxes
     levels = anchor_levels(image_size, config)
     scale = 64 / 96
     row = 0
@@ -172,7 +173,7 @@ def test_coverage_of_no_boxes():
 def test_anchor_levels_follow_the_anchor_order():
     config = AnchorConfig()
     levels = anchor_levels((128, 128), config)
-    assert len(levels) == num_anchors((128, 128), config)
+    assert len(levels) == num_anchors((128, 128), config.levels, config.aspect_ratios, config.scales)
     # 16 x 16 cells of 9 anchors on P3, then 8 x 8 on P4, ...
     assert (levels[: 16 * 16 * 9] == 3).all() and levels[16 * 16 * 9] == 4 and levels[-1] == 7
 

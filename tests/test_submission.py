@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from retinanet.submission import (
+from retinanet.data.submission import (
     SubmissionError,
     count_boxes_past_edge,
     format_score_report,

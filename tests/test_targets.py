@@ -1,14 +1,14 @@
-"""Tests for retinanet.targets: anchor assignment against the seed-002 example and a numpy oracle."""
+"""Tests for retinanet.detection.targets: anchor assignment against the seed-002 example and a numpy oracle."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from retinanet import boxes as box_ops
-from retinanet.anchors import generate_anchors_numpy
+from retinanet.detection import boxes as box_ops
+from retinanet.detection.anchors import generate_anchors_numpy
 from retinanet.config import AnchorConfig
-from retinanet.targets import IGNORE, NEGATIVE, LabelEncoder
+from retinanet.detection.targets import IGNORE, NEGATIVE, LabelEncoder
 
 SEED_ANCHORS = np.array([[1, 5, 17, 25], [22, 3, 38, 15], [4, 16, 22, 37], [23, 23, 38, 35]], np.float32)
 # Seed 002's targets after ordering the corners (the first is written [20, 15, 35, 3]); classes 5 and 3.
@@ -17,7 +17,7 @@ SEED_CLASSES = np.array([5, 3], np.float32)
 
 
 def numpy_iou(boxes_a, boxes_b):
-    """[N, 4], [M, 4] -> [N, M], written independently of retinanet.boxes."""
+    """[N, 4], [M, 4] -> [N, M], written independently of retinanet.detection.boxes."""
     result = np.zeros((len(boxes_a), len(boxes_b)))
     for i, a in enumerate(boxes_a.astype(np.float64)):
         for j, b in enumerate(boxes_b.astype(np.float64)):
@@ -199,7 +199,7 @@ def oracle_targets_states(anchors, boxes, classes, allow_low_quality_matches, po
 
 @pytest.mark.parametrize("allow_low_quality_matches", [False, True])
 def test_states_match_a_loop_oracle_on_real_anchors(allow_low_quality_matches):
-    anchors = generate_anchors_numpy((128, 128), AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)))
+    anchors = generate_anchors_numpy((128, 128), sizes=(16.0, 32.0, 64.0, 128.0, 256.0))
     rng = np.random.default_rng(3)
     corners = rng.uniform(0, 100, size=(6, 2))
     # Tall and flat boxes of 6-40 px: several have no anchor at IoU 0.5.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retinanet.config import Config, config_from_dict
-from retinanet.tensorboard_logging import (BOX_PR_CURVE, HPARAM_METRICS, IMAGE_PR_CURVE, counts_at_thresholds,
+from retinanet.train.tensorboard_logging import (BOX_PR_CURVE, HPARAM_METRICS, IMAGE_PR_CURVE, counts_at_thresholds,
                                            flatten_config)
 
 
@@ -84,8 +84,8 @@ def test_weight_histograms_when_asked(tiny_run, tmp_path):
     import shutil
     import tensorflow as tf
 
-    from retinanet.inference import build_inference_model
-    from retinanet.tensorboard_logging import log_validation_details
+    from retinanet.serve.inference import build_inference_model
+    from retinanet.train.tensorboard_logging import log_validation_details
 
     model = build_inference_model(tiny_run.config, tiny_run.run_dir / "final.weights.h5")
     writer = tf.summary.create_file_writer(str(tmp_path / "events"))
@@ -124,7 +124,7 @@ def log_scalars(writers, name: str, steps, value: float) -> None:
 
 @pytest.mark.parametrize("validated_step, validation_logged_again", [(4, []), (2, [4])])
 def test_a_resumed_run_shows_each_step_once(tmp_path, validated_step, validation_logged_again):
-    from retinanet.tensorboard_logging import SummaryWriters, trim_events
+    from retinanet.train.tensorboard_logging import SummaryWriters, trim_events
 
     # The first run logged train steps 1-6 and validated at 2 and 4, then was killed; its last
     # checkpoint is step 4, and validated_step tells whether step 4's validation was complete.
@@ -150,7 +150,7 @@ def test_a_resumed_run_shows_each_step_once(tmp_path, validated_step, validation
 def test_an_event_record_cut_short_by_a_kill_is_dropped(tmp_path, cut, kept_steps):
     import tensorflow as tf
 
-    from retinanet.tensorboard_logging import SummaryWriters, event_files, trim_events
+    from retinanet.train.tensorboard_logging import SummaryWriters, event_files, trim_events
 
     log_scalars(SummaryWriters(tmp_path), "train", (1, 2), 0.0)
     (path,) = event_files(tmp_path / "train")
@@ -164,7 +164,7 @@ def test_an_event_record_cut_short_by_a_kill_is_dropped(tmp_path, cut, kept_step
 
 
 def test_nothing_logged_leaves_no_event_file(tmp_path):
-    from retinanet.tensorboard_logging import SummaryWriters, event_files, log_run_start
+    from retinanet.train.tensorboard_logging import SummaryWriters, event_files, log_run_start
 
     writers = SummaryWriters(tmp_path)
     writers.flush()

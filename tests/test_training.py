@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.anchors import num_anchors
+from retinanet.detection.anchors import num_anchors
 from retinanet.config import AnchorConfig, config_from_dict
 from retinanet.data.rsna import Record
 from retinanet.data.synthetic import generate_synthetic_rsna
-from retinanet.losses import RetinaNetLoss
+from retinanet.detection.losses import RetinaNetLoss
 from retinanet.model.heads import prior_bias
 from retinanet.model.retinanet import build_retinanet
-from retinanet.training import Trainer, WarmupDecay, schedule_from_config, train
-from retinanet.validation import overlays_first
+from retinanet.train.trainer import Trainer, WarmupDecay, schedule_from_config, train
+from retinanet.train.validation import overlays_first
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_ANCHORS = AnchorConfig(sizes=(8.0, 16.0, 32.0, 64.0, 128.0))
@@ -80,15 +80,14 @@ def test_overlays_show_positives_and_negatives_and_keep_every_record():
 
 def test_a_few_steps_on_one_fixed_batch_drive_the_loss_down():
     tf.keras.utils.set_random_seed(0)
-    model = build_retinanet((64, 64, 3), fpn_channels=32, head_convs=1, anchor_config=SMALL_ANCHORS,
-                            image_head=False)
+    model = build_retinanet((64, 64, 3), fpn_channels=32, head_convs=1, image_head=False)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
     images[0, 10:40, 20:44] += 3.0  # the object
-    from retinanet.anchors import generate_anchors
-    from retinanet.targets import LabelEncoder
+    from retinanet.builders import anchor_set_for
+    from retinanet.detection.targets import LabelEncoder
 
-    encoder = LabelEncoder(generate_anchors((64, 64), SMALL_ANCHORS))
+    encoder = LabelEncoder(anchor_set_for(SMALL_ANCHORS, (64, 64)).boxes)
     targets = tf.stack([encoder(np.array([[20.0, 10.0, 44.0, 40.0]]), [0]), encoder(np.zeros((0, 4)), [])])
     loss = RetinaNetLoss(1)
     optimizer = tf.keras.optimizers.Adam(1e-3)
@@ -114,7 +113,7 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def tiny_config(root, cache, **training):
+def tiny_config(root, cache, mixed_precision="float32", **training):
     return config_from_dict({
         "data": {"root": str(root), "cache_dir": str(cache), "original_size": 128, "num_folds": 4},
         "preprocessing": {"image_size": [64, 64]},
@@ -122,7 +121,8 @@ def tiny_config(root, cache, **training):
         "model": {"fpn_channels": 16, "head_convs": 1},
         "training": {"batch_size": 2, "steps": 6, "warmup_steps": 1, "validate_every": 3, "log_every": 2,
                      "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw",
-                     "learning_rate": 1e-4, "mixed_precision": "float32", **training},
+                     "learning_rate": 1e-4, **training},
+        "runtime": {"mixed_precision": mixed_precision},
         "evaluation": {"batch_size": 4},
     })
 
@@ -181,11 +181,11 @@ def test_train_script_reports_held_out_metrics_and_where_the_outputs_are(tiny_ru
 
 @pytest.mark.slow
 def test_unscorable_validation_still_keeps_best_weights(tiny_data, tmp_path, monkeypatch):
-    import retinanet.validation
+    import retinanet.train.validation
 
     # No image scored (no positives held out, no boxes predicted): the RSNA metric is NaN.
-    monkeypatch.setattr(retinanet.validation, "rsna_metric", lambda truth, predictions: {"score": float("nan")})
-    monkeypatch.setattr(retinanet.validation, "best_of_sweep", lambda *arguments: (float("nan"), float("nan")))
+    monkeypatch.setattr(retinanet.train.validation, "rsna_metric", lambda truth, predictions: {"score": float("nan")})
+    monkeypatch.setattr(retinanet.train.validation, "best_of_sweep", lambda *arguments: (float("nan"), float("nan")))
     run_dir = tmp_path / "run"
     results = train(tiny_config(tiny_data, tmp_path / "cache", steps=3, validate_every=3), run_dir, progress=False)
     assert results["step"] == 3 and np.isnan(results["scalars"]["rsna_metric"])
@@ -203,7 +203,7 @@ def test_killed_run_resumes_to_the_same_final_step(tiny_data, tmp_path):
     script = textwrap.dedent("""
         import os, sys
         from retinanet.config import load_config
-        from retinanet.training import Trainer
+        from retinanet.train.trainer import Trainer
         trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
         original = trainer._save_latest
         def save_then_die(**options):
@@ -252,7 +252,7 @@ def test_two_replica_mirrored_strategy_trains(tiny_data, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from retinanet.config import load_config
-        from retinanet.training import Trainer
+        from retinanet.train.trainer import Trainer
         trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
         assert trainer.strategy.num_replicas_in_sync == 2, trainer.strategy.num_replicas_in_sync
         trainer.fit()
@@ -309,7 +309,7 @@ def named_checkpoint(message: str) -> str:
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_naming_a_checkpoint_that_is_finite(tiny_data, tmp_path):
-    from retinanet.training import TrainingError
+    from retinanet.train.trainer import TrainingError
 
     config = tiny_config(tiny_data, tmp_path / "cache", optimizer="sgd", learning_rate=1e30,
                          gradient_clip_norm=0.0, steps=6, checkpoint_every=1)
@@ -331,8 +331,8 @@ def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp
     # The budget fits 20 of the 40 steps: 1 s a step, 9 s left after the 11 calibration steps.
     script = textwrap.dedent("""
         import os, sys
-        import retinanet.training as training
-        from retinanet.budget import Timing, fit_schedule
+        import retinanet.train.trainer as training
+        from retinanet.train.budget import Timing, fit_schedule
         from retinanet.config import load_config
         training.fit_schedule = lambda config, done, timing, budget: fit_schedule(
             config, done, Timing(elapsed=0.0, step=1.0, validation=0.0, checkpoint=0.0), 9.0)
@@ -371,20 +371,20 @@ def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp
 @pytest.mark.slow
 def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(tiny_data, tmp_path, monkeypatch,
                                                                              capsys):
-    import retinanet.hardware
+    import retinanet.runtime.hardware
 
-    monkeypatch.setattr(retinanet.hardware, "read_cpu", lambda: ("AMD EPYC 7R13 Processor", frozenset({"avx2"})))
-    monkeypatch.setattr(retinanet.hardware, "gpu_capabilities", lambda: ())
+    monkeypatch.setattr(retinanet.runtime.hardware, "read_cpu", lambda: ("AMD EPYC 7R13 Processor", frozenset({"avx2"})))
+    monkeypatch.setattr(retinanet.runtime.hardware, "gpu_capabilities", lambda: ())
     explicit = Trainer(tiny_config(tiny_data, tmp_path / "cache", mixed_precision="mixed_bfloat16"),
                        tmp_path / "explicit", progress=False)
     captured = capsys.readouterr()
     assert "warning: mixed_bfloat16 on a CPU without amx_bf16 or avx512_bf16 is emulated" in captured.err
     assert "Device: CPU AMD EPYC 7R13 Processor, avx2" in captured.out
-    assert explicit.config.training.mixed_precision == "mixed_bfloat16"
+    assert explicit.config.runtime.mixed_precision == "mixed_bfloat16"
     automatic = Trainer(tiny_config(tiny_data, tmp_path / "cache", mixed_precision="auto"), tmp_path / "auto",
                         progress=False)
     assert "precision float32 (auto: the CPU has no bfloat16 instructions" in capsys.readouterr().out
-    assert automatic.config.training.mixed_precision == "float32"
+    assert automatic.config.runtime.mixed_precision == "float32"
     assert "mixed_precision: float32" in (tmp_path / "auto" / "config.yaml").read_text()
 
 
@@ -392,10 +392,10 @@ def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(tiny
 def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypatch):
     """A NaN in a batch-norm statistic leaves the training loss finite (training mode normalises
     with the batch's statistics) but poisons every checkpoint and inference after it."""
-    import retinanet.training
-    from retinanet.training import TrainingError
+    import retinanet.train.trainer
+    from retinanet.train.trainer import TrainingError
 
-    original = retinanet.training.build_train_step
+    original = retinanet.train.trainer.build_train_step
 
     def poisoning_build_train_step(config, strategy, model, optimizer, loss):
         step_function = original(config, strategy, model, optimizer, loss)
@@ -409,7 +409,7 @@ def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypa
 
         return step
 
-    monkeypatch.setattr(retinanet.training, "build_train_step", poisoning_build_train_step)
+    monkeypatch.setattr(retinanet.train.trainer, "build_train_step", poisoning_build_train_step)
     run_dir = tmp_path / "run"
     config = tiny_config(tiny_data, tmp_path / "cache", steps=6, checkpoint_every=2, validate_every=6)
     with pytest.raises(TrainingError) as error:
@@ -425,7 +425,7 @@ def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_best_weights_are_not_written_when_a_weight_is_non_finite(tiny_data, tmp_path):
-    from retinanet.training import TrainingError
+    from retinanet.train.trainer import TrainingError
 
     trainer = Trainer(tiny_config(tiny_data, tmp_path / "cache"), tmp_path / "run", progress=False)
     # An optimizer slot: the model's outputs (and so the validation metric) stay finite.
@@ -495,7 +495,7 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data,
 
 
 def test_a_new_run_into_a_run_directory_is_refused_before_any_work(tiny_data, tmp_path):
-    from retinanet.training import TrainingError
+    from retinanet.train.trainer import TrainingError
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -574,7 +574,7 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_how_to_start_a
 
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous_one(tiny_data, tmp_path):
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.runtime.safe_writes import FileWriteError
 
     run_dir = tmp_path / "run"
     config = tiny_config(tiny_data, tmp_path / "cache", steps=4, validate_every=4, checkpoint_every=2)
@@ -599,21 +599,19 @@ def test_the_train_step_clips_the_gradient_as_clip_by_global_norm(clip_fraction)
     step moves it by -0.1 g min(1, c / |g|)."""
     from test_mixed_precision import one_batch
 
-    from retinanet.anchors import generate_anchors
-    from retinanet.losses import loss_from_config
-    from retinanet.model.retinanet import build_model_from_config
-    from retinanet.training import build_optimizer, build_train_step
+    from retinanet.builders import build_anchor_set, build_loss, build_model
+    from retinanet.train.trainer import build_optimizer, build_train_step
 
     def config(clip):
         return config_from_dict({
             "preprocessing": {"image_size": [64, 64]}, "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
             "model": {"fpn_channels": 16, "head_convs": 1},
             "training": {"batch_size": 2, "steps": 3, "warmup_steps": 0, "optimizer": "sgd", "momentum": 0.0,
-                         "weight_decay": 0.0, "learning_rate": 0.1, "gradient_clip_norm": clip,
-                         "mixed_precision": "float32"}})
+                         "weight_decay": 0.0, "learning_rate": 0.1, "gradient_clip_norm": clip},
+            "runtime": {"mixed_precision": "float32"}})
 
     tf.keras.utils.set_random_seed(0)
-    model = build_model_from_config(config(0.0))
+    model = build_model(config(0.0))
     start = [variable.numpy() for variable in model.trainable_variables]
 
     def moves(clip):
@@ -622,7 +620,7 @@ def test_the_train_step_clips_the_gradient_as_clip_by_global_norm(clip_fraction)
             variable.assign(value)
         settings = config(clip)
         step = build_train_step(settings, tf.distribute.get_strategy(), model, build_optimizer(settings.training),
-                                loss_from_config(settings, generate_anchors((64, 64), settings.anchors)))
+                                build_loss(settings, build_anchor_set(settings)))
         scalars = step.python_function(one_batch(settings))
         return [variable.numpy() - value for variable, value in zip(model.trainable_variables, start)], \
             float(scalars["gradient_norm"])

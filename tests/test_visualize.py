@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from retinanet.data.rsna import Record
-from retinanet.evaluation import gating_effect
-from retinanet.evaluation_plots import froc_points, operating_point
-from retinanet.metrics import image_level_metrics, roc_curve
+from retinanet.evaluate.evaluation import gating_effect
+from retinanet.evaluate.plots import froc_points, operating_point
+from retinanet.detection.metrics import image_level_metrics, roc_curve
 from retinanet.visualize import GROUND_TRUTH_COLOR, PREDICTION_COLOR, draw_boxes, fit_tile, grid, match_predictions
 
 TRUTH = np.array([[10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0]])

@@ -29,12 +29,12 @@ def run(args, parser) -> int:
     from pathlib import Path
 
     from retinanet.config import ConfigError, load_config
-    from retinanet.cross_validation import (CrossValidationError, cross_validate, default_parent, format_report,
+    from retinanet.evaluate.cross_validation import (CrossValidationError, cross_validate, default_parent, format_report,
                                             parse_folds)
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
-    from retinanet.out_of_fold import OutOfFoldError
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.evaluate.out_of_fold import OutOfFoldError
+    from retinanet.runtime.safe_writes import FileWriteError
 
     try:
         config = load_config(args.config, args.set)

@@ -44,9 +44,9 @@ def run(args, parser) -> int:
     from retinanet.config import ConfigError
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
-    from retinanet.evaluation import EvaluationError, evaluate_run, format_report
-    from retinanet.inference import InputError, ModelLoadError
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.evaluate.evaluation import EvaluationError, evaluate_run, format_report
+    from retinanet.serve.inference import InputError, ModelLoadError
+    from retinanet.runtime.safe_writes import FileWriteError
 
     try:
         metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,

@@ -8,8 +8,8 @@
 
 The SavedModel loads with tf.saved_model.load alone and takes images of any size (one, or a
 batch with per-image sizes, grey or RGB); TFLite and ONNX hold the network only, at the fixed
-input size, for the caller to letterbox into and to post-process (see retinanet/export.py and
-retinanet/export_formats.py). ONNX needs the `export` extra (pip install "rsna-retinanet[export]").
+input size, for the caller to letterbox into and to post-process (see retinanet/serve/export.py and
+retinanet/serve/export_formats.py). ONNX needs the `export` extra (pip install "rsna-retinanet[export]").
 Several --run-dir (or a cross-validation directory) give one SavedModel holding every model,
 whose boxes it fuses as `retinanet infer` does; TFLite and ONNX take one run only.
 """
@@ -17,14 +17,13 @@ whose boxes it fuses as `retinanet infer` does; TFLite and ONNX take one run onl
 from __future__ import annotations
 
 from retinanet.commands.common import add_source_arguments, check_source_arguments, report_error
-
-FORMATS = ("savedmodel", "tflite", "onnx")
+from retinanet.serve.export_formats import EXPORT_FORMATS
 
 
 def add_arguments(parser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--output", required=True, help="directory to write (the SavedModel, or model.<format>)")
-    parser.add_argument("--format", choices=FORMATS, default="savedmodel", help="what to write (default: savedmodel)")
+    parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="savedmodel", help="what to write (default: savedmodel)")
     parser.add_argument("--threshold", type=float, help="score threshold baked in (default: the run's chosen one)")
 
 
@@ -33,15 +32,15 @@ def run(args, parser) -> int:
     import json
 
     from retinanet.config import ConfigError
-    from retinanet.export_formats import ConversionError, export_run
-    from retinanet.inference import InputError, ModelLoadError
+    from retinanet.serve.export_formats import ConversionError, export_run
+    from retinanet.serve.inference import InputError, ModelLoadError
 
     try:
         info = export_run(output_dir=args.output, export_format=args.format, checkpoint=args.checkpoint,
                           run_dir=args.run_dir, config_path=args.config, threshold=args.threshold)
     except (ConfigError, InputError, ModelLoadError, ConversionError) as error:
         return report_error(error)
-    from retinanet.runs import threshold_line
+    from retinanet.train.runs import threshold_line
 
     source = info.pop("score_threshold_source")
     print(json.dumps(info, indent=2))

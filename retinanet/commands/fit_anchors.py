@@ -3,7 +3,7 @@
     retinanet fit-anchors --config configs/rsna.yaml [--out anchors.yaml] [--num-ratios 3] [--num-scales 3]
 
 k-medians with the distance 1 - IoU between centred box and anchor shapes, at the network input
-size, over the config's levels and sizes (retinanet/anchor_fitting.py). Reports the share of
+size, over the config's levels and sizes (retinanet/data/anchor_fitting.py). Reports the share of
 training boxes that have an anchor at IoU >= anchors.positive_iou before and after, and writes
 the config's `anchors:` section with the fitted values (to stdout, or to --out with the report
 on stdout) for pasting into a config. Exit code 2 on a bad config or unreadable labels.
@@ -36,11 +36,11 @@ def run(args, parser) -> int:
         config = load_config(args.config, args.set)
     except ConfigError as error:
         return report_error(error)  # before TensorFlow loads: a typo answers at once
-    from retinanet.anchor_fitting import anchors_yaml, fit_anchors, format_fit_report
+    from retinanet.data.anchor_fitting import anchors_yaml, fit_anchors, format_fit_report
     from retinanet.data.pipeline import prepare_split
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.runtime.safe_writes import FileWriteError
 
     try:
         records = prepare_split(config, progress=not args.no_progress).train

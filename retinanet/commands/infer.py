@@ -44,7 +44,7 @@ def run(args, parser) -> int:
 
     from retinanet.config import ConfigError
     from retinanet.data.dicom import DicomReadError
-    from retinanet.inference import InputError, ModelLoadError, run_inference
+    from retinanet.serve.inference import InputError, ModelLoadError, run_inference
 
     try:
         summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
@@ -52,7 +52,7 @@ def run(args, parser) -> int:
                                 progress=not args.no_progress, skip_unreadable=args.skip_unreadable)
     except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
         return report_error(error)
-    from retinanet.runs import threshold_line
+    from retinanet.train.runs import threshold_line
 
     outputs = summary.pop("outputs")
     source = summary.pop("score_threshold_source")

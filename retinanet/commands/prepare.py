@@ -21,7 +21,7 @@ def run(args, parser) -> int:
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.pipeline import prepare_split, source_dataset
     from retinanet.data.rsna import LabelError
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.runtime.safe_writes import FileWriteError
 
     progress = not args.no_progress
     try:

@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 
 def run(args, parser) -> int:
     from retinanet.data.rsna import LabelError
-    from retinanet.submission import SubmissionError, format_score_report, score_submission
+    from retinanet.data.submission import SubmissionError, format_score_report, score_submission
 
     try:
         result = score_submission(args.labels, args.submission, image_size=args.image_size)

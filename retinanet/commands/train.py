@@ -47,10 +47,10 @@ def run(args, parser) -> int:
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
     from retinanet.model.backbone import WeightsError
-    from retinanet.runs import (BEST_WEIGHTS, CONFIG_FILE, TENSORBOARD, VALIDATION_PICTURE, load_run_config,
+    from retinanet.train.runs import (BEST_WEIGHTS, CONFIG_FILE, TENSORBOARD, VALIDATION_PICTURE, load_run_config,
                                 read_best_record, read_threshold)
-    from retinanet.safe_writes import FileWriteError
-    from retinanet.training import TrainingError, default_run_dir, train
+    from retinanet.runtime.safe_writes import FileWriteError
+    from retinanet.train.trainer import TrainingError, default_run_dir, train
 
     try:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)

@@ -8,7 +8,7 @@ in `<cache_dir>/<settings key>/`, where the key hashes the preprocessing setting
 versions of the reader and preprocessing code: changing them starts a new cache. `index.json`
 records each image's source file (size and mtime), so an image whose DICOM changed is rebuilt
 and the rest are reused; an index that cannot be read is reported and rebuilt. Files are
-replaced atomically (retinanet/safe_writes.py): a full disk leaves the earlier ones intact.
+replaced atomically (retinanet/runtime/safe_writes.py): a full disk leaves the earlier ones intact.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from retinanet.data import dicom, preprocess
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import preprocess_image
 from retinanet.data.rsna import Record, SkipReport
-from retinanet.safe_writes import write_bytes_atomically, write_text_atomically
+from retinanet.runtime.safe_writes import write_bytes_atomically, write_text_atomically
 
 CACHE_VERSION = 2
 

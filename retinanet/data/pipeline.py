@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retinanet.anchors import generate_anchors
+from retinanet.builders import build_anchor_set, build_label_encoder
+from retinanet.detection.anchors import AnchorSet
 from retinanet.config import Config, TrainingConfig
 from retinanet.data.augment import Augmenter
 from retinanet.data.cache import build_cache, load_preprocessed
@@ -24,9 +25,8 @@ from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.order import augmentation_seed, record_at, worker_positions
 from retinanet.data.preprocess import normalize
 from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
-from retinanet.hardware import workers
-from retinanet.safe_writes import FileWriteError
-from retinanet.targets import LabelEncoder
+from retinanet.runtime.hardware import workers
+from retinanet.runtime.safe_writes import FileWriteError
 
 SPLITS = ("train", "validation")
 
@@ -153,7 +153,7 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
     here, before any epoch starts, and listed in `<data.cache_dir>/skipped_images_<split>.csv`.
     """
     data, pre = config.data, config.preprocessing
-    image_size = tuple(pre.image_size)
+    image_size = pre.image_size
     if data.use_cache:
         cached, report = build_cache(records, pre, data.cache_dir, policy=data.bad_file_policy,
                                      num_workers=workers(data.num_parallel_calls), progress=progress)
@@ -229,7 +229,7 @@ def _stream_with_positions(dataset: tf.data.Dataset, training: TrainingConfig, s
 def build_dataset(config: Config, split: str, *, records: list[Record] | None = None,
                   training: bool | None = None, deterministic: bool | None = None,
                   progress: bool = True, start_step: int = 0, worker: int = 0, num_workers: int = 1,
-                  batch_size: int | None = None) -> tf.data.Dataset:
+                  batch_size: int | None = None, anchor_set: AnchorSet | None = None) -> tf.data.Dataset:
     """Batches of `{"images": float32 [B, H, W, C], "targets": float32 [B, A, 5],
     "image_labels": float32 [B], "scales": float32 [B], "original_sizes": int32 [B, 2]}` (scale:
     original -> input pixels; original (height, width)).
@@ -238,17 +238,20 @@ def build_dataset(config: Config, split: str, *, records: list[Record] | None = 
     augments and repeats forever. `records` overrides the split's records.
     Training reads the stream from `start_step` on (a resumed run's step) and only the share of
     worker `worker` of `num_workers` of every global batch of `training.batch_size`, in batches
-    of `batch_size` (default: that share).
+    of `batch_size` (default: that share). The targets are those of `anchor_set` (default: the
+    config's anchors at preprocessing.image_size).
     """
     return build_dataset_and_records(config, split, records=records, training=training,
                                      deterministic=deterministic, progress=progress, start_step=start_step,
-                                     worker=worker, num_workers=num_workers, batch_size=batch_size)[0]
+                                     worker=worker, num_workers=num_workers, batch_size=batch_size,
+                                     anchor_set=anchor_set)[0]
 
 
 def build_dataset_and_records(config: Config, split: str, *, records: list[Record] | None = None,
                               training: bool | None = None, deterministic: bool | None = None,
                               progress: bool = True, start_step: int = 0, worker: int = 0, num_workers: int = 1,
-                              batch_size: int | None = None) -> tuple[tf.data.Dataset, list[Record]]:
+                              batch_size: int | None = None,
+                              anchor_set: AnchorSet | None = None) -> tuple[tf.data.Dataset, list[Record]]:
     """`build_dataset`, plus the records in dataset order (without any skipped as unreadable)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -258,10 +261,8 @@ def build_dataset_and_records(config: Config, split: str, *, records: list[Recor
         prepared = prepare_split(config, progress=progress)
         records = prepared.train if split == "train" else prepared.validation
     dataset, records, load = source_dataset(config, records, progress, split)
-    image_size = tuple(config.preprocessing.image_size)
-    encoder = LabelEncoder(generate_anchors(image_size, config.anchors),
-                           positive_iou=config.anchors.positive_iou, negative_iou=config.anchors.negative_iou,
-                           allow_low_quality_matches=config.anchors.allow_low_quality_matches)
+    image_size = config.preprocessing.image_size
+    encoder = build_label_encoder(config.anchors, anchor_set or build_anchor_set(config))
     augmentation = config.augmentation
     channels = config.preprocessing.channels
     augmenter = Augmenter(augmentation, image_size, config.training.seed)

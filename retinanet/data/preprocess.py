@@ -47,7 +47,7 @@ def preprocess_image(image: np.ndarray, config: PreprocessingConfig) -> tuple[np
     """Original uint8 [h, w] -> (network-size uint8 [H, W], scale from original to input pixels)."""
     if config.clahe:
         image = apply_clahe(image, config.clahe_clip_limit, config.clahe_tile_grid)
-    return letterbox(image, tuple(config.image_size))
+    return letterbox(image, config.image_size)
 
 
 def channel_means(channels: int) -> np.ndarray:

@@ -12,12 +12,12 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from retinanet import boxes as box_ops
-from retinanet.anchors import anchors_per_location, feature_map_size, generate_anchors_numpy, level_sizes
+from retinanet.detection import boxes as box_ops
+from retinanet.builders import anchor_set_for, build_label_encoder
+from retinanet.detection.anchors import feature_map_size
 from retinanet.config import AnchorConfig
 from retinanet.data.preprocess import letterbox_scale
 from retinanet.data.rsna import CLASS_NAMES, Record
-from retinanet.targets import LabelEncoder
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Boxes per IoU call: [chunk, A] IoUs for A = 49,104 anchors (512 px) stay near 50 MB.
@@ -79,8 +79,9 @@ def box_size_table(records: list[Record], quantiles=QUANTILES) -> pd.DataFrame:
 
 
 def anchor_levels(image_size: tuple[int, int], anchor_config: AnchorConfig = AnchorConfig()) -> np.ndarray:
-    """[A] int pyramid level of every anchor, in the order of `generate_anchors`."""
-    return np.repeat(np.asarray(anchor_config.levels), level_sizes(tuple(image_size), anchor_config))
+    """[A] int pyramid level of every anchor, in the order of `generate_anchors_numpy`."""
+    anchor_set = anchor_set_for(anchor_config, image_size)
+    return np.repeat(np.asarray(anchor_set.levels), anchor_set.level_sizes)
 
 
 def _original_hw(original_size) -> tuple[int, int]:
@@ -105,7 +106,7 @@ def anchor_coverage(records: list[Record], image_size: tuple[int, int],
     """
     image_size = tuple(image_size)
     scale = letterbox_scale(_original_hw(original_size), image_size)
-    anchors = generate_anchors_numpy(image_size, anchor_config)
+    anchors = anchor_set_for(anchor_config, image_size).boxes
     levels = anchor_levels(image_size, anchor_config)
     frame = box_frame(records)
     scaled = frame[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).reshape(-1, 4) * np.float32(scale)
@@ -168,9 +169,9 @@ def location_anchors(image_size: tuple[int, int], anchor_config: AnchorConfig = 
     image_size = tuple(image_size)
     if point is None:
         point = (image_size[1] / 2, image_size[0] / 2)
-    anchors = generate_anchors_numpy(image_size, anchor_config)
-    per_location = anchors_per_location(anchor_config)
-    offsets = np.concatenate([[0], np.cumsum(level_sizes(image_size, anchor_config))])
+    anchor_set = anchor_set_for(anchor_config, image_size)
+    anchors, per_location = anchor_set.boxes, anchor_set.per_location
+    offsets = np.concatenate([[0], np.cumsum(anchor_set.level_sizes)])
     result = {}
     for index, level in enumerate(anchor_config.levels):
         rows, columns = feature_map_size(image_size, level)
@@ -189,9 +190,9 @@ def positive_anchors(boxes, image_size: tuple[int, int],
     Uses the training `LabelEncoder`, so the answer is the anchors whose targets are positive.
     """
     image_size = tuple(image_size)
-    anchors = generate_anchors_numpy(image_size, anchor_config)
-    encoder = LabelEncoder(anchors, positive_iou=anchor_config.positive_iou, negative_iou=anchor_config.negative_iou,
-                           allow_low_quality_matches=anchor_config.allow_low_quality_matches)
+    anchor_set = anchor_set_for(anchor_config, image_size)
+    anchors = anchor_set.boxes
+    encoder = build_label_encoder(anchor_config, anchor_set)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     states = encoder(boxes, np.zeros(len(boxes), np.float32)).numpy()[:, 4]
     positive_mask = states >= 0  # positive anchors carry their class id; NEGATIVE and IGNORE are < 0

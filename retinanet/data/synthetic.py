@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
-from retinanet.submission import HEADER as SUBMISSION_COLUMNS
+from retinanet.data.submission import HEADER as SUBMISSION_COLUMNS
 
 # Fractions of all images in the stage 2 train set: 6,012 / 11,821 / 8,851 of 26,684.
 CLASS_FRACTIONS = {LUNG_OPACITY: 0.225, NOT_NORMAL: 0.443}

@@ -9,22 +9,23 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from retinanet.anchors import anchors_per_location
-from retinanet.config import AnchorConfig, Config, ModelConfig
+from retinanet.detection.anchors import ASPECT_RATIOS, LEVELS, SCALES
 from retinanet.model.backbone import build_backbone, configure_layers
 from retinanet.model.fpn import build_fpn
 from retinanet.model.heads import build_head, prior_bias
 
 
 def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = 1, weights: str = "none",
-                    anchor_config: AnchorConfig = AnchorConfig(), fpn_channels: int = 256, head_convs: int = 4,
+                    levels: tuple[int, ...] = LEVELS, anchors_per_location: int = len(ASPECT_RATIOS) * len(SCALES),
+                    fpn_channels: int = 256, head_convs: int = 4,
                     head_group_norm: bool = False, prior_probability: float = 0.01,
                     freeze_batch_norm: bool = False, freeze_backbone_stages: int = 0,
                     batch_norm_momentum: float = 0.99, image_head: bool = True) -> keras.Model:
     """A Keras model mapping images [B, H, W, C] to a dict:
 
     - "predictions": float32 [B, A, 4 + num_classes], A = `num_anchors(H, W)`, level-major
-      P3..P7 like `generate_anchors`;
+      `levels` like `generate_anchors_numpy`, `anchors_per_location` shapes per cell (an
+      `AnchorSet`'s levels and per_location);
     - "image_logits": float32 [B, 1], "pneumonia present" (only with `image_head`).
     """
     backbone = build_backbone(input_shape, weights)
@@ -32,14 +33,14 @@ def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = 1, 
                      batch_norm_momentum=batch_norm_momentum)
     images = keras.Input(input_shape, name="images")
     c3, c4, c5 = backbone(images)
-    pyramid = build_fpn([c3, c4, c5], fpn_channels, tuple(anchor_config.levels))
-    shapes = anchors_per_location(anchor_config)
+    pyramid = build_fpn([c3, c4, c5], fpn_channels, tuple(levels))
+    shapes = anchors_per_location
     box_head = build_head(shapes * 4, channels=fpn_channels, num_convs=head_convs, group_norm=head_group_norm,
                           name="box_head")
     class_head = build_head(shapes * num_classes, channels=fpn_channels, num_convs=head_convs,
                             group_norm=head_group_norm, bias_init=prior_bias(prior_probability), name="class_head")
     box_outputs, class_outputs = [], []
-    for level, feature in zip(anchor_config.levels, pyramid):
+    for level, feature in zip(levels, pyramid):
         box_outputs.append(layers.Reshape((-1, 4), name=f"box_p{level}")(box_head(feature)))
         class_outputs.append(layers.Reshape((-1, num_classes), name=f"class_p{level}")(class_head(feature)))
     predictions = layers.Concatenate(axis=-1, name="predictions", dtype="float32")([
@@ -50,18 +51,6 @@ def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = 1, 
         pooled = layers.GlobalAveragePooling2D(name="image_pool")(c5)
         outputs["image_logits"] = layers.Dense(1, name="image_logits", dtype="float32")(pooled)
     return keras.Model(images, outputs, name="retinanet")
-
-
-def build_model_from_config(config: Config) -> keras.Model:
-    """The one place that maps the config onto `build_retinanet`'s arguments."""
-    model: ModelConfig = config.model
-    height, width = config.preprocessing.image_size
-    return build_retinanet((height, width, config.preprocessing.channels), num_classes=model.num_classes,
-                           weights=model.weights, anchor_config=config.anchors, fpn_channels=model.fpn_channels,
-                           head_convs=model.head_convs, head_group_norm=model.head_group_norm,
-                           prior_probability=model.prior_probability, freeze_batch_norm=model.freeze_batch_norm,
-                           freeze_backbone_stages=model.freeze_backbone_stages,
-                           batch_norm_momentum=model.batch_norm_momentum, image_head=model.image_head)
 
 
 def stored_weight_shapes(weights: str | Path) -> list[tuple[int, ...]]:

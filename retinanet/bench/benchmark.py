@@ -1,0 +1,130 @@
+"""Inference latency from a DICOM file to boxes, split by stage (`scripts/benchmark_infer.py`).
+
+Two paths are timed on the same file, each stage as the median over repeated warm runs:
+- Keras: read_image | preprocess (CLAHE + letterbox, OpenCV) | network | post-processing;
+- SavedModel (retinanet.serve.export): read_image | CLAHE by the caller | one graph call holding
+  the letterbox resize, network and post-processing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import tensorflow as tf
+
+from retinanet.config import load_config
+from retinanet.data.dicom import read_image
+from retinanet.data.preprocess import apply_clahe, normalize
+from retinanet.serve.inference import Detector, build_untrained_model
+from retinanet.detection.postprocess import network_pass
+
+STAGES = ("read", "preprocess", "network", "postprocess")
+
+
+def synthetic_dicom(directory: Path, size: int = 1024) -> Path:
+    """One synthetic RSNA-style JPEG DICOM of size x size pixels in `directory`."""
+    from retinanet.data.synthetic import generate_synthetic_rsna
+
+    generate_synthetic_rsna(directory, num_train=0, num_test=1, size=size, seed=0, progress=False)
+    return next((directory / "stage_2_test_images").glob("*.dcm"))
+
+
+def _median_times(run, repeats: int, warmup: int) -> dict:
+    """Call `run()` (returning {stage: seconds}) warmup + repeats times -> {stage: median ms}."""
+    for _ in range(warmup):
+        run()
+    samples = [run() for _ in range(repeats)]
+    return {stage: 1000 * statistics.median(sample[stage] for sample in samples) for stage in samples[0]}
+
+
+def time_keras(detector: Detector, path: Path, repeats: int, warmup: int) -> dict:
+    """Median ms per stage of the Keras path; each stage ends with its results in numpy."""
+    post = detector.postprocessor
+    spec = tf.TensorSpec([None, *detector.image_size, detector.config.preprocessing.channels], tf.float32)
+    network = tf.function(lambda images: [outputs for outputs, _ in post.run_model(detector.model, images)],
+                          input_signature=[spec])
+    mirrored = [False, True] if post.flip_tta else [False]
+    finish = tf.function(lambda outputs, scales, sizes: post(
+        [network_pass(item, flag) for item, flag in zip(outputs, mirrored)], scales, sizes))
+
+    def run() -> dict:
+        times, start = {}, time.perf_counter()
+        image = read_image(path)
+        times["read"], start = time.perf_counter() - start, time.perf_counter()
+        processed, scale = detector.preprocess(image)
+        images = normalize(processed[None, ..., None], detector.config.preprocessing.channels)
+        times["preprocess"], start = time.perf_counter() - start, time.perf_counter()
+        outputs = network(images)
+        _ = [tensor.numpy() for tensor in tf.nest.flatten(outputs)]
+        times["network"], start = time.perf_counter() - start, time.perf_counter()
+        result = finish(outputs, tf.constant([scale], tf.float32), tf.constant([image.shape[:2]], tf.int32))
+        _ = {key: value.numpy() for key, value in result.items()}
+        times["postprocess"] = time.perf_counter() - start
+        return times
+
+    return _median_times(run, repeats, warmup)
+
+
+def time_saved_model(export_dir: Path, path: Path, repeats: int, warmup: int) -> dict:
+    """Median ms per stage of the SavedModel path (network and post-processing are one graph call)."""
+    loaded = tf.saved_model.load(str(export_dir))
+    serve = loaded.signatures["serving_default"]
+    clahe = bool(loaded.clahe.numpy())
+    clip_limit, tile_grid = float(loaded.clahe_clip_limit.numpy()), int(loaded.clahe_tile_grid.numpy())
+
+    def run() -> dict:
+        times, start = {}, time.perf_counter()
+        image = read_image(path)
+        times["read"], start = time.perf_counter() - start, time.perf_counter()
+        if clahe:
+            image = apply_clahe(image, clip_limit, tile_grid)
+        times["preprocess"], start = time.perf_counter() - start, time.perf_counter()
+        _ = {key: value.numpy() for key, value in serve(image=tf.constant(image)).items()}
+        times["graph"] = time.perf_counter() - start
+        return times
+
+    return _median_times(run, repeats, warmup)
+
+
+def format_table(keras_times: dict, saved_model_times: dict) -> str:
+    rows = [("read DICOM", keras_times["read"], saved_model_times["read"]),
+            ("preprocess (CLAHE, letterbox)", keras_times["preprocess"], saved_model_times["preprocess"]),
+            ("network", keras_times["network"], None),
+            ("post-processing", keras_times["postprocess"], None),
+            ("resize + network + post (graph)", None, saved_model_times["graph"]),
+            ("total", sum(keras_times.values()), sum(saved_model_times.values()))]
+    lines = [f"{'median ms per image':32s} {'Keras':>9s} {'SavedModel':>11s}"]
+    for name, keras_value, saved_value in rows:
+        cells = [f"{value:9.1f}" if value is not None else f"{'':9s}" for value in (keras_value, saved_value)]
+        lines.append(f"{name:32s} {cells[0]} {cells[1]:>11s}")
+    lines.append("(SavedModel preprocessing is the caller's CLAHE; its letterbox resize runs in the graph)")
+    return "\n".join(lines)
+
+
+def run_benchmark(*, config_path="configs/rsna.yaml", run_dir=None, checkpoint=None, dicom=None,
+                  repeats: int = 10, warmup: int = 2, overrides=()) -> str:
+    """Time both paths and return the printable report. Without a run or checkpoint the model of
+    `config_path` is randomly initialised: latency does not depend on the weights."""
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        if run_dir is not None or checkpoint is not None:
+            detector = Detector.load(run_dir=run_dir, checkpoint=checkpoint)
+        else:
+            config = load_config(config_path, overrides)
+            detector = Detector(config, build_untrained_model(config), threshold=config.evaluation.score_threshold)
+        path = Path(dicom) if dicom is not None else synthetic_dicom(scratch / "data")
+        from retinanet.serve.export import export_detector
+
+        export_detector(detector, scratch / "exported")
+        keras_times = time_keras(detector, path, repeats, warmup)
+        saved_model_times = time_saved_model(scratch / "exported", path, repeats, warmup)
+        image = read_image(path)
+    config = detector.config
+    header = (f"{path.name}: {image.shape[1]}x{image.shape[0]} px -> input {config.preprocessing.image_size[1]}x"
+              f"{config.preprocessing.image_size[0]}, {config.runtime.mixed_precision}, flip TTA "
+              f"{config.postprocessing.flip_tta}, {repeats} warm runs (median), "
+              f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")
+    return header + "\n" + format_table(keras_times, saved_model_times)
