@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retinanet"
 
 # Lower layers never import higher ones; modules of the same layer may import each other.
 LAYERS = {
-    "detection": 0, "model": 0, "runtime": 0,
+    "detection": 0, "model": 0, "runtime": 0, "errors": 0,
     "visualize": 1,  # images and boxes only: imports detection
     "config": 1,
     "builders": 2,  # maps the config onto the components

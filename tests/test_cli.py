@@ -183,3 +183,44 @@ def test_resume_refuses_config_and_set_instead_of_ignoring_them(tmp_path, capsys
     error = " ".join(capsys.readouterr().err.split())  # argparse wraps the message
     assert f"config saved in {tmp_path / 'run'}/config.yaml, so {named} would be ignored" in error
     assert f"resume without {named}," in error and "new run" in error
+
+
+def test_one_handler_turns_every_user_error_into_exit_2_and_keeps_bugs_loud(monkeypatch, capsys):
+    from retinanet.commands import score
+    from retinanet.errors import UserError
+
+    def fails_with(error):
+        def run(args, parser):
+            raise error
+        return run
+
+    monkeypatch.setattr(score, "run", fails_with(UserError("labels.csv:3: width is negative")))
+    assert main(["score", "--labels", "a.csv", "--submission", "b.csv"]) == 2
+    assert capsys.readouterr().err == "error: labels.csv:3: width is negative\n"
+    monkeypatch.setattr(score, "run", fails_with(KeyError("a bug")))
+    with pytest.raises(KeyError):
+        main(["score", "--labels", "a.csv", "--submission", "b.csv"])
+
+
+def test_every_error_a_user_can_fix_is_a_user_error_and_no_command_lists_them():
+    from retinanet.config import ConfigError
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.data.rsna import LabelError
+    from retinanet.data.submission import SubmissionError
+    from retinanet.errors import UserError
+    from retinanet.evaluate.cross_validation import CrossValidationError
+    from retinanet.evaluate.evaluation import EvaluationError
+    from retinanet.evaluate.out_of_fold import OutOfFoldError
+    from retinanet.model.backbone import WeightsError
+    from retinanet.runtime.safe_writes import FileWriteError
+    from retinanet.serve.export_formats import ConversionError
+    from retinanet.serve.inference import InputError
+    from retinanet.train.runs import ModelLoadError
+    from retinanet.train.trainer import TrainingError
+
+    for error in (ConfigError, DicomReadError, LabelError, SubmissionError, CrossValidationError, EvaluationError,
+                  OutOfFoldError, WeightsError, FileWriteError, ConversionError, InputError, ModelLoadError,
+                  TrainingError):
+        assert issubclass(error, UserError), error
+    for module in COMMANDS.values():
+        assert "Error) as error" not in Path(module.__file__).read_text(), module.__name__

@@ -14,7 +14,7 @@ from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
 from retinanet.data.dicom import read_dicom
 from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
-from retinanet.data.synthetic import _class_counts, generate_synthetic_rsna
+from retinanet.data.synthetic import SyntheticDataError, _class_counts, generate_synthetic_rsna
 
 NUM_TRAIN, NUM_TEST, SIZE, SEED = 20, 4, 256, 3
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -168,7 +168,7 @@ def test_class_counts_follow_rsna_proportions():
 def test_refuses_a_folder_holding_another_data_set(tmp_path):
     (tmp_path / "stage_2_train_images").mkdir()
     (tmp_path / "stage_2_train_images" / "someone-else.dcm").write_bytes(b"")
-    with pytest.raises(FileExistsError, match="someone-else.dcm"):
+    with pytest.raises(SyntheticDataError, match="someone-else.dcm"):
         generate_synthetic_rsna(tmp_path, num_train=2, num_test=0, size=64, progress=False)
     with pytest.raises(ValueError, match="size"):
         generate_synthetic_rsna(tmp_path / "small", num_train=2, num_test=0, size=16, progress=False)

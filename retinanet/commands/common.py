@@ -17,10 +17,22 @@ def build_parser(module, prog: str | None = None) -> argparse.ArgumentParser:
 def run_module(module, argv: list[str] | None = None, prog: str | None = None) -> int:
     """Parse `argv` for `module` and run it: what `scripts/<name>.py` do."""
     parser = build_parser(module, prog)
-    return module.run(parser.parse_args(argv), parser)
+    return run_command(module, parser.parse_args(argv), parser)
 
 
-def report_error(error: Exception) -> int:
+def run_command(module, args, parser) -> int:
+    """`module.run(args, parser)`, the one place where an error a user can fix (`UserError`)
+    becomes `error: ...` on stderr and exit status 2; any other exception is a bug and keeps
+    its traceback."""
+    from retinanet.errors import UserError
+
+    try:
+        return module.run(args, parser)
+    except UserError as error:
+        return report_error(error)
+
+
+def report_error(error: Exception | str) -> int:
     """A user-fixable error: `error: ...` on stderr, exit status 2, no traceback."""
     print(f"error: {error}", file=sys.stderr)
     return 2

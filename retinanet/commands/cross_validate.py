@@ -12,7 +12,7 @@ applies to each fold. Exit code 2 on a bad config, --folds or data, naming the f
 
 from __future__ import annotations
 
-from retinanet.commands.common import add_config_arguments, add_progress_argument, report_error
+from retinanet.commands.common import add_config_arguments, add_progress_argument
 
 
 def add_arguments(parser) -> None:
@@ -29,24 +29,15 @@ def run(args, parser) -> int:
     from pathlib import Path
 
     from retinanet.config import ConfigError, load_config
-    from retinanet.evaluate.cross_validation import (CrossValidationError, cross_validate, default_parent, format_report,
-                                            parse_folds)
-    from retinanet.data.dicom import DicomReadError
-    from retinanet.data.rsna import LabelError
-    from retinanet.evaluate.out_of_fold import OutOfFoldError
-    from retinanet.runtime.safe_writes import FileWriteError
+    from retinanet.evaluate.cross_validation import cross_validate, default_parent, format_report, parse_folds
 
-    try:
-        config = load_config(args.config, args.set)
-        if config.training.strategy == "multi_worker":
-            raise ConfigError("training.strategy: multi_worker is not supported by cross-validation "
-                              "(train each fold with `retinanet train` on the workers instead)")
-        folds = parse_folds(args.folds, config.data.num_folds)
-        parent = Path(args.out) if args.out else default_parent(config, args.config)
-        analysis = cross_validate(config, parent, folds, progress=not args.no_progress)
-    except (ConfigError, LabelError, DicomReadError, CrossValidationError, OutOfFoldError,
-            FileWriteError) as error:
-        return report_error(error)
+    config = load_config(args.config, args.set)
+    if config.training.strategy == "multi_worker":
+        raise ConfigError("training.strategy: multi_worker is not supported by cross-validation "
+                          "(train each fold with `retinanet train` on the workers instead)")
+    folds = parse_folds(args.folds, config.data.num_folds)
+    parent = Path(args.out) if args.out else default_parent(config, args.config)
+    analysis = cross_validate(config, parent, folds, progress=not args.no_progress)
     print()
     print(format_report(analysis))
     return 0

@@ -19,8 +19,7 @@ a model trained on (by its run's split.csv) is refused.
 
 from __future__ import annotations
 
-from retinanet.commands.common import (add_progress_argument, add_source_arguments, check_source_arguments,
-                                       report_error)
+from retinanet.commands.common import add_progress_argument, add_source_arguments, check_source_arguments
 
 
 def add_arguments(parser) -> None:
@@ -41,20 +40,11 @@ def add_arguments(parser) -> None:
 
 def run(args, parser) -> int:
     check_source_arguments(parser, args)
-    from retinanet.config import ConfigError
-    from retinanet.data.dicom import DicomReadError
-    from retinanet.data.rsna import LabelError
-    from retinanet.evaluate.evaluation import EvaluationError, evaluate_run, format_report
-    from retinanet.serve.inference import InputError, ModelLoadError
-    from retinanet.runtime.safe_writes import FileWriteError
+    from retinanet.evaluate.evaluation import evaluate_run, format_report
 
-    try:
-        metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,
-                               config_path=args.config, split_file=args.split, data_root=args.data,
-                               threshold=args.threshold, write_threshold=args.write_threshold,
-                               progress=not args.no_progress)
-    except (ConfigError, LabelError, DicomReadError, ModelLoadError, InputError, EvaluationError,
-            FileWriteError) as error:
-        return report_error(error)
+    metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,
+                           config_path=args.config, split_file=args.split, data_root=args.data,
+                           threshold=args.threshold, write_threshold=args.write_threshold,
+                           progress=not args.no_progress)
     print(format_report(metrics))
     return 0

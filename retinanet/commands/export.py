@@ -16,7 +16,7 @@ whose boxes it fuses as `retinanet infer` does; TFLite and ONNX take one run onl
 
 from __future__ import annotations
 
-from retinanet.commands.common import add_source_arguments, check_source_arguments, report_error
+from retinanet.commands.common import add_source_arguments, check_source_arguments
 from retinanet.serve.export_formats import EXPORT_FORMATS
 
 
@@ -31,17 +31,11 @@ def run(args, parser) -> int:
     check_source_arguments(parser, args)
     import json
 
-    from retinanet.config import ConfigError
-    from retinanet.serve.export_formats import ConversionError, export_run
-    from retinanet.serve.inference import InputError, ModelLoadError
-
-    try:
-        info = export_run(output_dir=args.output, export_format=args.format, checkpoint=args.checkpoint,
-                          run_dir=args.run_dir, config_path=args.config, threshold=args.threshold)
-    except (ConfigError, InputError, ModelLoadError, ConversionError) as error:
-        return report_error(error)
+    from retinanet.serve.export_formats import export_run
     from retinanet.train.runs import threshold_line
 
+    info = export_run(output_dir=args.output, export_format=args.format, checkpoint=args.checkpoint,
+                      run_dir=args.run_dir, config_path=args.config, threshold=args.threshold)
     source = info.pop("score_threshold_source")
     print(json.dumps(info, indent=2))
     print(threshold_line(info["score_threshold"], source))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from retinanet.commands.common import add_config_arguments, add_progress_argument, report_error
+from retinanet.commands.common import add_config_arguments, add_progress_argument
 
 
 def add_arguments(parser) -> None:
@@ -32,22 +32,13 @@ def run(args, parser) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     from retinanet.config import ConfigError, load_config
 
-    try:
-        config = load_config(args.config, args.set)
-    except ConfigError as error:
-        return report_error(error)  # before TensorFlow loads: a typo answers at once
+    config = load_config(args.config, args.set)  # before TensorFlow loads: a typo answers at once
     from retinanet.data.anchor_fitting import anchors_yaml, fit_anchors, format_fit_report
     from retinanet.data.pipeline import prepare_split
-    from retinanet.data.dicom import DicomReadError
-    from retinanet.data.rsna import LabelError
-    from retinanet.runtime.safe_writes import FileWriteError
 
-    try:
-        records = prepare_split(config, progress=not args.no_progress).train
-        if not any(len(record.boxes) for record in records):
-            raise ConfigError(f"{args.config}: the training split holds no boxes to fit anchors to")
-    except (ConfigError, LabelError, DicomReadError, FileWriteError) as error:
-        return report_error(error)
+    records = prepare_split(config, progress=not args.no_progress).train
+    if not any(len(record.boxes) for record in records):
+        raise ConfigError(f"{args.config}: the training split holds no boxes to fit anchors to")
     fit = fit_anchors(records, config, num_ratios=args.num_ratios, num_scales=args.num_scales, seed=args.seed)
     text = anchors_yaml(fit, source=f"{args.config} at {config.preprocessing.image_size[0]}x"
                                     f"{config.preprocessing.image_size[1]} px")

@@ -23,8 +23,7 @@ run's evaluation.score_threshold for several directories.
 
 from __future__ import annotations
 
-from retinanet.commands.common import (add_progress_argument, add_source_arguments, check_source_arguments,
-                                       report_error)
+from retinanet.commands.common import add_progress_argument, add_source_arguments, check_source_arguments
 
 
 def add_arguments(parser) -> None:
@@ -42,18 +41,12 @@ def run(args, parser) -> int:
     check_source_arguments(parser, args)
     import json
 
-    from retinanet.config import ConfigError
-    from retinanet.data.dicom import DicomReadError
-    from retinanet.serve.inference import InputError, ModelLoadError, run_inference
-
-    try:
-        summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
-                                run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,
-                                progress=not args.no_progress, skip_unreadable=args.skip_unreadable)
-    except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
-        return report_error(error)
+    from retinanet.serve.inference import run_inference
     from retinanet.train.runs import threshold_line
 
+    summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
+                            run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,
+                            progress=not args.no_progress, skip_unreadable=args.skip_unreadable)
     outputs = summary.pop("outputs")
     source = summary.pop("score_threshold_source")
     print(json.dumps(summary, indent=2))

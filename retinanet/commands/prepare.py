@@ -8,7 +8,7 @@ one-off cost (decoding every DICOM, CLAHE, resizing) from training and reports b
 
 from __future__ import annotations
 
-from retinanet.commands.common import add_config_arguments, add_progress_argument, report_error
+from retinanet.commands.common import add_config_arguments, add_progress_argument
 
 
 def add_arguments(parser) -> None:
@@ -17,23 +17,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args, parser) -> int:
-    from retinanet.config import ConfigError, load_config
-    from retinanet.data.dicom import DicomReadError
+    from retinanet.config import load_config
     from retinanet.data.pipeline import prepare_split, source_dataset
-    from retinanet.data.rsna import LabelError
-    from retinanet.runtime.safe_writes import FileWriteError
 
     progress = not args.no_progress
-    try:
-        config = load_config(args.config, args.set)
-        prepared = prepare_split(config, progress=progress)
-        for name, records in (("train", prepared.train), ("validation", prepared.validation)):
-            _, used, _ = source_dataset(config, records, progress=progress, split=name)
-            positives = sum(r.target for r in used)
-            print(f"{name:10s} {len(used):6d} images ({positives} with boxes, "
-                  f"{sum(len(r.boxes) for r in used)} boxes); {len(records) - len(used)} unreadable skipped")
-    except (ConfigError, LabelError, DicomReadError, FileWriteError) as error:
-        return report_error(error)
+    config = load_config(args.config, args.set)
+    prepared = prepare_split(config, progress=progress)
+    for name, records in (("train", prepared.train), ("validation", prepared.validation)):
+        _, used, _ = source_dataset(config, records, progress=progress, split=name)
+        positives = sum(r.target for r in used)
+        print(f"{name:10s} {len(used):6d} images ({positives} with boxes, "
+              f"{sum(len(r.boxes) for r in used)} boxes); {len(records) - len(used)} unreadable skipped")
     print(f"split file: {prepared.split_file}")
     if config.data.use_cache:
         print(f"cache:      {config.data.cache_dir}")

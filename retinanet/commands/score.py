@@ -9,7 +9,6 @@ are scored as they are (the competition does not clip them) and counted in the r
 
 from __future__ import annotations
 
-from retinanet.commands.common import report_error
 
 
 def add_arguments(parser) -> None:
@@ -21,12 +20,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, parser) -> int:
-    from retinanet.data.rsna import LabelError
-    from retinanet.data.submission import SubmissionError, format_score_report, score_submission
+    from retinanet.data.submission import format_score_report, score_submission
 
-    try:
-        result = score_submission(args.labels, args.submission, image_size=args.image_size)
-    except (LabelError, SubmissionError) as error:
-        return report_error(error)
-    print(format_score_report(result))
+    print(format_score_report(score_submission(args.labels, args.submission, image_size=args.image_size)))
     return 0

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from retinanet.commands.common import add_progress_argument, report_error
+from retinanet.commands.common import add_progress_argument
 
 
 def add_arguments(parser) -> None:
@@ -20,13 +20,7 @@ def add_arguments(parser) -> None:
 def run(args, parser) -> int:
     from retinanet.data.synthetic import generate_synthetic_rsna
 
-    try:
-        out_dir = generate_synthetic_rsna(args.out, num_train=args.num_train, num_test=args.num_test,
-                                          size=args.size, seed=args.seed, progress=not args.no_progress)
-    except (FileExistsError, ValueError) as error:  # foreign files in --out, impossible sizes
-        return report_error(error)
-    except OSError as error:  # a read-only or full disk, a path through a file, no permission
-        return report_error(f"cannot write the data set to {args.out}: {error.strerror or error} "
-                            f"({error.filename or args.out})")
+    out_dir = generate_synthetic_rsna(args.out, num_train=args.num_train, num_test=args.num_test, size=args.size,
+                                      seed=args.seed, progress=not args.no_progress)
     print(f"Wrote {args.num_train} training and {args.num_test} test images ({args.size} px) to {out_dir}")
     return 0

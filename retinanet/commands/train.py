@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from retinanet.commands.common import add_config_arguments, add_progress_argument, report_error
+from retinanet.commands.common import add_config_arguments, add_progress_argument
 
 
 def add_arguments(parser) -> None:
@@ -35,28 +35,18 @@ def run(args, parser) -> int:
 
     from retinanet.config import ConfigError, load_config
 
-    try:
-        # Before TensorFlow loads (seconds): a config error is reported at once.
-        config = None if args.resume else load_config(args.config, args.set)
-        if config is not None and config.training.strategy == "multi_worker" and not args.run_dir:
-            # Each worker would name its own directory after the time it started.
-            raise ConfigError("training.strategy: multi_worker needs --run-dir (the same on every worker)")
-    except ConfigError as error:
-        return report_error(error)
+    # Before TensorFlow loads (seconds): a config error is reported at once.
+    config = None if args.resume else load_config(args.config, args.set)
+    if config is not None and config.training.strategy == "multi_worker" and not args.run_dir:
+        # Each worker would name its own directory after the time it started.
+        raise ConfigError("training.strategy: multi_worker needs --run-dir (the same on every worker)")
 
-    from retinanet.data.dicom import DicomReadError
-    from retinanet.data.rsna import LabelError
-    from retinanet.model.backbone import WeightsError
     from retinanet.train.runs import (BEST_WEIGHTS, CONFIG_FILE, TENSORBOARD, VALIDATION_PICTURE, load_run_config,
-                                read_best_record, read_threshold)
-    from retinanet.runtime.safe_writes import FileWriteError
-    from retinanet.train.trainer import TrainingError, default_run_dir, train
+                                      read_best_record, read_threshold)
+    from retinanet.train.trainer import default_run_dir, train
 
-    try:
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
-        results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError, FileWriteError) as error:
-        return report_error(error)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
+    results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if not results["scalars"]:
         print(f"Worker finished at step {results['step']}; the chief wrote the run directory {run_dir}")
         return 0

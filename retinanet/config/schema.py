@@ -36,9 +36,10 @@ from retinanet.detection import anchors as anchor_defaults
 from retinanet.config.paths import absolute_path, is_path, map_paths, portable_path
 from retinanet.config.rules import (CrossFieldRule, Rule, TableChoice, at_least, each, increasing, not_empty, one_of,
                                     ordered_pair, positive, setting, violations, within)
+from retinanet.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override that does not fit the schema."""
 
 

@@ -32,6 +32,8 @@ from pydicom.pixels import (
     pixel_array,
 )
 
+from retinanet.errors import UserError
+
 # Memory-bomb guard: a header may declare up to 65535 x 65535 pixels per frame and any number
 # of frames; refuse anything beyond this many samples before a decoder allocates it.
 MAX_PIXELS = 16384 * 16384
@@ -81,7 +83,7 @@ _NUMERIC_KEYWORDS = (
 _USED_KEYWORDS = HEADER_FIELDS + _NUMERIC_KEYWORDS[3:] + ("PlanarConfiguration", "VOILUTFunction")
 
 
-class DicomReadError(ValueError):
+class DicomReadError(UserError, ValueError):
     """An image file could not be read.
 
     `DicomReadError(path, reason)` reads `"<path>: <reason>"` and keeps both as attributes.

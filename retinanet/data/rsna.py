@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 
 from retinanet.config import BAD_FILE_POLICIES
+from retinanet.errors import UserError
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 CLASS_NAMES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
 
 
-class LabelError(ValueError):
+class LabelError(UserError, ValueError):
     """A labels or class CSV that breaks the RSNA format."""
 
 

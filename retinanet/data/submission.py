@@ -19,6 +19,7 @@ import numpy as np
 
 from retinanet.data.rsna import read_labels
 from retinanet.detection.metrics import rsna_metric
+from retinanet.errors import UserError
 
 HEADER = ("patientId", "PredictionString")
 VALUES_PER_BOX = 5  # confidence, x, y, width, height
@@ -28,7 +29,7 @@ VALUES_PER_BOX = 5  # confidence, x, y, width, height
 EDGE_TOLERANCE = 0.5  # pixels
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """A submission CSV that breaks the Kaggle format."""
 
 

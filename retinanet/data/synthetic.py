@@ -25,6 +25,7 @@ from tqdm import tqdm
 from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
 from retinanet.data.submission import HEADER as SUBMISSION_COLUMNS
+from retinanet.errors import UserError
 
 # Fractions of all images in the stage 2 train set: 6,012 / 11,821 / 8,851 of 26,684.
 CLASS_FRACTIONS = {LUNG_OPACITY: 0.225, NOT_NORMAL: 0.443}
@@ -154,12 +155,17 @@ def _write_csv(path: Path, header, rows) -> None:
         writer.writerows(rows)
 
 
+class SyntheticDataError(UserError, ValueError):
+    """Synthetic data that cannot be made as asked: impossible sizes, or an output directory
+    holding another data set's images."""
+
+
 def _check_no_stale_images(folder: Path, planned: list[_PlannedImage]) -> None:
     """Refuse to mix this set with DICOMs of another one (a loader may glob the folder)."""
     expected = {f"{item.patient_id}.dcm" for item in planned}
     stale = sorted(path.name for path in folder.glob("*.dcm") if path.name not in expected)
     if stale:
-        raise FileExistsError(
+        raise SyntheticDataError(
             f"{folder} already holds {len(stale)} DICOM file(s) of another data set (e.g. {stale[0]}); "
             "choose an empty output directory"
         )
@@ -176,9 +182,9 @@ def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int
     (22.5 % Lung Opacity, 44.3 % No Lung Opacity / Not Normal, the rest Normal).
     """
     if num_train < 0 or num_test < 0:
-        raise ValueError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}")
+        raise SyntheticDataError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}")
     if size < 64:
-        raise ValueError(f"size must be at least 64 pixels, got {size}")
+        raise SyntheticDataError(f"size must be at least 64 pixels, got {size}")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     used_ids: set[str] = set()

@@ -33,6 +33,7 @@ from retinanet.config import Config, ConfigError, load_config, save_config, to_d
 from retinanet.data.pipeline import prepare_split
 from retinanet.detection.detections import keep_above
 from retinanet.detection.metrics import sweep_thresholds
+from retinanet.errors import UserError
 from retinanet.evaluate.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
 from retinanet.train.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
                             fold_dir, read_best_record, record_path, run_entries, write_json_atomically,
@@ -46,7 +47,7 @@ SUMMARY_CSV, SUMMARY_MARKDOWN = "summary.csv", "summary.md"
 PLOT_FILE = "oof_threshold_sweep.png"
 
 
-class CrossValidationError(ValueError):
+class CrossValidationError(UserError, ValueError):
     """A cross-validation that cannot go on; names the fold and the path."""
 
 

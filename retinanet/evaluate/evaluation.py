@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinanet.errors import UserError
 from retinanet.train import runs
 from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split, read_data_set
 from retinanet.data.rsna import Record
@@ -65,7 +66,7 @@ RECORD_PATHS = ("predictions_csv", "overlays")
 SOURCE_PATHS = ("config", "weights", "split_file", "data")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """Evaluation cannot run (missing split file, nothing to evaluate)."""
 
 

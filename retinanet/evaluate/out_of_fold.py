@@ -21,6 +21,7 @@ import numpy as np
 
 from retinanet.detection.metrics import image_score_table
 from retinanet.data.submission import format_prediction_string, parse_prediction_string
+from retinanet.errors import UserError
 
 PREDICTION_COLUMNS = ("patientId", "fold", "PredictionString", "image_probability")
 BOOTSTRAP_RESAMPLES = 1000
@@ -31,7 +32,7 @@ CONFIDENCE = 0.95
 BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000
 
 
-class OutOfFoldError(ValueError):
+class OutOfFoldError(UserError, ValueError):
     """An out-of-fold predictions file that cannot be used; names the file and line."""
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from retinanet.errors import UserError
 from retinanet.model.batch_norm import fuse_batch_norms
 
 FEATURE_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")  # C3, C4, C5
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """Backbone weights that cannot be had: no network, or a missing, unreadable or mismatched file."""
 
 

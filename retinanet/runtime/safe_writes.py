@@ -19,8 +19,10 @@ from typing import Callable
 
 import tensorflow as tf
 
+from retinanet.errors import UserError
 
-class FileWriteError(RuntimeError):
+
+class FileWriteError(UserError, RuntimeError):
     """A file could not be written; the message names it and what was kept."""
 
 

@@ -26,10 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from retinanet.errors import UserError
+
 ONNX_OPSET = 17
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError, RuntimeError):
     """A format cannot be written (converter missing or failing)."""
 
 

@@ -33,13 +33,14 @@ from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
 from retinanet.data.preprocess import normalize, preprocess_image
 from retinanet.data.rsna import SkipReport
 from retinanet.detection.detections import forward_function, per_image_results
+from retinanet.errors import UserError
 from retinanet.serve.ensembles import EnsembleSource, resolve_ensemble
 from retinanet.runtime.hardware import (available_cores, configure_threads, dtype_policy, inference_precision,
                                         resolve_threads, workers)
 from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An inference input that cannot be processed (missing path, empty directory)."""
 
 

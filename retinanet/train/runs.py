@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from retinanet.config import Config, ConfigError, load_config
 from retinanet.config.paths import absolute_path
+from retinanet.errors import UserError
 from retinanet.runtime.safe_writes import write_text_atomically
 
 CONFIG_FILE = "config.yaml"
@@ -56,7 +57,7 @@ RUN_WEIGHTS = (BEST_WEIGHTS, FINAL_WEIGHTS)  # in order of preference
 FOLD_DIRECTORY = re.compile(r"fold_(\d+)")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     """A run directory, checkpoint, config or threshold file that cannot be used; names the path."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from retinanet.errors import UserError
 from retinanet.train.budget import CALIBRATION_STEPS, Timing, fit_schedule
 from retinanet.config import Config, TrainingConfig, load_config, save_config
 from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
@@ -42,7 +43,7 @@ from retinanet.train.validation import NonFiniteOutputError, Validator, validati
 from retinanet.visualize import save_rgb
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (non-finite loss, missing run directory to resume...)."""
 
 
