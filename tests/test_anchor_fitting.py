@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from retinanet.data.anchor_fitting import (anchor_shapes, anchors_yaml, centred_iou, fit_anchor_shapes, fit_anchors,
-                                      mean_best_iou)
+                                           mean_best_iou)
 from retinanet.builders import anchor_set_for
 from retinanet.config import AnchorConfig, config_from_dict, load_config
 from retinanet.data.rsna import Record

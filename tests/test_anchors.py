@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from retinanet.detection.anchors import (
     anchors_per_location,

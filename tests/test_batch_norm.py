@@ -49,7 +49,8 @@ def test_outputs_statistics_and_gradients_match_keras(pair, training):
         expected = reference(images, training=training)
         actual = fused(images, training=training)
         weights = tf.linspace(0.0, 1.0, tf.size(expected))
-        expected_loss, actual_loss = (tf.reduce_sum(tf.reshape(output, [-1]) * weights) for output in (expected, actual))
+        expected_loss, actual_loss = (tf.reduce_sum(tf.reshape(output, [-1]) * weights)
+                                      for output in (expected, actual))
     np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
     # Moving statistics move (in training only) with the biased batch variance, as in Keras.
     for old, expected_value, actual_value in zip(before, reference.get_layer("bn").non_trainable_weights,

@@ -10,17 +10,17 @@ import pytest
 import yaml
 
 from retinanet.config import (
-    AnchorConfig,
-    Config,
-    ConfigError,
-    LossConfig,
-    ModelConfig,
-    PostprocessingConfig,
-    config_from_dict,
-    load_config,
-    save_config,
-    to_dict,
-)
+                              AnchorConfig,
+                              Config,
+                              ConfigError,
+                              LossConfig,
+                              ModelConfig,
+                              PostprocessingConfig,
+                              config_from_dict,
+                              load_config,
+                              save_config,
+                              to_dict,
+                              )
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((REPOSITORY / "configs").glob("*.yaml"))
@@ -344,7 +344,7 @@ def test_round_trip_of_defaults_with_synthetic_section(tmp_path, monkeypatch):
 
 def test_config_is_frozen():
     config = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.training.steps = 3  # type: ignore[misc]
 
 

@@ -15,7 +15,8 @@ import yaml
 
 from conftest import REPOSITORY_ROOT as REPOSITORY
 from retinanet.config import schema as config_module
-from retinanet.config import CROSS_FIELD_RULES, RENAMED_KEYS, RETIRED_KEYS, Config, ConfigError, load_config, save_config
+from retinanet.config import (CROSS_FIELD_RULES, RENAMED_KEYS, RETIRED_KEYS, Config, ConfigError, load_config,
+                              save_config)
 from retinanet.config.rules import (CrossFieldRule, Rule, at_least, each, increasing, one_of, ordered_pair, positive,
                                     setting, violations, within)
 
@@ -135,8 +136,9 @@ def test_image_gating_without_image_head_is_refused_naming_both_keys(tmp_path, g
 def test_train_script_refuses_gating_without_image_head_within_seconds():
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "scripts/train.py", "--config", "configs/demo.yaml", "--set", "postprocessing.image_gating=gate",
-         "--set", "model.image_head=false"], capture_output=True, text=True, cwd=REPOSITORY, timeout=120,
+        [sys.executable, "scripts/train.py", "--config", "configs/demo.yaml",
+         "--set", "postprocessing.image_gating=gate", "--set", "model.image_head=false"],
+        capture_output=True, text=True, cwd=REPOSITORY, timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
     elapsed = time.monotonic() - started
     assert completed.returncode == 2, completed.stderr

@@ -15,10 +15,10 @@ import pytest
 
 from conftest import REPOSITORY_ROOT, TINY_OVERRIDES, assert_clean_error, run_script
 from retinanet.config import config_from_dict, load_config, save_config
-from retinanet.evaluate.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds, prepare_parent,
-                                        train_fold)
+from retinanet.evaluate.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds,
+                                                 prepare_parent, train_fold)
 from retinanet.evaluate.out_of_fold import (OutOfFoldError, analyse, bootstrap_interval, read_predictions,
-                                   write_predictions)
+                                            write_predictions)
 from test_metrics import loop_image_score, random_data_set
 
 # --- folds and their states ---------------------------------------------------------------------

@@ -15,20 +15,20 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-    SecondaryCaptureImageStorage,
-)
+                         DeflatedExplicitVRLittleEndian,
+                         ExplicitVRBigEndian,
+                         ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian,
+                         JPEG2000,
+                         JPEG2000Lossless,
+                         JPEGBaseline8Bit,
+                         JPEGExtended12Bit,
+                         JPEGLosslessSV1,
+                         JPEGLSLossless,
+                         JPEGLSNearLossless,
+                         RLELossless,
+                         SecondaryCaptureImageStorage,
+                         )
 
 from retinanet.data import dicom
 from retinanet.data.dicom import DicomReadError, read_dicom, read_header, read_image
@@ -306,10 +306,10 @@ def test_only_header_quirk_warnings_are_silenced(tmp_path, caplog):
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="pydicom"):
         warnings.simplefilter("always")
         with dicom._quiet_header_quirks():
-            pydicom.dcmread(path).InstanceNumber
-            warnings.warn("an unrelated warning", UserWarning)
+            _ = pydicom.dcmread(path).InstanceNumber
+            warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
         assert caplog.records == []
-        pydicom.dcmread(path).InstanceNumber  # outside the reader: pydicom's warning is back
+        _ = pydicom.dcmread(path).InstanceNumber  # outside the reader: pydicom's warning is back
     messages = [str(warning.message) for warning in caught]
     assert messages[0] == "an unrelated warning"
     assert any("Invalid value for VR IS" in message for message in messages[1:])
@@ -326,7 +326,7 @@ def test_header_quirk_in_a_field_the_reader_uses_is_silent(tmp_path):
         warnings.simplefilter("always")
         image = read_dicom(path)
         assert [str(warning.message) for warning in caught] == []
-        pydicom.dcmread(path).NumberOfFrames  # the test bites: pydicom alone does warn
+        _ = pydicom.dcmread(path).NumberOfFrames  # the test bites: pydicom alone does warn
     assert any("Invalid value for VR IS" in str(warning.message) for warning in caught)
     np.testing.assert_array_equal(image, pixels)
 

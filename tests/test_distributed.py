@@ -125,7 +125,8 @@ def validation_steps(run_dir: Path) -> list[int]:
 def weights(path: Path) -> dict:
     found = {}
     with h5py.File(path, "r") as file:
-        file.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        file.visititems(lambda name, item: found.__setitem__(name, item[()])
+                        if isinstance(item, h5py.Dataset) else None)
     return found
 
 
@@ -214,7 +215,8 @@ KILLED_WORKER = textwrap.dedent("""
         original(**options)
         if trainer.step == die_after and trainer.worker == dying_worker:
             deadline = time.monotonic() + 300
-            while trainer.num_workers > 1 and time.monotonic() < deadline:  # mid-run: the chief's checkpoint and validation are done
+            # mid-run: the chief's checkpoint and validation are done
+            while trainer.num_workers > 1 and time.monotonic() < deadline:
                 state = run_dir / "validation.json"
                 if state.is_file() and json.loads(state.read_text())["last_validated_step"] >= die_after:
                     break

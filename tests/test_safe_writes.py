@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from retinanet.runtime import safe_writes
 from retinanet.runtime.safe_writes import (FileWriteError, append_line, replace_atomically, save_checkpoint,
-                                   save_weights_atomically, temporary_path, write_text_atomically)
+                                           save_weights_atomically, temporary_path, write_text_atomically)
 
 
 class FullDiskFile:

@@ -7,7 +7,7 @@ import pytest
 
 from retinanet.config import Config, config_from_dict
 from retinanet.train.tensorboard_logging import (BOX_PR_CURVE, HPARAM_METRICS, IMAGE_PR_CURVE, counts_at_thresholds,
-                                           flatten_config)
+                                                 flatten_config)
 
 
 def test_flattened_config_has_every_key_as_a_plain_value():

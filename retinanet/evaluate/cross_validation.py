@@ -36,8 +36,8 @@ from retinanet.detection.metrics import sweep_thresholds
 from retinanet.errors import UserError
 from retinanet.evaluate.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
 from retinanet.train.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
-                            fold_dir, read_best_record, record_path, run_entries, write_json_atomically,
-                            write_threshold)
+                                  fold_dir, read_best_record, record_path, run_entries, write_json_atomically,
+                                  write_threshold)
 
 FINISHED_FILE = FINAL_WEIGHTS  # training writes it last: the run is complete
 PREDICTIONS_FILE = "oof_predictions.csv"

@@ -55,7 +55,7 @@ from retinanet.serve.ensembles import check_held_out, resolve_ensemble
 from retinanet.evaluate.plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
 from retinanet.serve.inference import Detector
 from retinanet.detection.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
-                               sweep_thresholds, threshold_sweep)
+                                         sweep_thresholds, threshold_sweep)
 from retinanet.runtime.safe_writes import write_text_atomically
 from retinanet.data.submission import write_submission
 

@@ -12,7 +12,7 @@ from retinanet.data.preprocess import denormalize
 from retinanet.data.rsna import Record
 from retinanet.detection.detections import above, forward_function, keep_above, predict_dataset
 from retinanet.detection.metrics import (average_precision, best_of_sweep, image_level_metrics, rsna_metric,
-                               sweep_thresholds)
+                                         sweep_thresholds)
 from retinanet.visualize import draw_boxes
 
 OVERLAY_SIZE = 384  # pixels, at least, of the pictures of validation predictions
