@@ -45,6 +45,37 @@ TINY_OVERRIDES = (
 )
 
 
+def tiny_config(data_root, cache_dir, **sections):
+    """The tests' tiny training config on a 128 px set: 64 px input, anchors of 8-128 px, a slim head
+    (16 channels, one convolution), batches of 2, AdamW, float32. Each keyword updates one section,
+    e.g. `tiny_config(root, cache, training={"steps": 2})`."""
+    from retinanet.config import config_from_dict
+
+    document = {
+        "data": {"root": str(data_root), "cache_dir": str(cache_dir), "original_size": 128, "num_folds": 4},
+        "preprocessing": {"image_size": [64, 64]},
+        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
+        "model": {"fpn_channels": 16, "head_convs": 1},
+        "training": {"batch_size": 2, "steps": 6, "warmup_steps": 1, "validate_every": 3, "log_every": 2,
+                     "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw", "learning_rate": 1e-4},
+        "runtime": {"mixed_precision": "float32"},
+        "evaluation": {"batch_size": 4},
+    }
+    for section, values in sections.items():
+        document[section] = {**document.get(section, {}), **values}
+    return config_from_dict(document)
+
+
+@pytest.fixture(scope="session")
+def small_rsna(tmp_path_factory) -> Path:
+    """16 training patients at 128 px in the RSNA layout (seed 1), generated once per test process
+    for the end-to-end training tests; they only read it (each run has its own cache)."""
+    from retinanet.data.synthetic import generate_synthetic_rsna
+
+    return generate_synthetic_rsna(tmp_path_factory.mktemp("small_rsna"), num_train=16, num_test=0, size=128, seed=1,
+                                   progress=False)
+
+
 @dataclass(frozen=True)
 class TinyRun:
     run_dir: Path

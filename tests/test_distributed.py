@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_config
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.order import record_at, worker_positions
 from retinanet.data.pipeline import build_dataset, prepare_split
-from retinanet.data.synthetic import generate_synthetic_rsna
 from retinanet.train.launcher import free_ports, launch, tf_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,36 +66,25 @@ def test_the_order_is_a_pure_function_of_the_position(fraction):
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    generate_synthetic_rsna(root / "data", num_train=16, num_test=0, size=128, seed=1, progress=False)
-    return root
+    """A directory for the module's configs, cache and runs."""
+    return tmp_path_factory.mktemp("distributed")
 
 
-REFERENCE_SCHEDULE = {"learning_rate": 1e-4, "steps": 4}  # tiny_config's
+REFERENCE_SCHEDULE = {"learning_rate": 1e-4, "steps": 4}  # distributed_config's
 
 
-def tiny_config(root: Path, strategy: str = "default", **training):
+def distributed_config(data: Path, root: Path, strategy: str = "default", **training):
     # Frozen batch norm: batch statistics are per replica (no synchronised batch norm), so only
     # with frozen statistics do 2 x 4 and 1 x 8 images compute the same function.
-    return config_from_dict({
-        "data": {"root": str(root / "data"), "cache_dir": str(root / "cache"), "original_size": 128,
-                 "num_folds": 4},
-        "preprocessing": {"image_size": [64, 64]},
-        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
-        "model": {"fpn_channels": 16, "head_convs": 1, "freeze_batch_norm": True},
-        "training": {"batch_size": 8, "steps": REFERENCE_SCHEDULE["steps"], "warmup_steps": 1, "validate_every": 2,
-                     "log_every": 1, "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw",
-                     "deterministic": True, "positive_fraction": 0.5,
-                     "learning_rate": REFERENCE_SCHEDULE["learning_rate"],
-                     # Below the first steps' gradient norms (about 20-40): clipping is active.
-                     "gradient_clip_norm": 0.5, "strategy": strategy, **training},
-        "runtime": {"mixed_precision": "float32"},
-        "evaluation": {"batch_size": 4},
-    })
+    return tiny_config(data, root / "cache", model={"freeze_batch_norm": True}, training={
+        "batch_size": 8, "steps": REFERENCE_SCHEDULE["steps"], "validate_every": 2, "log_every": 1,
+        "deterministic": True, "positive_fraction": 0.5, "learning_rate": REFERENCE_SCHEDULE["learning_rate"],
+        # Below the first steps' gradient norms (about 20-40): clipping is active.
+        "gradient_clip_norm": 0.5, "strategy": strategy, **training})
 
 
-def test_resumed_and_per_worker_pipelines_read_the_same_examples(tiny_setup):
-    config = tiny_config(tiny_setup)
+def test_resumed_and_per_worker_pipelines_read_the_same_examples(small_rsna, tiny_setup):
+    config = distributed_config(small_rsna, tiny_setup)
     records = prepare_split(config, progress=False).train
     whole = [batch for batch in build_dataset(config, "train", records=records, progress=False).take(3)]
     resumed = next(iter(build_dataset(config, "train", records=records, progress=False, start_step=2)))
@@ -191,9 +180,9 @@ def run_python(arguments, environment=None, timeout=RUN_TIMEOUT) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def straight_run(tiny_setup):
+def straight_run(small_rsna, tiny_setup):
     """One worker, global batch 8, 4 steps without interruption: the reference."""
-    save_config(tiny_config(tiny_setup), tiny_setup / "one.yaml")
+    save_config(distributed_config(small_rsna, tiny_setup), tiny_setup / "one.yaml")
     run_dir = tiny_setup / "straight"
     result = run_python(["scripts/train.py", "--config", str(tiny_setup / "one.yaml"), "--run-dir", str(run_dir),
                          "--no-progress"])
@@ -241,8 +230,8 @@ def test_single_worker_kill_and_resume_repeats_the_uninterrupted_run(tiny_setup,
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_worker_with_the_whole_batch(tiny_setup, straight_run, tmp_path):
-    save_config(tiny_config(tiny_setup, "multi_worker"), tmp_path / "two.yaml")
+def test_two_workers_match_one_worker_with_the_whole_batch(small_rsna, tiny_setup, straight_run, tmp_path):
+    save_config(distributed_config(small_rsna, tiny_setup, "multi_worker"), tmp_path / "two.yaml")
     run_dir, scratch = tmp_path / "run", tmp_path / "scratch"
     scratch.mkdir()
     result = run_python(["scripts/launch_workers.py", "--workers", "2", "--log-dir", str(tmp_path / "logs"), "--",
@@ -258,8 +247,9 @@ def test_two_workers_match_one_worker_with_the_whole_batch(tiny_setup, straight_
 
 
 @pytest.mark.slow
-def test_a_killed_worker_stops_the_job_and_resume_continues_exactly(tiny_setup, straight_run, tmp_path):
-    save_config(tiny_config(tiny_setup, "multi_worker"), tmp_path / "two.yaml")
+def test_a_killed_worker_stops_the_job_and_resume_continues_exactly(small_rsna, tiny_setup, straight_run,
+                                                                    tmp_path):
+    save_config(distributed_config(small_rsna, tiny_setup, "multi_worker"), tmp_path / "two.yaml")
     run_dir = tmp_path / "run"
     launcher = ["scripts/launch_workers.py", "--workers", "2", "--log-dir", str(tmp_path / "logs"), "--",
                 sys.executable]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_config
 from retinanet.config import TrainingConfig, config_from_dict
 from retinanet.train.ema import averaged_weights, base_optimizer, uses_ema
 from retinanet.train.trainer import Trainer, build_optimizer
@@ -77,27 +78,9 @@ def test_ema_decay_is_checked():
 
 # --- in a run ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from retinanet.data.synthetic import generate_synthetic_rsna
-
-    root = tmp_path_factory.mktemp("ema_rsna")
-    generate_synthetic_rsna(root, num_train=16, num_test=0, size=128, seed=1, progress=False)
-    return root
-
-
 def ema_config(root, cache):
-    return config_from_dict({
-        "data": {"root": str(root), "cache_dir": str(cache), "original_size": 128, "num_folds": 4},
-        "preprocessing": {"image_size": [64, 64]},
-        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
-        "model": {"fpn_channels": 16, "head_convs": 1},
-        "training": {"batch_size": 2, "steps": 4, "warmup_steps": 1, "validate_every": 2, "log_every": 2,
-                     "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw", "learning_rate": 1e-3,
-                     "ema_decay": 0.5},
-        "runtime": {"mixed_precision": "float32"},
-        "evaluation": {"batch_size": 4},
-    })
+    return tiny_config(root, cache, training={"steps": 4, "validate_every": 2, "learning_rate": 1e-3,
+                                              "ema_decay": 0.5})
 
 
 def values(variables) -> list[np.ndarray]:
@@ -111,8 +94,8 @@ def assert_all_close(first, second) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_validates_and_saves_the_averages_and_resume_keeps_them(tiny_data, tmp_path):
-    config, run_dir = ema_config(tiny_data, tmp_path / "cache"), tmp_path / "run"
+def test_a_run_validates_and_saves_the_averages_and_resume_keeps_them(small_rsna, tmp_path):
+    config, run_dir = ema_config(small_rsna, tmp_path / "cache"), tmp_path / "run"
     trainer = Trainer(config, run_dir, progress=False)
     averages = base_optimizer(trainer.optimizer)._model_variables_moving_average
     seen = []

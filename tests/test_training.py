@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.detection.anchors import num_anchors
+from conftest import tiny_config
 from retinanet.config import AnchorConfig, config_from_dict
 from retinanet.data.rsna import Record
 from retinanet.data.synthetic import generate_synthetic_rsna
+from retinanet.detection.anchors import num_anchors
 from retinanet.detection.losses import RetinaNetLoss
 from retinanet.model.heads import prior_bias
 from retinanet.model.retinanet import build_retinanet
@@ -106,25 +107,8 @@ def test_a_few_steps_on_one_fixed_batch_drive_the_loss_down():
 # --- end-to-end runs on a tiny synthetic set ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_rsna")
-    generate_synthetic_rsna(root, num_train=16, num_test=0, size=128, seed=1, progress=False)
-    return root
-
-
-def tiny_config(root, cache, mixed_precision="float32", **training):
-    return config_from_dict({
-        "data": {"root": str(root), "cache_dir": str(cache), "original_size": 128, "num_folds": 4},
-        "preprocessing": {"image_size": [64, 64]},
-        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
-        "model": {"fpn_channels": 16, "head_convs": 1},
-        "training": {"batch_size": 2, "steps": 6, "warmup_steps": 1, "validate_every": 3, "log_every": 2,
-                     "checkpoint_every": 2, "num_summary_images": 2, "optimizer": "adamw",
-                     "learning_rate": 1e-4, **training},
-        "runtime": {"mixed_precision": mixed_precision},
-        "evaluation": {"batch_size": 4},
-    })
+def training_config(root, cache, mixed_precision="float32", **training):
+    return tiny_config(root, cache, training=training, runtime={"mixed_precision": mixed_precision})
 
 
 def event_tags(directory: Path) -> tuple[set, set]:
@@ -137,9 +121,9 @@ def event_tags(directory: Path) -> tuple[set, set]:
 
 
 @pytest.mark.slow
-def test_run_writes_checkpoints_logs_and_tensorboard(tiny_data, tmp_path):
+def test_run_writes_checkpoints_logs_and_tensorboard(small_rsna, tmp_path):
     run_dir = tmp_path / "run"
-    results = train(tiny_config(tiny_data, tmp_path / "cache"), run_dir, progress=False)
+    results = train(training_config(small_rsna, tmp_path / "cache"), run_dir, progress=False)
     for name in ("config.yaml", "split.csv", "best.weights.h5", "final.weights.h5", "best.json",
                  "validation_predictions.png"):
         assert (run_dir / name).is_file(), name
@@ -180,14 +164,14 @@ def test_train_script_reports_held_out_metrics_and_where_the_outputs_are(tiny_ru
 
 
 @pytest.mark.slow
-def test_unscorable_validation_still_keeps_best_weights(tiny_data, tmp_path, monkeypatch):
+def test_unscorable_validation_still_keeps_best_weights(small_rsna, tmp_path, monkeypatch):
     import retinanet.train.validation
 
     # No image scored (no positives held out, no boxes predicted): the RSNA metric is NaN.
     monkeypatch.setattr(retinanet.train.validation, "rsna_metric", lambda truth, predictions: {"score": float("nan")})
     monkeypatch.setattr(retinanet.train.validation, "best_of_sweep", lambda *arguments: (float("nan"), float("nan")))
     run_dir = tmp_path / "run"
-    results = train(tiny_config(tiny_data, tmp_path / "cache", steps=3, validate_every=3), run_dir, progress=False)
+    results = train(training_config(small_rsna, tmp_path / "cache", steps=3, validate_every=3), run_dir, progress=False)
     assert results["step"] == 3 and np.isnan(results["scalars"]["rsna_metric"])
     assert (run_dir / "best.weights.h5").is_file()
     assert json.loads((run_dir / "best.json").read_text())["step"] == 3
@@ -197,8 +181,8 @@ def test_unscorable_validation_still_keeps_best_weights(tiny_data, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_final_step(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, tmp_path / "cache")
+def test_killed_run_resumes_to_the_same_final_step(small_rsna, tmp_path):
+    config = training_config(small_rsna, tmp_path / "cache")
     run_dir = tmp_path / "run"
     script = textwrap.dedent("""
         import os, sys
@@ -242,10 +226,10 @@ def assert_threshold_of_best_weights(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_replica_mirrored_strategy_trains(tiny_data, tmp_path):
+def test_two_replica_mirrored_strategy_trains(small_rsna, tmp_path):
     from retinanet.config import save_config
 
-    save_config(tiny_config(tiny_data, tmp_path / "cache", strategy="mirrored", steps=2, validate_every=2),
+    save_config(training_config(small_rsna, tmp_path / "cache", strategy="mirrored", steps=2, validate_every=2),
                 tmp_path / "config.yaml")
     script = textwrap.dedent("""
         import sys, tensorflow as tf
@@ -308,10 +292,10 @@ def named_checkpoint(message: str) -> str:
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_a_checkpoint_that_is_finite(tiny_data, tmp_path):
+def test_non_finite_loss_stops_naming_a_checkpoint_that_is_finite(small_rsna, tmp_path):
     from retinanet.train.trainer import TrainingError
 
-    config = tiny_config(tiny_data, tmp_path / "cache", optimizer="sgd", learning_rate=1e30,
+    config = training_config(small_rsna, tmp_path / "cache", optimizer="sgd", learning_rate=1e30,
                          gradient_clip_norm=0.0, steps=6, checkpoint_every=1)
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingError, match="non-finite (loss|weights)") as error:
@@ -321,10 +305,10 @@ def test_non_finite_loss_stops_naming_a_checkpoint_that_is_finite(tiny_data, tmp
 
 
 @pytest.mark.slow
-def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp_path):
+def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(small_rsna, tmp_path):
     from retinanet.config import load_config, save_config
 
-    config = tiny_config(tiny_data, tmp_path / "cache", steps=40, warmup_steps=4, validate_every=20,
+    config = training_config(small_rsna, tmp_path / "cache", steps=40, warmup_steps=4, validate_every=20,
                          checkpoint_every=8, time_budget_minutes=5.0)
     save_config(config, tmp_path / "config.yaml")
     run_dir = tmp_path / "run"
@@ -369,19 +353,20 @@ def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(tiny_data, tmp
 
 
 @pytest.mark.slow
-def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(tiny_data, tmp_path, monkeypatch,
+def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(small_rsna, tmp_path, monkeypatch,
                                                                              capsys):
     import retinanet.runtime.hardware
 
-    monkeypatch.setattr(retinanet.runtime.hardware, "read_cpu", lambda: ("AMD EPYC 7R13 Processor", frozenset({"avx2"})))
+    monkeypatch.setattr(retinanet.runtime.hardware, "read_cpu",
+                        lambda: ("AMD EPYC 7R13 Processor", frozenset({"avx2"})))
     monkeypatch.setattr(retinanet.runtime.hardware, "gpu_capabilities", lambda: ())
-    explicit = Trainer(tiny_config(tiny_data, tmp_path / "cache", mixed_precision="mixed_bfloat16"),
+    explicit = Trainer(training_config(small_rsna, tmp_path / "cache", mixed_precision="mixed_bfloat16"),
                        tmp_path / "explicit", progress=False)
     captured = capsys.readouterr()
     assert "warning: mixed_bfloat16 on a CPU without amx_bf16 or avx512_bf16 is emulated" in captured.err
     assert "Device: CPU AMD EPYC 7R13 Processor, avx2" in captured.out
     assert explicit.config.runtime.mixed_precision == "mixed_bfloat16"
-    automatic = Trainer(tiny_config(tiny_data, tmp_path / "cache", mixed_precision="auto"), tmp_path / "auto",
+    automatic = Trainer(training_config(small_rsna, tmp_path / "cache", mixed_precision="auto"), tmp_path / "auto",
                         progress=False)
     assert "precision float32 (auto: the CPU has no bfloat16 instructions" in capsys.readouterr().out
     assert automatic.config.runtime.mixed_precision == "float32"
@@ -389,7 +374,7 @@ def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(tiny
 
 
 @pytest.mark.slow
-def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypatch):
+def test_a_non_finite_weight_is_never_checkpointed(small_rsna, tmp_path, monkeypatch):
     """A NaN in a batch-norm statistic leaves the training loss finite (training mode normalises
     with the batch's statistics) but poisons every checkpoint and inference after it."""
     import retinanet.train.trainer
@@ -411,7 +396,7 @@ def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypa
 
     monkeypatch.setattr(retinanet.train.trainer, "build_train_step", poisoning_build_train_step)
     run_dir = tmp_path / "run"
-    config = tiny_config(tiny_data, tmp_path / "cache", steps=6, checkpoint_every=2, validate_every=6)
+    config = training_config(small_rsna, tmp_path / "cache", steps=6, checkpoint_every=2, validate_every=6)
     with pytest.raises(TrainingError) as error:
         train(config, run_dir, progress=False)
     message = str(error.value)
@@ -424,10 +409,10 @@ def test_a_non_finite_weight_is_never_checkpointed(tiny_data, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_best_weights_are_not_written_when_a_weight_is_non_finite(tiny_data, tmp_path):
+def test_best_weights_are_not_written_when_a_weight_is_non_finite(small_rsna, tmp_path):
     from retinanet.train.trainer import TrainingError
 
-    trainer = Trainer(tiny_config(tiny_data, tmp_path / "cache"), tmp_path / "run", progress=False)
+    trainer = Trainer(training_config(small_rsna, tmp_path / "cache"), tmp_path / "run", progress=False)
     # An optimizer slot: the model's outputs (and so the validation metric) stay finite.
     slot = next(v for v in trainer.optimizer.variables if len(v.shape) == 4)
     slot.assign(np.full(slot.shape, np.inf, np.float32))
@@ -446,8 +431,8 @@ def validation_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, tmp_path / "cache", checkpoint_every=3, validate_every=3)
+def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(small_rsna, tmp_path):
+    config = training_config(small_rsna, tmp_path / "cache", checkpoint_every=3, validate_every=3)
     run_dir = tmp_path / "run"
     first = Trainer(config, run_dir, progress=False)
     run_validation = first.validator.run
@@ -494,21 +479,21 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(tiny_data,
     assert (run_dir / "threshold.json").read_text() == written
 
 
-def test_a_new_run_into_a_run_directory_is_refused_before_any_work(tiny_data, tmp_path):
+def test_a_new_run_into_a_run_directory_is_refused_before_any_work(small_rsna, tmp_path):
     from retinanet.train.trainer import TrainingError
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "best.json").write_text(json.dumps({"step": 40, "rsna_metric": 0.9}))
     with pytest.raises(TrainingError, match="already holds a run .*--resume.*--run-dir.*--overwrite"):
-        Trainer(tiny_config(tiny_data, tmp_path / "cache"), run_dir, progress=False)
+        Trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, progress=False)
     assert sorted(path.name for path in run_dir.iterdir()) == ["best.json"]
     with pytest.raises(TrainingError, match="give one of them"):
-        Trainer(tiny_config(tiny_data, tmp_path / "cache"), run_dir, resume=True, overwrite=True, progress=False)
+        Trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, resume=True, overwrite=True, progress=False)
 
 
 @pytest.mark.slow
-def test_overwrite_starts_the_run_clean(tiny_data, tmp_path):
+def test_overwrite_starts_the_run_clean(small_rsna, tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "tensorboard" / "train").mkdir(parents=True)
     (run_dir / "tensorboard" / "train" / "events.out.tfevents.old").write_bytes(b"old")
@@ -517,7 +502,7 @@ def test_overwrite_starts_the_run_clean(tiny_data, tmp_path):
     (run_dir / "log.jsonl").write_text('{"split": "validation", "step": 40, "rsna_metric": 0.9}\n')
     (run_dir / "threshold.json").write_text('{"score_threshold": 0.4}')
     (run_dir / "README.txt").write_text("the user's own notes")
-    trainer = Trainer(tiny_config(tiny_data, tmp_path / "cache"), run_dir, overwrite=True, progress=False)
+    trainer = Trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, overwrite=True, progress=False)
     assert trainer.best_metric == -np.inf
     for name in ("best.json", "best.weights.h5", "log.jsonl", "threshold.json"):
         assert not (run_dir / name).exists(), name
@@ -555,10 +540,10 @@ def test_train_script_names_a_data_set_without_a_readable_image(script, clean_er
 
 
 @pytest.mark.slow
-def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_how_to_start_again(tiny_data, tmp_path, script,
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_how_to_start_again(small_rsna, tmp_path, script,
                                                                                      clean_error):
     run_dir = tmp_path / "run"
-    config = tiny_config(tiny_data, tmp_path / "cache", steps=2, validate_every=2, checkpoint_every=2)
+    config = training_config(small_rsna, tmp_path / "cache", steps=2, validate_every=2, checkpoint_every=2)
     Trainer(config, run_dir, progress=False)  # set up, then stopped before step 1
     (run_dir / "checkpoints" / "ckpt-2_temp").mkdir(parents=True)  # and during the first checkpoint write
     completed = script("train.py", "--resume", "--run-dir", run_dir, "--no-progress")
@@ -573,11 +558,11 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_how_to_start_a
 
 
 @pytest.mark.slow
-def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous_one(tiny_data, tmp_path):
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous_one(small_rsna, tmp_path):
     from retinanet.runtime.safe_writes import FileWriteError
 
     run_dir = tmp_path / "run"
-    config = tiny_config(tiny_data, tmp_path / "cache", steps=4, validate_every=4, checkpoint_every=2)
+    config = training_config(small_rsna, tmp_path / "cache", steps=4, validate_every=4, checkpoint_every=2)
     trainer = Trainer(config, run_dir, progress=False)
     # The step-4 checkpoint cannot be written (TensorFlow cannot make its temporary directory).
     (run_dir / "checkpoints").mkdir(exist_ok=True)
