@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from retinanet.commands import cross_validate, evaluate, export, fit_anchors, infer, prepare, score, synth, train
+from retinanet.commands.common import run_command
 
 # In the order of a project's life.
 COMMANDS = {"synth": synth, "prepare": prepare, "fit-anchors": fit_anchors, "train": train,
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.module.run(args, args.parser)
+    return run_command(args.module, args, args.parser)
 
 
 if __name__ == "__main__":

@@ -265,7 +265,7 @@ def test_a_full_disk_while_caching_keeps_the_earlier_images_and_index(data_root,
     for record in records:  # every source changed: each image is written again
         os.utime(record.image_path, ns=(1, 1))
     monkeypatch.setattr(safe_writes, "open", FullDiskFile, raising=False)
-    with pytest.raises(FileWriteError, match=f"could not write {directory}.*No space left on device; the previous"):
+    with pytest.raises(FileWriteError, match=f"cannot write {directory}.*No space left on device; the previous"):
         build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
     monkeypatch.undo()
     assert {path.name: path.read_bytes() for path in directory.iterdir()} == before  # nothing half-written

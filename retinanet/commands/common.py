@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from retinanet.safe_writes import FileWriteError  # without TensorFlow: --help stays quick
+
 
 def build_parser(module, prog: str | None = None) -> argparse.ArgumentParser:
     """The parser of one command module (its docstring is the help text)."""
@@ -17,7 +19,16 @@ def build_parser(module, prog: str | None = None) -> argparse.ArgumentParser:
 def run_module(module, argv: list[str] | None = None, prog: str | None = None) -> int:
     """Parse `argv` for `module` and run it: what `scripts/<name>.py` do."""
     parser = build_parser(module, prog)
-    return module.run(parser.parse_args(argv), parser)
+    return run_command(module, parser.parse_args(argv), parser)
+
+
+def run_command(module, args, parser) -> int:
+    """`module.run(args, parser)`; a file it cannot write (a read-only or full disk, no permission),
+    wherever the command writes it, is `error: cannot write <path>: <reason>`, exit status 2."""
+    try:
+        return module.run(args, parser)
+    except FileWriteError as error:
+        return report_error(error)
 
 
 def report_error(error: Exception) -> int:

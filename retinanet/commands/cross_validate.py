@@ -34,7 +34,6 @@ def run(args, parser) -> int:
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
     from retinanet.out_of_fold import OutOfFoldError
-    from retinanet.safe_writes import FileWriteError
 
     try:
         config = load_config(args.config, args.set)
@@ -44,8 +43,7 @@ def run(args, parser) -> int:
         folds = parse_folds(args.folds, config.data.num_folds)
         parent = Path(args.out) if args.out else default_parent(config, args.config)
         analysis = cross_validate(config, parent, folds, progress=not args.no_progress)
-    except (ConfigError, LabelError, DicomReadError, CrossValidationError, OutOfFoldError,
-            FileWriteError) as error:
+    except (ConfigError, LabelError, DicomReadError, CrossValidationError, OutOfFoldError) as error:
         return report_error(error)
     print()
     print(format_report(analysis))

@@ -39,15 +39,13 @@ def run(args, parser) -> int:
     from retinanet.data.rsna import LabelError
     from retinanet.evaluation import EvaluationError, evaluate_run, format_report
     from retinanet.inference import InputError, ModelLoadError
-    from retinanet.safe_writes import FileWriteError
 
     try:
         metrics = evaluate_run(output_dir=args.output, run_dir=args.run_dir, checkpoint=args.checkpoint,
                                config_path=args.config, split_file=args.split, data_root=args.data,
                                write_threshold=args.write_threshold,
                                progress=not args.no_progress)
-    except (ConfigError, LabelError, DicomReadError, ModelLoadError, InputError, EvaluationError,
-            FileWriteError) as error:
+    except (ConfigError, LabelError, DicomReadError, ModelLoadError, InputError, EvaluationError) as error:
         return report_error(error)
     print(format_report(metrics))
     return 0

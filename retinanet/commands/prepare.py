@@ -21,7 +21,6 @@ def run(args, parser) -> int:
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.pipeline import prepare_split, source_dataset
     from retinanet.data.rsna import LabelError
-    from retinanet.safe_writes import FileWriteError
 
     progress = not args.no_progress
     try:
@@ -32,7 +31,7 @@ def run(args, parser) -> int:
             positives = sum(r.target for r in used)
             print(f"{name:10s} {len(used):6d} images ({positives} with boxes, "
                   f"{sum(len(r.boxes) for r in used)} boxes); {len(records) - len(used)} unreadable skipped")
-    except (ConfigError, LabelError, DicomReadError, FileWriteError) as error:
+    except (ConfigError, LabelError, DicomReadError) as error:
         return report_error(error)
     print(f"split file: {prepared.split_file}")
     if config.data.use_cache:

@@ -48,13 +48,12 @@ def run(args, parser) -> int:
     from retinanet.data.rsna import LabelError
     from retinanet.model.backbone import WeightsError
     from retinanet.runs import BEST_WEIGHTS, TENSORBOARD, VALIDATION_PICTURE, read_best_record
-    from retinanet.safe_writes import FileWriteError
     from retinanet.training import TrainingError, default_run_dir, train
 
     try:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
         results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError, FileWriteError) as error:
+    except (ConfigError, LabelError, DicomReadError, WeightsError, TrainingError) as error:
         return report_error(error)
     if not results["scalars"]:
         print(f"Worker finished at step {results['step']}; the chief wrote the run directory {run_dir}")
