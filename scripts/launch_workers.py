@@ -1,5 +1,6 @@
 """Run a multi-worker training on this machine:
-python scripts/launch_workers.py --workers 2 -- python scripts/train.py --config C --run-dir R --set training.strategy=multi_worker"""
+python scripts/launch_workers.py --workers 2 -- python scripts/train.py --config C --run-dir R \
+    --set training.strategy=multi_worker"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from retinanet.train.launcher import launch
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="worker processes to start (default 2)")
-    parser.add_argument("--log-dir", default="runs/worker-logs", help="where worker-<i>.log go (default runs/worker-logs)")
+    parser.add_argument("--log-dir", default="runs/worker-logs",
+                        help="where worker-<i>.log go (default runs/worker-logs)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command every worker runs")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

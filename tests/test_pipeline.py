@@ -265,7 +265,7 @@ def test_a_full_disk_while_caching_keeps_the_earlier_images_and_index(data_root,
     for record in records:  # every source changed: each image is written again
         os.utime(record.image_path, ns=(1, 1))
     monkeypatch.setattr(safe_writes, "open", FullDiskFile, raising=False)
-    with pytest.raises(FileWriteError, match=f"could not write {directory}.*No space left on device; the previous"):
+    with pytest.raises(FileWriteError, match=f"cannot write {directory}.*No space left on device; the previous"):
         build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
     monkeypatch.undo()
     assert {path.name: path.read_bytes() for path in directory.iterdir()} == before  # nothing half-written
@@ -322,7 +322,8 @@ def test_a_new_reader_or_preprocessing_version_starts_a_new_cache(data_root, tmp
     records = prepare_split(config, progress=False).train[:2]
     old_key = settings_key(config.preprocessing)
     old, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)
-    monkeypatch.setattr(importlib.import_module(module), constant, getattr(importlib.import_module(module), constant) + 1)
+    imported = importlib.import_module(module)
+    monkeypatch.setattr(imported, constant, getattr(imported, constant) + 1)
     new_key = settings_key(config.preprocessing)
     assert new_key != old_key
     new, _ = build_cache(records, config.preprocessing, tmp_path / "cache", progress=False)

@@ -47,7 +47,7 @@ def test_lines_are_appended_and_a_full_disk_leaves_no_half_line(tmp_path, monkey
     append_line(path, '{"step": 2}')
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
     monkeypatch.setattr(safe_writes, "open", FullDiskFile, raising=False)
-    with pytest.raises(FileWriteError, match=f"could not append to {path}: No space left on device; its earlier "
+    with pytest.raises(FileWriteError, match=f"cannot write {path}: No space left on device; its earlier "
                                              "lines are kept"):
         append_line(path, json.dumps({"step": 3, "padding": "x" * 1000}))
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
@@ -62,7 +62,7 @@ def test_temporaries_sit_beside_the_file_and_keep_its_suffixes(tmp_path):
 def test_a_full_disk_keeps_the_previous_file_and_names_the_path(tmp_path, full_disk):
     path = tmp_path / "best.json"
     path.write_text('{"step": 3}')
-    with pytest.raises(FileWriteError, match=f"could not write {path}: No space left on device; the previous "
+    with pytest.raises(FileWriteError, match=f"cannot write {path}: No space left on device; the previous "
                                              "best.json is unchanged"):
         write_text_atomically(path, json.dumps({"step": 6, "padding": "x" * 1000}))
     assert path.read_text() == '{"step": 3}'
@@ -78,7 +78,7 @@ def test_a_full_disk_on_a_first_write_leaves_nothing(tmp_path, full_disk):
 def test_an_unwritable_directory_is_a_named_error(tmp_path):
     # Below a regular file no file can be created, whoever runs the test (root ignores chmod).
     (tmp_path / "plain").write_text("")
-    with pytest.raises(FileWriteError, match=f"could not write {tmp_path / 'plain' / 'x.json'}: Not a directory"):
+    with pytest.raises(FileWriteError, match=f"cannot write {tmp_path / 'plain' / 'x.json'}: Not a directory"):
         write_text_atomically(tmp_path / "plain" / "x.json", "{}")
 
 
@@ -115,7 +115,7 @@ def test_weights_survive_a_disk_that_fills_during_the_hdf5_write(tmp_path, monke
         store(group, name, value)
 
     monkeypatch.setattr(h5py.Group, "__setitem__", fills_up)
-    with pytest.raises(FileWriteError, match=f"could not write {path}: No space left.*previous best.weights.h5 "
+    with pytest.raises(FileWriteError, match=f"cannot write {path}: No space left.*previous best.weights.h5 "
                                              "is unchanged"):
         save_weights_atomically(tiny_model(1), path)
     monkeypatch.undo()
@@ -135,7 +135,7 @@ def test_a_failed_checkpoint_keeps_the_previous_one_restorable(tmp_path):
     variable.assign([3.0, 4.0])
     # TensorFlow's own writer fails: its temporary directory cannot be made (as on a read-only disk).
     (tmp_path / "checkpoints" / "ckpt-4_temp").write_text("in the way")
-    with pytest.raises(FileWriteError, match=f"could not write the checkpoint {tmp_path / 'checkpoints' / 'ckpt-4'}"
+    with pytest.raises(FileWriteError, match=f"cannot write {tmp_path / 'checkpoints' / 'ckpt-4'}"
                                              f": .*Not a directory.*latest complete checkpoint is still {first}"):
         save_checkpoint(manager, 4)
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == first

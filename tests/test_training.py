@@ -567,7 +567,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previou
     # The step-4 checkpoint cannot be written (TensorFlow cannot make its temporary directory).
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "checkpoints" / "ckpt-4_temp").write_text("in the way")
-    with pytest.raises(FileWriteError, match="could not write the checkpoint .*ckpt-4: .*latest complete checkpoint "
+    with pytest.raises(FileWriteError, match="cannot write .*ckpt-4: .*latest complete checkpoint "
                                              "is still .*ckpt-2.*--resume"):
         trainer.fit()
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))

@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
     evaluated.add_argument("--split", help="split file patientId,Target,fold (default: the run's split.csv)")
     evaluated.add_argument("--data", metavar="DIR",
                            help="evaluate every patient of another labelled data set in the RSNA layout (the "
-                                "config's label and class CSVs and image folder under DIR) instead of the held-out fold")
+                                "config's label and class CSVs and image folder under DIR) instead of the held-out "
+                                "fold")
     parser.add_argument("--output", required=True, help="directory for metrics.json, predictions.csv and plots")
     parser.add_argument("--threshold", type=float,
                         help="score threshold of the metric and predictions.csv (default: the run's chosen one)")

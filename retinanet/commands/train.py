@@ -13,7 +13,8 @@ from retinanet.commands.common import add_config_arguments, add_progress_argumen
 def add_arguments(parser) -> None:
     add_config_arguments(parser, required=False)
     parser.add_argument("--run-dir", help="run directory (default: <training.run_root>/<config>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its latest checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the run already in --run-dir and start afresh (a new run never mixes with it)")
     add_progress_argument(parser)

@@ -279,7 +279,8 @@ CROSS_FIELD_RULES = (
                    "must be below training.steps"),
     CrossFieldRule(("training.time_budget_minutes", "training.strategy"),
                    lambda c: not (c.training.strategy == "multi_worker" and c.training.time_budget_minutes),
-                   "must be 0 with training.strategy: multi_worker (each worker would time itself; set training.steps)"),
+                   "must be 0 with training.strategy: multi_worker (each worker would time itself; "
+                   "set training.steps)"),
     CrossFieldRule(("postprocessing.image_gating", "model.image_head"),
                    lambda c: c.postprocessing.image_gating == "none" or c.model.image_head,
                    "needs model.image_head: true (gating reads the image-level probability); set "

@@ -156,7 +156,8 @@ def _read_dataset(path, *, stop_before_pixels: bool) -> pydicom.Dataset:
         except InvalidDicomError as error:
             raise DicomReadError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from error
         except Exception as error:  # pydicom raises many types for corrupt or truncated headers
-            raise DicomReadError(path, f"corrupt or truncated DICOM header ({type(error).__name__}: {error})") from error
+            raise DicomReadError(path, f"corrupt or truncated DICOM header ({type(error).__name__}: "
+                                       f"{error})") from error
         for keyword in _USED_KEYWORDS:
             try:
                 value = dataset.get(keyword)

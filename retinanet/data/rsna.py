@@ -222,7 +222,8 @@ def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int
     return folds
 
 
-def split_records(records: list[Record], folds: pd.DataFrame, validation_fold: int) -> tuple[list[Record], list[Record]]:
+def split_records(records: list[Record], folds: pd.DataFrame,
+                  validation_fold: int) -> tuple[list[Record], list[Record]]:
     """(train, validation) records: validation is the patients of `validation_fold`."""
     fold_of = dict(zip(folds["patientId"], folds["fold"]))
     train = [r for r in records if fold_of[r.patient_id] != validation_fold]

@@ -236,7 +236,8 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     analysis["num_training_patients"] = _all_patients(parent)
     threshold = analysis["threshold"]
     write_submission(parent / SUBMISSION_FILE, keep_above(predictions, threshold), list(ground_truth))
-    written = (PREDICTIONS_FILE, SUBMISSION_FILE, METRICS_FILE, THRESHOLD_FILE, SUMMARY_CSV, SUMMARY_MARKDOWN, PLOT_FILE)
+    written = (PREDICTIONS_FILE, SUBMISSION_FILE, METRICS_FILE, THRESHOLD_FILE, SUMMARY_CSV, SUMMARY_MARKDOWN,
+               PLOT_FILE)
     analysis["files"] = {name: str(parent / name) for name in written}
     analysis["weights"] = stamp
     # Its files lie beside it: stored as their names (see `record_path`).

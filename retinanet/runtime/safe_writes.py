@@ -6,24 +6,37 @@ only once it is complete: a rename within one directory is atomic, so a reader s
 file or the new one, never half of one. A failed write removes its temporary and raises
 `FileWriteError`, which names the file and says whether the previous version survives. The
 training log grows a line at a time (`append_line`): a failed append cuts it back to the lines
-it held.
+it held. Directories are made by `make_directory`, and a SavedModel (a directory of files) is
+written whole or not at all by `fill_directory`. Every command reports a FileWriteError as
+`error: cannot write <path>: <reason>` (retinanet/commands/common.py).
+
+TensorFlow is not imported here (the commands import this module before it loads); its file
+system raises OpError (PermissionDeniedError, FailedPreconditionError...), counted as a failed
+write once TensorFlow is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
-from typing import Callable
-
-import tensorflow as tf
+from typing import Callable, Iterator
 
 from retinanet.errors import UserError
 
 
 class FileWriteError(UserError, RuntimeError):
     """A file could not be written; the message names it and what was kept."""
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError, and TensorFlow's OpError once TensorFlow is loaded."""
+    tensorflow = sys.modules.get("tensorflow")
+    return (OSError,) if tensorflow is None else (OSError, tensorflow.errors.OpError)
 
 
 def temporary_path(path: Path) -> Path:
@@ -35,7 +48,7 @@ def temporary_path(path: Path) -> Path:
 
 def _failure(path: Path, reason: str, existed: bool) -> FileWriteError:
     kept = f"the previous {path.name} is unchanged" if existed else "nothing was written there"
-    return FileWriteError(f"could not write {path}: {reason}; {kept}. Free some disk space or make the "
+    return FileWriteError(f"cannot write {path}: {reason}; {kept}. Free some disk space or make the "
                           "directory writable, then run again")
 
 
@@ -45,6 +58,16 @@ def _reason(error: BaseException) -> str:
     # TensorFlow prefixes the op's function name, e.g. "{{function_node __wrapped__SaveV2...}}".
     text = getattr(error, "message", None) or str(error)
     return re.sub(r"\{\{[^}]*\}\}\s*", "", text).strip()
+
+
+def make_directory(path: str | Path) -> Path:
+    """`path.mkdir(parents=True, exist_ok=True)`, with a FileWriteError naming `path` if it cannot be made."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _failure(path, _reason(error), existed=False) from error
+    return path
 
 
 def _remove_temporary(temporary: Path) -> None:
@@ -65,7 +88,7 @@ def replace_atomically(path: str | Path, write: Callable[[Path], object]) -> Non
     try:
         write(temporary)
         os.replace(temporary, path)
-    except OSError as error:
+    except _write_errors() as error:
         _remove_temporary(temporary)
         raise _failure(path, _reason(error), existed) from error
     except BaseException:
@@ -98,8 +121,53 @@ def append_line(path: str | Path, line: str) -> None:
             os.truncate(path, size)
         except OSError:
             pass
-        raise FileWriteError(f"could not append to {path}: {_reason(error)}; its earlier lines are kept. Free some "
+        raise FileWriteError(f"cannot write {path}: {_reason(error)}; its earlier lines are kept. Free some "
                              "disk space or make the directory writable, then run again") from error
+
+
+def write_failure(path: str | Path, error: BaseException) -> FileWriteError:
+    """The FileWriteError for `error` (an OSError or TensorFlow's OpError) raised while writing `path`."""
+    path = Path(path)
+    return _failure(path, _reason(error), path.exists())
+
+
+@contextlib.contextmanager
+def scratch_directory(path: str | Path) -> Iterator[Path]:
+    """A scratch directory beside `path` (the file a conversion writes), removed on exit; a
+    FileWriteError naming `path` if it cannot be made."""
+    path = Path(path)
+    try:
+        scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as error:
+        raise write_failure(path, error) from error
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fill_directory(directory: str | Path, write: Callable[[Path], object], last: str | None = None) -> None:
+    """Call `write(scratch)` on a scratch directory inside `directory` (made if missing), then
+    move what it wrote into `directory`, replacing entries of the same names, `last` last (a
+    SavedModel's saved_model.pb: what loaders look for). A failed `write` removes the scratch
+    and leaves `directory` as it was; FileWriteError names `directory`."""
+    directory = make_directory(directory)
+    existed = any(True for _ in directory.iterdir())
+    try:
+        scratch = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp."))
+    except OSError as error:
+        raise _failure(directory, _reason(error), existed) from error
+    try:
+        write(scratch)
+        for entry in sorted(scratch.iterdir(), key=lambda entry: entry.name == last):
+            target = directory / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    except _write_errors() as error:
+        raise _failure(directory, _reason(error), existed) from error
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def save_weights_atomically(model, path: str | Path) -> None:
@@ -107,7 +175,7 @@ def save_weights_atomically(model, path: str | Path) -> None:
     replace_atomically(path, model.save_weights)
 
 
-def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+def save_checkpoint(manager, step: int) -> str:
     """`manager.save(checkpoint_number=step)`, with a named error if it fails.
 
     TensorFlow writes the tensors into `<prefix>_temp/`, moves them into place, and only then
@@ -118,12 +186,12 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
     previous = manager.latest_checkpoint
     try:
         return manager.save(checkpoint_number=step)
-    except (tf.errors.OpError, OSError) as error:
+    except _write_errors() as error:
         prefix = Path(manager.directory) / f"ckpt-{step}"
         temporary = prefix.with_name(f"{prefix.name}_temp")
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
         kept = (f"the latest complete checkpoint is still {previous}" if previous
                 else "no earlier checkpoint exists")
-        raise FileWriteError(f"could not write the checkpoint {prefix}: {_reason(error)}; {kept}. Free some "
+        raise FileWriteError(f"cannot write {prefix}: {_reason(error)}; {kept}. Free some "
                              "disk space or make the directory writable, then continue with --resume") from error

@@ -260,9 +260,9 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
     document = result_to_json(result, path, image.shape, detector.threshold)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"{path.stem}.json").write_text(json.dumps(document, indent=2))
-    save_rgb(output_dir / f"{path.stem}.png", draw_boxes(image, None, result["boxes"], result["scores"], title=path.name,
-                                                         threshold=detector.threshold,
-                                                         image_probability=result["image_probability"]))
+    picture = draw_boxes(image, None, result["boxes"], result["scores"], title=path.name, threshold=detector.threshold,
+                         image_probability=result["image_probability"])
+    save_rgb(output_dir / f"{path.stem}.png", picture)
     document["outputs"] = [str(output_dir / f"{path.stem}.json"), str(output_dir / f"{path.stem}.png")]
     return document
 

@@ -34,9 +34,10 @@ from retinanet.runtime.hardware import dtype_policy, prepare_runtime
 from retinanet.builders import build_anchor_set, build_loss, build_model, build_postprocessor
 from retinanet.detection.losses import image_loss
 from retinanet.train import runs
-from retinanet.train.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
-                                  record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
-                                  validation_due_step, write_json_atomically, write_validation_threshold)
+from retinanet.train.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables,
+                                  record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
+                                  run_entries, trim_log, validation_due_step, write_json_atomically,
+                                  write_validation_threshold)
 from retinanet.runtime.safe_writes import append_line, save_checkpoint, save_weights_atomically
 from retinanet.train.tensorboard_logging import SummaryWriters, log_run_start, log_validation_details, trim_events
 from retinanet.train.validation import NonFiniteOutputError, Validator, validation_picture
