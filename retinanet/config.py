@@ -34,6 +34,7 @@ import yaml
 from retinanet.config_paths import absolute_path, is_path, map_paths, portable_path
 from retinanet.config_rules import (CrossFieldRule, Rule, at_least, each, increasing, not_empty, one_of,
                                     ordered_pair, positive, setting, violations, within)
+from retinanet.safe_writes import write_text_atomically
 
 
 class ConfigError(ValueError):
@@ -409,4 +410,4 @@ def save_config(config: Config, path: str | Path) -> None:
     path = Path(path)
     directory = Path(os.path.realpath(path.parent))
     config = map_paths(config, lambda key, value: portable_path(value, directory))
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -51,7 +51,7 @@ from retinanet.evaluation_plots import plot_froc, plot_image_roc, plot_precision
 from retinanet.inference import Detector
 from retinanet.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                sweep_thresholds, threshold_sweep)
-from retinanet.safe_writes import write_text_atomically
+from retinanet.safe_writes import make_directory, write_text_atomically
 from retinanet.submission import write_submission
 
 
@@ -168,8 +168,7 @@ def gating_effect(records: list[Record], detections: dict, probabilities, *, thr
 
 def evaluate(detector: Detector, records: list[Record], output_dir, *, progress: bool = True) -> dict:
     """Predict, measure and write every output of the module docstring; returns the metrics."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_directory(output_dir)
     config = detector.config
     records, detections, probabilities = predict_records(detector, records, progress)
     metrics = compute_metrics(records, detections, probabilities, threshold=detector.threshold,

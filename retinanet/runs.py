@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from retinanet.config import Config, ConfigError, load_config
-from retinanet.safe_writes import write_text_atomically
+from retinanet.safe_writes import FileWriteError, write_text_atomically
 
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.csv"
@@ -71,10 +71,14 @@ def remove_run(run_dir: Path) -> list[str]:
     removed = run_entries(run_dir)
     for name in removed:
         path = Path(run_dir) / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as error:
+            raise FileWriteError(f"cannot write {path}: {error.strerror or error}; removing the earlier run in "
+                                 f"{run_dir} stopped there. Make the directory writable, then run again") from error
     return removed
 
 

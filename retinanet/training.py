@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -38,7 +37,8 @@ from retinanet import runs
 from retinanet.runs import (last_finite_checkpoint, last_validated_step, non_finite_variables, record_validated_step,
                             record_validation_due, remove_run, remove_stale_temporaries, run_entries, trim_log,
                             validation_due_step, write_json_atomically)
-from retinanet.safe_writes import append_line, save_checkpoint, save_weights_atomically
+from retinanet.safe_writes import (append_line, make_directory, save_checkpoint, save_weights_atomically,
+                                   write_bytes_atomically)
 from retinanet.tensorboard_logging import log_run_start, log_validation_details
 from retinanet.validation import NonFiniteOutputError, Validator, validation_picture
 from retinanet.visualize import save_rgb
@@ -212,7 +212,7 @@ class Trainer:
         training = config.training
         self.device_line = device_line
         set_seeds(training.seed, training.deterministic)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_directory(self.run_dir)
         if not self.is_chief:
             barrier(self.strategy)  # the chief first writes the split and fills the image cache
         for path in remove_stale_temporaries(self.run_dir):
@@ -221,7 +221,7 @@ class Trainer:
         prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
         if self.is_chief:
             if not split_path.is_file():
-                shutil.copyfile(prepared.split_file, split_path)
+                write_bytes_atomically(split_path, prepared.split_file.read_bytes())
             self._save_config()
         self.train_records, self.validation_records = prepared.train, prepared.validation
         if not self.train_records or not self.validation_records:
@@ -261,9 +261,11 @@ class Trainer:
         self.train_dataset = self.strategy.distribute_datasets_from_function(self._training_input)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
                                    progress=progress) if self.is_chief else None
-        self.writers = {name: tf.summary.create_file_writer(str(self.run_dir / runs.TENSORBOARD / name))
+        # Made first: a directory that cannot be made is then a named error, not TensorFlow's OpError.
+        tensorboard = self.run_dir / runs.TENSORBOARD
+        self.writers = {name: tf.summary.create_file_writer(str(make_directory(tensorboard / name)))
                         for name in ("train", "validation")}
-        log_run_start(self.run_dir / runs.TENSORBOARD, config, self.run_dir.name)
+        log_run_start(tensorboard, config, self.run_dir.name)
         best_path = self.run_dir / runs.BEST_RECORD
         self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
         if not resume:

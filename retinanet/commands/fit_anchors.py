@@ -12,7 +12,6 @@ on stdout) for pasting into a config. Exit code 2 on a bad config or unreadable 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from retinanet.commands.common import add_config_arguments, add_progress_argument, report_error
 
@@ -40,20 +39,20 @@ def run(args, parser) -> int:
     from retinanet.data.pipeline import prepare_split
     from retinanet.data.dicom import DicomReadError
     from retinanet.data.rsna import LabelError
-    from retinanet.safe_writes import FileWriteError
+    from retinanet.safe_writes import write_text_atomically
 
     try:
         records = prepare_split(config, progress=not args.no_progress).train
         if not any(len(record.boxes) for record in records):
             raise ConfigError(f"{args.config}: the training split holds no boxes to fit anchors to")
-    except (ConfigError, LabelError, DicomReadError, FileWriteError) as error:
+    except (ConfigError, LabelError, DicomReadError) as error:
         return report_error(error)
     fit = fit_anchors(records, config, num_ratios=args.num_ratios, num_scales=args.num_scales, seed=args.seed)
     text = anchors_yaml(fit, source=f"{args.config} at {config.preprocessing.image_size[0]}x"
                                     f"{config.preprocessing.image_size[1]} px")
     report = format_fit_report(fit)
     if args.out:
-        Path(args.out).write_text(text)
+        write_text_atomically(args.out, text)
         print(report)
         print(f"anchors section: {args.out}")
     else:
