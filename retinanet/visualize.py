@@ -4,8 +4,12 @@ their scores, TP/FP/FN marks where the truth is known, and a header band above t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+
+from retinanet.runtime.safe_writes import FileWriteError, write_bytes_atomically
 
 GROUND_TRUTH_COLOR = (0, 200, 0)  # RGB
 PREDICTION_COLOR = (230, 40, 40)
@@ -110,7 +114,14 @@ def draw_boxes(image: np.ndarray, ground_truth=None, predictions=None, scores=No
 
 
 def save_rgb(path, image: np.ndarray) -> None:
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    """Write an RGB uint8 image in the format of `path`'s suffix (.png), whole or not at all.
+    Encoded here and written by retinanet/runtime/safe_writes.py, because cv2.imwrite answers a failed
+    write with False, not an error; an unwritable `path` is a FileWriteError naming it."""
+    path = Path(path)
+    encoded, data = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not encoded:
+        raise FileWriteError(f"cannot write {path}: OpenCV cannot encode the image as {path.suffix}")
+    write_bytes_atomically(path, data.tobytes())
 
 
 def fit_tile(image: np.ndarray, boxes_list, side: int) -> tuple[np.ndarray, list]:

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from retinanet.train.launcher import launch
+from retinanet.runtime.safe_writes import FileWriteError
 
 
 def main(argv=None) -> int:
@@ -24,6 +25,9 @@ def main(argv=None) -> int:
         parser.error("--workers must be at least 1")
     try:
         return launch(command, args.workers, args.log_dir)
+    except FileWriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; the workers were stopped", file=sys.stderr)
         return 130

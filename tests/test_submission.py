@@ -49,7 +49,7 @@ def test_write_then_read_round_trip(tmp_path):
     np.testing.assert_allclose(read["b"][0], [[300, 400, 500, 450], [10, 20, 110, 220]])
     np.testing.assert_allclose(read["b"][1], [0.75, 0.25])
     assert read["a"][0].shape == (0, 4) and read["a"][1].shape == (0,)
-    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # the temporary was renamed away
 
 
 def test_write_submission_rejects_predictions_for_unlisted_patients(tmp_path):

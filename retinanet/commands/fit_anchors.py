@@ -12,7 +12,6 @@ on stdout) for pasting into a config. Exit code 2 on a bad config or unreadable 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from retinanet.commands.common import add_config_arguments, add_progress_argument
 
@@ -35,6 +34,7 @@ def run(args, parser) -> int:
     config = load_config(args.config, args.set)  # before TensorFlow loads: a typo answers at once
     from retinanet.data.anchor_fitting import anchors_yaml, fit_anchors, format_fit_report
     from retinanet.data.pipeline import prepare_split
+    from retinanet.runtime.safe_writes import write_text_atomically
 
     records = prepare_split(config, progress=not args.no_progress).train
     if not any(len(record.boxes) for record in records):
@@ -44,7 +44,7 @@ def run(args, parser) -> int:
                                     f"{config.preprocessing.image_size[1]} px")
     report = format_fit_report(fit)
     if args.out:
-        Path(args.out).write_text(text)
+        write_text_atomically(args.out, text)
         print(report)
         print(f"anchors section: {args.out}")
     else:

@@ -37,6 +37,7 @@ from retinanet.config.paths import absolute_path, is_path, map_paths, portable_p
 from retinanet.config.rules import (CrossFieldRule, Rule, TableChoice, at_least, each, increasing, not_empty, one_of,
                                     ordered_pair, positive, setting, violations, within)
 from retinanet.errors import UserError
+from retinanet.runtime.safe_writes import write_text_atomically
 
 
 class ConfigError(UserError, ValueError):
@@ -492,4 +493,4 @@ def save_config(config: Config, path: str | Path) -> None:
     path = Path(path)
     directory = Path(os.path.realpath(path.parent))
     config = map_paths(config, lambda key, value: portable_path(value, directory))
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -28,7 +28,7 @@ from retinanet.data import dicom, preprocess
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import preprocess_image
 from retinanet.data.rsna import Record, SkipReport
-from retinanet.runtime.safe_writes import write_bytes_atomically, write_text_atomically
+from retinanet.runtime.safe_writes import make_directory, write_bytes_atomically, write_text_atomically
 
 CACHE_VERSION = 2
 
@@ -99,7 +99,7 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
     stay in the index); under "skip" it is left out and counted in the report.
     """
     directory = Path(cache_dir) / settings_key(config)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory)
     index_path = directory / "index.json"
     index = read_index(index_path)
     pixels_per_image = config.image_size[0] * config.image_size[1]

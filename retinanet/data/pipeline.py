@@ -24,9 +24,9 @@ from retinanet.data.cache import build_cache, load_preprocessed
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.order import augmentation_seed, record_at, worker_positions
 from retinanet.data.preprocess import normalize
-from retinanet.data.rsna import (Record, SkipReport, load_or_create_folds, read_labels, split_records)
+from retinanet.data.rsna import Record, SkipReport, load_or_create_folds, read_labels, split_records
 from retinanet.runtime.hardware import workers
-from retinanet.runtime.safe_writes import FileWriteError
+from retinanet.runtime.safe_writes import FileWriteError, make_directory
 
 SPLITS = ("train", "validation")
 
@@ -59,7 +59,10 @@ def ensure_data(config: Config, progress: bool = True) -> Path:
         try:
             generate_synthetic_rsna(root, num_train=synthetic.num_train, num_test=synthetic.num_test,
                                     size=synthetic.size, seed=synthetic.seed, progress=progress)
-        except OSError as error:  # a read-only or full disk, a path through a file, foreign files in data.root
+        except FileWriteError as error:  # a read-only or full disk, a path through a file
+            raise FileWriteError(f"{error} (generating the synthetic data set of data.synthetic in data.root "
+                                 f"{root})") from error
+        except OSError as error:  # foreign files in data.root
             raise FileWriteError(f"could not generate the synthetic data set (data.synthetic) in data.root {root}: "
                                  f"{error.strerror or error} ({error.filename or root})") from error
     return root
@@ -102,7 +105,7 @@ def report_skips(report: SkipReport, what: str, path: Path) -> None:
     if not len(report):
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent)
     report.write(path)
     where, reason = report.skipped[0]
     print(f"Skipped {len(report)} {what} under data.bad_file_policy=skip; the first: {where}: {reason}; "

@@ -15,6 +15,7 @@ import pandas as pd
 
 from retinanet.config import BAD_FILE_POLICIES
 from retinanet.errors import UserError
+from retinanet.runtime.safe_writes import make_directory, replace_atomically
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
@@ -49,7 +50,8 @@ class SkipReport:
         return len(self.skipped)
 
     def write(self, path: str | Path) -> None:
-        pd.DataFrame(self.skipped, columns=["where", "reason"]).to_csv(path, index=False)
+        table = pd.DataFrame(self.skipped, columns=["where", "reason"])
+        replace_atomically(path, lambda temporary: table.to_csv(temporary, index=False))
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -215,10 +217,8 @@ def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int
             raise LabelError(f"{path}: split file has {folds['fold'].max() + 1} folds, config asks for {num_folds}")
         return folds
     folds = make_folds(records, num_folds, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    folds.to_csv(temporary, index=False)
-    temporary.replace(path)
+    make_directory(path.parent)
+    replace_atomically(path, lambda temporary: folds.to_csv(temporary, index=False))
     return folds
 
 

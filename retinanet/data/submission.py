@@ -10,9 +10,8 @@ it as it is (it only overlaps less); `score_submission` counts such boxes, and n
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from retinanet.data.rsna import read_labels
 from retinanet.detection.metrics import rsna_metric
 from retinanet.errors import UserError
+from retinanet.runtime.safe_writes import make_directory, write_text_atomically
 
 HEADER = ("patientId", "PredictionString")
 VALUES_PER_BOX = 5  # confidence, x, y, width, height
@@ -54,18 +54,13 @@ def format_prediction_string(boxes_xyxy, scores) -> str:
     return " ".join(parts)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_submission(path: str | Path, predictions: dict, patient_ids) -> None:
     """Write one row per patient of `patient_ids`, in that order; absent patients get no boxes.
 
     predictions: {patient_id: (boxes [M, 4] `x1, y1, x2, y2`, scores [M])}. A prediction for a
     patient not in `patient_ids` is a ValueError (it would otherwise be dropped unseen). The
-    file is written to a temporary file first, so a crash never leaves half a submission.
+    file is written whole or not at all (retinanet/runtime/safe_writes.py): a crash or a full disk never
+    leaves half a submission, and a directory that cannot be written is a FileWriteError.
     """
     patient_ids = list(patient_ids)
     if len(set(patient_ids)) != len(patient_ids):
@@ -74,22 +69,15 @@ def write_submission(path: str | Path, predictions: dict, patient_ids) -> None:
     unknown = set(predictions) - set(patient_ids)
     if unknown:
         raise ValueError(f"predictions for {len(unknown)} patient(s) not in patient_ids, e.g. {sorted(unknown)[0]!r}")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(HEADER)
+    for patient_id in patient_ids:
+        boxes, scores = predictions.get(patient_id, (np.zeros((0, 4)), np.zeros(0)))
+        writer.writerow((patient_id, format_prediction_string(boxes, scores)))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); the submission gets the mode any new file would.
-        os.chmod(descriptor, 0o666 & ~_current_umask())
-        with os.fdopen(descriptor, "w", newline="") as file:
-            writer = csv.writer(file, lineterminator="\n")
-            writer.writerow(HEADER)
-            for patient_id in patient_ids:
-                boxes, scores = predictions.get(patient_id, (np.zeros((0, 4)), np.zeros(0)))
-                writer.writerow((patient_id, format_prediction_string(boxes, scores)))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    make_directory(path.parent)
+    write_text_atomically(path, text.getvalue())
 
 
 def parse_prediction_string(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:

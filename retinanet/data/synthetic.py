@@ -26,6 +26,7 @@ from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_ches
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
 from retinanet.data.submission import HEADER as SUBMISSION_COLUMNS
 from retinanet.errors import UserError
+from retinanet.runtime.safe_writes import make_directory, replace_atomically
 
 # Fractions of all images in the stage 2 train set: 6,012 / 11,821 / 8,851 of 26,684.
 CLASS_FRACTIONS = {LUNG_OPACITY: 0.225, NOT_NORMAL: 0.443}
@@ -90,7 +91,8 @@ def _plan_split(rng: np.random.Generator, num_images: int, used_ids: set[str]) -
 
 
 def write_rsna_dicom(path, image: np.ndarray, planned: _PlannedImage) -> None:
-    """Write uint8 [S, S] `image` as an RSNA-style JPEG Baseline Secondary Capture DICOM."""
+    """Write uint8 [S, S] `image` as an RSNA-style JPEG Baseline Secondary Capture DICOM, whole
+    or not at all (FileWriteError naming `path`)."""
     encoded_ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not encoded_ok:
         raise RuntimeError(f"OpenCV could not JPEG-encode the image for {path}")
@@ -138,7 +140,7 @@ def write_rsna_dicom(path, image: np.ndarray, planned: _PlannedImage) -> None:
     dataset.LossyImageCompression = "01"
     dataset.LossyImageCompressionMethod = "ISO_10918_1"
     dataset.add(DataElement(0x7FE00010, "OB", encapsulate([encoded.tobytes()]), is_undefined_length=True))
-    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    replace_atomically(path, lambda temporary: pydicom.dcmwrite(temporary, dataset, enforce_file_format=True))
 
 
 def _label_rows(patient_id: str, boxes: np.ndarray) -> list[list[str]]:
@@ -149,10 +151,13 @@ def _label_rows(patient_id: str, boxes: np.ndarray) -> list[list[str]]:
 
 
 def _write_csv(path: Path, header, rows) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as file:
+            writer = csv.writer(file, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    replace_atomically(path, write)
 
 
 class SyntheticDataError(UserError, ValueError):
@@ -193,7 +198,7 @@ def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int
         "test": (_plan_split(rng, num_test, used_ids), out_dir / "stage_2_test_images"),
     }
     for planned, folder in splits.values():
-        folder.mkdir(parents=True, exist_ok=True)
+        make_directory(folder)
         _check_no_stale_images(folder, planned)
 
     label_rows: dict[str, list[list[str]]] = {"train": [], "test": []}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import json
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -38,6 +37,7 @@ from retinanet.evaluate.out_of_fold import analyse, read_predictions, summary_ro
 from retinanet.train.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
                                   fold_dir, read_best_record, record_path, run_entries, write_json_atomically,
                                   write_threshold)
+from retinanet.runtime.safe_writes import make_directory, write_bytes_atomically
 
 FINISHED_FILE = FINAL_WEIGHTS  # training writes it last: the run is complete
 PREDICTIONS_FILE = "oof_predictions.csv"
@@ -90,11 +90,11 @@ def _flat(mapping: dict, prefix: str = "") -> dict:
 def prepare_parent(config: Config, parent: Path, progress: bool = True) -> Config:
     """Fix the split and the config of a cross-validation in `parent`; returns the config every
     fold starts from. A parent that already holds a cross-validation must hold this config."""
-    parent.mkdir(parents=True, exist_ok=True)
+    make_directory(parent)
     split_path = parent / SPLIT_FILE
     if not split_path.is_file():
         source = prepare_split(config, progress=progress).split_file  # created on first use
-        shutil.copyfile(source, split_path)
+        write_bytes_atomically(split_path, source.read_bytes())
     base = replace(config, data=replace(config.data, split_file=str(split_path.resolve()), validation_fold=0))
     config_path = parent / CONFIG_FILE
     if config_path.is_file():

@@ -56,7 +56,7 @@ from retinanet.evaluate.plots import plot_froc, plot_image_roc, plot_precision_r
 from retinanet.serve.inference import Detector
 from retinanet.detection.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                          sweep_thresholds, threshold_sweep)
-from retinanet.runtime.safe_writes import write_text_atomically
+from retinanet.runtime.safe_writes import make_directory, write_text_atomically
 from retinanet.data.submission import write_submission
 
 
@@ -180,8 +180,7 @@ def gating_effect(records: list[Record], detections: dict, probabilities, *, thr
 
 def evaluate(detector: Detector, records: list[Record], output_dir, *, progress: bool = True) -> dict:
     """Predict, measure and write every output of the module docstring; returns the metrics."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_directory(output_dir)
     config = detector.config
     records, detections, probabilities = predict_records(detector, records, progress)
     metrics = compute_metrics(records, detections, probabilities, threshold=detector.threshold,

@@ -14,6 +14,7 @@ image-level head.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 from retinanet.detection.metrics import image_score_table
 from retinanet.data.submission import format_prediction_string, parse_prediction_string
 from retinanet.errors import UserError
+from retinanet.runtime.safe_writes import write_text_atomically
 
 PREDICTION_COLUMNS = ("patientId", "fold", "PredictionString", "image_probability")
 BOOTSTRAP_RESAMPLES = 1000
@@ -39,15 +41,13 @@ class OutOfFoldError(UserError, ValueError):
 def write_predictions(path: Path, rows) -> None:
     """rows: (patient_id, fold, boxes [M, 4] `x1, y1, x2, y2` original pixels, scores [M],
     image probability or None) -> the CSV of the module docstring, written whole or not at all."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as file:
-        writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(PREDICTION_COLUMNS)
-        for patient_id, fold, boxes, scores, probability in rows:
-            writer.writerow((patient_id, int(fold), format_prediction_string(boxes, scores),
-                             "" if probability is None else f"{probability:.6f}"))
-    temporary.replace(path)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    for patient_id, fold, boxes, scores, probability in rows:
+        writer.writerow((patient_id, int(fold), format_prediction_string(boxes, scores),
+                         "" if probability is None else f"{probability:.6f}"))
+    write_text_atomically(path, text.getvalue())
 
 
 def read_predictions(path: Path) -> tuple[dict, dict, dict]:
@@ -195,12 +195,13 @@ def _cell(value) -> str:
 
 def write_summary(rows: list[dict], csv_path: Path, markdown_path: Path) -> str:
     """Write the rows as CSV and as a markdown table; returns the markdown (also for printing)."""
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.DictWriter(file, SUMMARY_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({key: _cell(row[key]) for key in SUMMARY_COLUMNS} for row in rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: _cell(row[key]) for key in SUMMARY_COLUMNS} for row in rows)
+    write_text_atomically(csv_path, table.getvalue())
     lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     lines += ["| " + " | ".join(_cell(row[key]) for key in SUMMARY_COLUMNS) + " |" for row in rows]
     markdown = "\n".join(lines) + "\n"
-    Path(markdown_path).write_text(markdown)
+    write_text_atomically(markdown_path, markdown)
     return markdown

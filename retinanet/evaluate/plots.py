@@ -10,6 +10,7 @@ import numpy as np
 from retinanet.data.dicom import read_image
 from retinanet.data.rsna import Record
 from retinanet.detection.metrics import detection_matches, rsna_image_scores, roc_curve
+from retinanet.runtime.safe_writes import make_directory, replace_atomically
 from retinanet.visualize import draw_boxes, save_rgb
 
 
@@ -23,9 +24,12 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    _pyplot().close(figure)
+    """Save and close `figure`; written whole or not at all (its format from `path`'s suffix)."""
+    try:
+        figure.tight_layout()
+        replace_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
+    finally:
+        _pyplot().close(figure)
 
 
 def plot_sweep(metrics: dict, path: Path) -> None:
@@ -152,7 +156,7 @@ def write_overlays(records: list[Record], kept: dict, directory: Path, count: in
     scored.sort(key=lambda item: -item[0])
     best = scored[: (count + 1) // 2]
     worst = scored[len(best):][::-1][: count // 2]
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory)
     written = []
     for kind, chosen in (("best", best), ("worst", worst)):
         for rank, (score, record) in enumerate(chosen, start=1):

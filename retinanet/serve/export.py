@@ -60,6 +60,7 @@ from retinanet.detection import boxes as box_ops
 from retinanet.data.preprocess import normalize
 from retinanet.serve.inference import Detector
 from retinanet.detection.postprocess import keep_above_in_graph
+from retinanet.runtime.safe_writes import fill_directory
 
 GREY_ONLY = "expected a grey [H, W] / [H, W, 1] or RGB [H, W, 3] uint8 image"
 # OpenCV's fixed-point RGB -> grey weights (0.299, 0.587, 0.114 scaled by 2^15, rounded to nearest),
@@ -234,13 +235,17 @@ def serving_info(detector: Detector, threshold: float) -> dict:
 
 
 def export_detector(detector: Detector, output_dir, threshold: float | None = None) -> dict:
-    """Write the SavedModel of `detector` to `output_dir`; returns the serving info."""
+    """Write the SavedModel of `detector` to `output_dir`, whole or not at all (FileWriteError
+    naming `output_dir`); returns the serving info."""
     threshold = detector.threshold if threshold is None else float(threshold)
     module = ServingModule(detector, threshold)
-    output_dir = Path(output_dir)
-    tf.saved_model.save(module, str(output_dir), signatures=module.signatures())
     info = serving_info(detector, threshold)
-    (output_dir / "assets.extra").mkdir(exist_ok=True)
-    (output_dir / "assets.extra" / "serving_info.json").write_text(json.dumps(info, indent=2))
+
+    def write(directory: Path) -> None:
+        tf.saved_model.save(module, str(directory), signatures=module.signatures())
+        (directory / "assets.extra").mkdir()
+        (directory / "assets.extra" / "serving_info.json").write_text(json.dumps(info, indent=2))
+
+    fill_directory(output_dir, write, last="saved_model.pb")
     return info
 

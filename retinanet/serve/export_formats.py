@@ -20,19 +20,21 @@ TensorFlow only when it converts, so that the command line can read the table at
 from __future__ import annotations
 
 import json
-import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 from retinanet.errors import UserError
+from retinanet.runtime.safe_writes import (FileWriteError, make_directory, scratch_directory, write_bytes_atomically,
+                                           write_failure, write_text_atomically)
 
 ONNX_OPSET = 17
 
 
 class ConversionError(UserError, RuntimeError):
-    """A format cannot be written (converter missing or failing)."""
+    """A format cannot be made (converter missing or failing); a file that cannot be written is a
+    FileWriteError."""
 
 
 def float32_network(detector):
@@ -53,24 +55,29 @@ def float32_network(detector):
     return module
 
 
-def _reloaded(module, directory: str):
-    """`module` saved as a SavedModel in `directory` and loaded back. The converters freeze the
-    variables of a reloaded function into constants; from the in-memory function they leave
-    Keras 3's variables as uninitialised TFLite resources (NaN outputs) or as extra ONNX inputs."""
+def _reloaded(module, directory: Path, path: Path):
+    """`module` saved as a SavedModel in `directory` (a scratch directory for `path`) and loaded
+    back. The converters freeze the variables of a reloaded function into constants; from the
+    in-memory function they leave Keras 3's variables as uninitialised TFLite resources (NaN
+    outputs) or as extra ONNX inputs."""
     import tensorflow as tf
 
-    tf.saved_model.save(module, directory, signatures={"network": module.network.get_concrete_function()})
-    return tf.saved_model.load(directory)
+    try:
+        tf.saved_model.save(module, str(directory), signatures={"network": module.network.get_concrete_function()})
+    except (OSError, tf.errors.OpError) as error:  # a full disk: a write of `path` that failed, not the converter
+        raise write_failure(path, error) from error
+    return tf.saved_model.load(str(directory))
 
 
 def convert_tflite(module, path: Path) -> None:
     """Write `module.network` as a TFLite flatbuffer of builtin operations only."""
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        loaded = _reloaded(module, scratch)
+    with scratch_directory(path) as scratch:
+        loaded = _reloaded(module, scratch, path)
         converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures["network"]], loaded)
-        path.write_bytes(converter.convert())
+        model = converter.convert()
+    write_bytes_atomically(path, model)
 
 
 def convert_onnx(module, path: Path) -> None:
@@ -79,10 +86,11 @@ def convert_onnx(module, path: Path) -> None:
         import tf2onnx
     except ImportError:
         raise ConversionError('ONNX export needs tf2onnx: pip install "rsna-retinanet[export]"') from None
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        loaded = _reloaded(module, scratch)  # held: the function needs its variables alive
-        tf2onnx.convert.from_function(loaded.network, input_signature=module.network.input_signature, opset=ONNX_OPSET,
-                                      output_path=str(path))
+    with scratch_directory(path) as scratch:
+        loaded = _reloaded(module, scratch, path)  # held: the function needs its variables alive
+        model, _ = tf2onnx.convert.from_function(loaded.network, input_signature=module.network.input_signature,
+                                                 opset=ONNX_OPSET)
+    write_bytes_atomically(path, model.SerializeToString())
 
 
 class ExportFormat(NamedTuple):
@@ -104,21 +112,20 @@ EXPORT_FORMATS = {
 def export_network(detector, output_dir, export_format: str, threshold: float | None = None) -> dict:
     """Write `<output_dir>/model.<format>` and `serving_info.json`; returns the serving info."""
     threshold = detector.threshold if threshold is None else float(threshold)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_directory(output_dir)
     export = EXPORT_FORMATS[export_format]
     path = output_dir / export.model_file
     module = float32_network(detector)
     try:
         export.convert(module, path)
-    except ConversionError:
+    except (ConversionError, FileWriteError):
         raise
     except Exception as error:  # the converters raise many types
         raise ConversionError(f"{export_format} conversion failed: {type(error).__name__}: {error}") from None
     from retinanet.serve.export import serving_info
 
     info = {**serving_info(detector, threshold), "format": export_format, "model": path.name}
-    (output_dir / "serving_info.json").write_text(json.dumps(info, indent=2))
+    write_text_atomically(output_dir / "serving_info.json", json.dumps(info, indent=2))
     return info
 
 

@@ -38,6 +38,7 @@ from retinanet.serve.ensembles import EnsembleSource, resolve_ensemble
 from retinanet.runtime.hardware import (available_cores, configure_threads, dtype_policy, inference_precision,
                                         resolve_threads, workers)
 from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
+from retinanet.runtime.safe_writes import make_directory, write_text_atomically
 
 
 class InputError(UserError, ValueError):
@@ -258,8 +259,8 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
     image = read_image(path) if image is None else image
     result = detector.detect_array(image)
     document = result_to_json(result, path, image.shape, detector.threshold)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / f"{path.stem}.json").write_text(json.dumps(document, indent=2))
+    make_directory(output_dir)
+    write_text_atomically(output_dir / f"{path.stem}.json", json.dumps(document, indent=2))
     picture = draw_boxes(image, None, result["boxes"], result["scores"], title=path.name, threshold=detector.threshold,
                          image_probability=result["image_probability"])
     save_rgb(output_dir / f"{path.stem}.png", picture)

@@ -21,6 +21,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from retinanet.runtime.safe_writes import make_directory
+
 HOST = "127.0.0.1"
 STOP_GRACE_SECONDS = 10.0
 
@@ -80,8 +82,7 @@ def launch(command: list[str], num_workers: int, log_dir: Path, *, poll_seconds:
     (128 + signal number for a worker killed by a signal)."""
     if num_workers < 1:
         raise ValueError("--workers must be at least 1")
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = make_directory(log_dir)
     addresses = [f"{HOST}:{port}" for port in free_ports(num_workers)]
     processes, copiers = [], []
     try:

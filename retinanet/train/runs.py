@@ -36,6 +36,7 @@ from retinanet.config import Config, ConfigError, load_config
 from retinanet.config.paths import absolute_path
 from retinanet.errors import UserError
 from retinanet.runtime.safe_writes import write_text_atomically
+from retinanet.runtime.safe_writes import FileWriteError
 
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.csv"
@@ -76,10 +77,14 @@ def remove_run(run_dir: Path) -> list[str]:
     removed = run_entries(run_dir)
     for name in removed:
         path = Path(run_dir) / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as error:
+            raise FileWriteError(f"cannot write {path}: {error.strerror or error}; removing the earlier run in "
+                                 f"{run_dir} stopped there. Make the directory writable, then run again") from error
     return removed
 
 

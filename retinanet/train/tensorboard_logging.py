@@ -25,7 +25,7 @@ from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 
 from retinanet.config import Config, to_dict
 from retinanet.detection.metrics import detection_matches
-from retinanet.runtime.safe_writes import replace_atomically
+from retinanet.runtime.safe_writes import make_directory, replace_atomically
 
 # (validation scalar tag, what the HParams table calls it)
 HPARAM_METRICS = (("best_rsna_metric", "validation RSNA metric at its best threshold"),
@@ -143,7 +143,8 @@ class SummaryWriters:
 
     def __getitem__(self, name: str) -> tf.summary.SummaryWriter:
         if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+            # The directory made first: one that cannot be made is a named error, not TensorFlow's OpError.
+            self._writers[name] = tf.summary.create_file_writer(str(make_directory(self.log_dir / name)))
         return self._writers[name]
 
     def flush(self) -> None:

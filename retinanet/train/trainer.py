@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -38,9 +37,10 @@ from retinanet.train.runs import (last_finite_checkpoint, last_validated_step, n
                                   record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
                                   run_entries, trim_log, validation_due_step, write_json_atomically,
                                   write_validation_threshold)
-from retinanet.runtime.safe_writes import append_line, save_checkpoint, save_weights_atomically
 from retinanet.train.tensorboard_logging import SummaryWriters, log_run_start, log_validation_details, trim_events
 from retinanet.train.validation import NonFiniteOutputError, Validator, validation_picture
+from retinanet.runtime.safe_writes import (append_line, make_directory, save_checkpoint, save_weights_atomically,
+                                           write_bytes_atomically)
 from retinanet.visualize import save_rgb
 
 
@@ -215,7 +215,7 @@ class Trainer:
         training = config.training
         self.device_line = device_line
         set_seeds(training.seed, training.deterministic)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_directory(self.run_dir)
         if not self.is_chief:
             barrier(self.strategy)  # the chief first writes the split and fills the image cache
         for path in remove_stale_temporaries(self.run_dir):
@@ -224,7 +224,7 @@ class Trainer:
         prepared = prepare_split(config, split_path if split_path.is_file() else None, progress=progress)
         if self.is_chief:
             if not split_path.is_file():
-                shutil.copyfile(prepared.split_file, split_path)
+                write_bytes_atomically(split_path, prepared.split_file.read_bytes())
             self._save_config()
         self.train_records, self.validation_records = prepared.train, prepared.validation
         if not self.train_records or not self.validation_records:
@@ -264,8 +264,10 @@ class Trainer:
         self.train_dataset = self.strategy.distribute_datasets_from_function(self._training_input)
         self.validator = Validator(config, self.model, self.postprocessor, self.loss, self.validation_records,
                                    progress=progress, anchor_set=self.anchor_set) if self.is_chief else None
-        self.writers = SummaryWriters(self.run_dir / runs.TENSORBOARD)  # "train" and "validation"
-        log_run_start(self.run_dir / runs.TENSORBOARD, config, self.run_dir.name)
+        # Made first: a directory that cannot be made is then a named error, not TensorFlow's OpError.
+        tensorboard = self.run_dir / runs.TENSORBOARD
+        self.writers = SummaryWriters(make_directory(tensorboard))  # "train" and "validation"
+        log_run_start(tensorboard, config, self.run_dir.name)
         best_path = self.run_dir / runs.BEST_RECORD
         self.best_metric = _selection_metric(json.loads(best_path.read_text())) if best_path.is_file() else -math.inf
         if not resume:
