@@ -15,7 +15,8 @@ import yaml
 
 from conftest import REPOSITORY_ROOT as REPOSITORY
 from retinanet.config import schema as config_module
-from retinanet.config import CROSS_FIELD_RULES, RENAMED_KEYS, RETIRED_KEYS, Config, ConfigError, load_config, save_config
+from retinanet.config import (CROSS_FIELD_RULES, RENAMED_KEYS, RETIRED_KEYS, Config, ConfigError, load_config,
+                              save_config)
 from retinanet.config.rules import (CrossFieldRule, Rule, at_least, each, increasing, one_of, ordered_pair, positive,
                                     setting, violations, within)
 

@@ -23,7 +23,8 @@ from retinanet.serve.export_formats import EXPORT_FORMATS
 def add_arguments(parser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--output", required=True, help="directory to write (the SavedModel, or model.<format>)")
-    parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="savedmodel", help="what to write (default: savedmodel)")
+    parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="savedmodel",
+                        help="what to write (default: savedmodel)")
     parser.add_argument("--threshold", type=float, help="score threshold baked in (default: the run's chosen one)")
 
 
