@@ -107,7 +107,8 @@ def test_imports_flow_down_the_layers():
 
 def test_visualize_imports_only_detection_and_runtime():
     # Box math and the writes that keep the previous file: nothing above the components.
-    assert all(target.startswith(("retinanet.detection", "retinanet.runtime")) for target in GRAPH["retinanet.visualize"])
+    allowed = ("retinanet.detection", "retinanet.runtime")
+    assert all(target.startswith(allowed) for target in GRAPH["retinanet.visualize"])
 
 
 def test_components_do_not_read_the_config():
