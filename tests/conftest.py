@@ -91,6 +91,16 @@ class TinyRun:
         return sorted((self.data_dir / "stage_2_test_images").glob("*.dcm"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with the most end-to-end (slow) tests first, each file's tests in their order. The
+    suite runs in two processes, a file at a time each (pyproject.toml's addopts): the long files
+    start early and the quick ones fill in at the end, instead of one long file running alone."""
+    slow_tests: dict[Path, int] = {}
+    for item in items:
+        slow_tests[item.path] = slow_tests.get(item.path, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_tests[item.path])  # stable: files and tests keep their order otherwise
+
+
 def run_script(name: str, *arguments, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run scripts/<name> with this interpreter, as a user would."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
