@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import needs_bf16_kernels
 from retinanet.runtime.hardware import dtype_policy
 from retinanet.model import batch_norm
 from retinanet.model.backbone import build_backbone
@@ -67,6 +68,7 @@ def test_outputs_statistics_and_gradients_match_keras(pair, training):
         np.testing.assert_allclose(actual_gradient.numpy(), expected_gradient.numpy(), atol=1e-4 * scale)
 
 
+@needs_bf16_kernels
 def test_bfloat16_activations_keep_float32_statistics_and_match_float32():
     reference = conv_bn()
     randomise_statistics(reference)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import needs_bf16_kernels
 from retinanet.builders import build_anchor_set, build_loss, build_model
 from retinanet.config import config_from_dict
 from retinanet.runtime.hardware import dtype_policy
@@ -58,7 +59,8 @@ def all_layers(model):
             yield from all_layers(layer)
 
 
-@pytest.mark.parametrize("policy, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
+@pytest.mark.parametrize("policy, compute_dtype", [pytest.param("mixed_bfloat16", "bfloat16", marks=needs_bf16_kernels),
+                                                   ("mixed_float16", "float16")])
 def test_a_mixed_precision_training_step_is_finite_and_returns_float32(policy, compute_dtype):
     keras.utils.set_random_seed(0)
     config = tiny_config(policy)
@@ -99,6 +101,7 @@ def test_a_mixed_precision_training_step_is_finite_and_returns_float32(policy, c
         assert int(optimizer.iterations.numpy()) == 1
 
 
+@needs_bf16_kernels
 def test_the_p7_kernel_gradient_is_right_in_bfloat16_on_a_1x1_p6():
     """At inputs up to 128 px P6 is 1x1; oneDNN's bf16 gradient of a 3x3/2 convolution over it
     was garbage in most calls, so P7 is computed in float32. Checked against float32 on repeats."""
