@@ -56,7 +56,7 @@ from retinanet.evaluate.plots import plot_froc, plot_image_roc, plot_precision_r
 from retinanet.serve.inference import Detector
 from retinanet.detection.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                          sweep_thresholds, threshold_sweep)
-from retinanet.runtime.safe_writes import make_directory, write_text_atomically
+from retinanet.runtime.safe_writes import make_directory
 from retinanet.data.submission import write_submission
 
 
@@ -273,7 +273,7 @@ def write_metrics(metrics: dict, output_dir) -> Path:
     """`<output_dir>/metrics.json` with its paths as `runs.record_path` writes them; returns its path."""
     path = Path(output_dir) / METRICS_FILE
     stored = _map_record_paths(metrics, lambda value: runs.record_path(value, output_dir))
-    write_text_atomically(path, json.dumps(stored, indent=2))
+    runs.write_json_atomically(path, stored)
     return path
 
 

@@ -16,7 +16,6 @@ OpenCV); boxes come back as `x1, y1, x2, y2` in the original image's pixels, cli
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +36,8 @@ from retinanet.errors import UserError
 from retinanet.serve.ensembles import EnsembleSource, resolve_ensemble
 from retinanet.runtime.hardware import (available_cores, configure_threads, dtype_policy, inference_precision,
                                         resolve_threads, workers)
-from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
-from retinanet.runtime.safe_writes import make_directory, write_text_atomically
+from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold, write_json_atomically
+from retinanet.runtime.safe_writes import make_directory
 
 
 class InputError(UserError, ValueError):
@@ -260,7 +259,7 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
     result = detector.detect_array(image)
     document = result_to_json(result, path, image.shape, detector.threshold)
     make_directory(output_dir)
-    write_text_atomically(output_dir / f"{path.stem}.json", json.dumps(document, indent=2))
+    write_json_atomically(output_dir / f"{path.stem}.json", document)
     picture = draw_boxes(image, None, result["boxes"], result["scores"], title=path.name, threshold=detector.threshold,
                          image_probability=result["image_probability"])
     save_rgb(output_dir / f"{path.stem}.png", picture)
