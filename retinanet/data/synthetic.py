@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import multiprocessing
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -22,10 +24,12 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 from tqdm import tqdm
 
+from retinanet.data.geometry import REAL_SIZE, sample_patients
 from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
 from retinanet.data.submission import HEADER as SUBMISSION_COLUMNS
 from retinanet.errors import UserError
+from retinanet.runtime.hardware import available_cores
 from retinanet.runtime.safe_writes import make_directory, replace_atomically
 
 # Fractions of all images in the stage 2 train set: 6,012 / 11,821 / 8,851 of 26,684.
@@ -34,7 +38,6 @@ CLASS_FRACTIONS = {LUNG_OPACITY: 0.225, NOT_NORMAL: 0.443}
 SAMPLE_PREDICTION = "0.5 0 0 100 100"  # what every row of the real sample submission holds
 
 JPEG_QUALITY = 95
-PIXEL_SPACING_AT_1024 = 0.14  # mm; a smaller picture of the same chest has larger pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,8 @@ class _PlannedImage:
     study_uid: str
     series_uid: str
     sop_uid: str
+    spacing: float  # mm at 1024 px
+    boxes: np.ndarray  # [N, 4] x, y, width, height at 1024 px: a real patient's box set
 
 
 def _random_uid(rng: np.random.Generator) -> str:
@@ -65,29 +70,35 @@ def _class_counts(num_images: int) -> dict[str, int]:
 
 
 def _plan_split(rng: np.random.Generator, num_images: int, used_ids: set[str]) -> list[_PlannedImage]:
-    """Classes (exact proportions, shuffled), patient ids, header values and per-image seeds."""
-    classes = [name for name, count in _class_counts(num_images).items() for _ in range(count)]
-    classes = [classes[index] for index in rng.permutation(num_images)]
-    planned = []
-    for class_name in classes:
+    """Classes (exact proportions, shuffled), patient ids, per-image seeds, and each patient's view,
+    age, sex, pixel spacing and boxes from a real patient of that class (`retinanet.data.geometry`)."""
+    counts = _class_counts(num_images)
+    positives = sample_patients(rng, counts[LUNG_OPACITY], positive=True)
+    negatives = sample_patients(rng, num_images - counts[LUNG_OPACITY], positive=False)
+    patients = iter(positives + negatives)  # in the order of the classes below
+    classes = [name for name, count in counts.items() for _ in range(count)]
+    planned = [(class_name, next(patients)) for class_name in classes]
+    planned = [planned[index] for index in rng.permutation(num_images)]
+    result = []
+    for class_name, patient in planned:
         patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
         while patient_id in used_ids:  # 122 random bits: never in practice, but ids must be unique
             patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
         used_ids.add(patient_id)
-        # In RSNA, AP (bedside) films are much more often positive than PA films.
-        ap_probability = 0.7 if class_name == LUNG_OPACITY else 0.4
-        planned.append(_PlannedImage(
+        result.append(_PlannedImage(
             patient_id=patient_id,
             class_name=class_name,
             image_seed=int(rng.integers(0, 2**63 - 1)),
-            sex="M" if rng.random() < 0.57 else "F",
-            age=int(np.clip(rng.normal(47.0, 16.0), 1, 92)),
-            view_position="AP" if rng.random() < ap_probability else "PA",
+            sex=patient.sex,
+            age=patient.age,
+            view_position=patient.view,
             study_uid=_random_uid(rng),
             series_uid=_random_uid(rng),
             sop_uid=_random_uid(rng),
+            spacing=patient.spacing,
+            boxes=patient.boxes,
         ))
-    return planned
+    return result
 
 
 def write_rsna_dicom(path, image: np.ndarray, planned: _PlannedImage) -> None:
@@ -131,7 +142,7 @@ def write_rsna_dicom(path, image: np.ndarray, planned: _PlannedImage) -> None:
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
     dataset.Rows, dataset.Columns = image.shape
-    spacing = f"{PIXEL_SPACING_AT_1024 * 1024 / image.shape[0]:.6g}"
+    spacing = f"{planned.spacing * 1024 / image.shape[0]:.6g}"  # a smaller picture has larger pixels
     dataset.PixelSpacing = [spacing, spacing]
     dataset.BitsAllocated = 8
     dataset.BitsStored = 8
@@ -176,15 +187,39 @@ def _check_no_stale_images(folder: Path, planned: list[_PlannedImage]) -> None:
         )
 
 
+def _render_and_write(task) -> None:
+    item, path, size = task
+    radiograph = render_chest_radiograph(np.random.default_rng(item.image_seed), size=size, class_name=item.class_name,
+                                         boxes=item.boxes, view=item.view_position, age=min(item.age, 100))
+    write_rsna_dicom(path, radiograph.image, item)
+
+
+def _write_images(tasks: list, *, workers: int, progress: bool) -> None:
+    """Render and write every (planned image, path, size) task in `workers` processes (0: one per
+    available core). Each image derives from its own seed: the bytes do not depend on `workers`."""
+    workers = workers or available_cores()
+    with tqdm(total=len(tasks), desc="synthetic RSNA", unit="image", disable=not progress) as bar:
+        if workers == 1 or len(tasks) < 4 * workers:
+            for task in tasks:
+                _render_and_write(task)
+                bar.update(1)
+            return
+        # spawn: the caller may hold TensorFlow's threads, which a forked child must not inherit.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for _ in pool.map(_render_and_write, tasks, chunksize=4):
+                bar.update(1)
+
+
 def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int = 1024, seed: int = 0,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, workers: int = 0) -> Path:
     """Write a synthetic RSNA stage 2 data set into `out_dir` and return it as a Path.
 
     Files: stage_2_train_labels.csv, stage_2_detailed_class_info.csv,
     stage_2_train_images/<patientId>.dcm, stage_2_test_images/<patientId>.dcm,
     stage_2_sample_submission.csv and the test truth stage_2_test_labels.csv. Boxes are in
     pixels of the `size` x `size` images. Classes follow the RSNA proportions in both splits
-    (22.5 % Lung Opacity, 44.3 % No Lung Opacity / Not Normal, the rest Normal).
+    (22.5 % Lung Opacity, 44.3 % No Lung Opacity / Not Normal, the rest Normal). Images are
+    written by `workers` processes (0: one per available core).
     """
     if num_train < 0 or num_test < 0:
         raise SyntheticDataError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}")
@@ -201,19 +236,16 @@ def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int
         make_directory(folder)
         _check_no_stale_images(folder, planned)
 
+    tasks = [(item, folder / f"{item.patient_id}.dcm", size) for planned, folder in splits.values() for item in planned]
+    _write_images(tasks, workers=workers, progress=progress)
     label_rows: dict[str, list[list[str]]] = {"train": [], "test": []}
     class_rows: list[list[str]] = []
-    with tqdm(total=num_train + num_test, desc="synthetic RSNA", unit="image", disable=not progress) as bar:
-        for split, (planned, folder) in splits.items():
-            for item in planned:
-                radiograph = render_chest_radiograph(np.random.default_rng(item.image_seed), size=size,
-                                                     class_name=item.class_name)
-                write_rsna_dicom(folder / f"{item.patient_id}.dcm", radiograph.image, item)
-                rows = _label_rows(item.patient_id, radiograph.boxes)
-                label_rows[split].extend(rows)
-                if split == "train":
-                    class_rows.extend([item.patient_id, item.class_name] for _ in rows)
-                bar.update(1)
+    for split, (planned, _) in splits.items():
+        for item in planned:
+            rows = _label_rows(item.patient_id, np.round(item.boxes * (size / REAL_SIZE)))  # as rendered
+            label_rows[split].extend(rows)
+            if split == "train":
+                class_rows.extend([item.patient_id, item.class_name] for _ in rows)
 
     _write_csv(out_dir / "stage_2_train_labels.csv", LABEL_COLUMNS, label_rows["train"])
     _write_csv(out_dir / "stage_2_detailed_class_info.csv", CLASS_COLUMNS, class_rows)
