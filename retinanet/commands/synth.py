@@ -1,6 +1,6 @@
 """Write a synthetic data set in the RSNA Kaggle layout (CSVs + JPEG Baseline DICOMs).
 
-    retinanet synth --out data/synthetic --num-train 400 --num-test 40 --size 1024
+    retinanet synth --out data/rsna_synthetic --num-train 400 --num-test 40 --size 1024
 """
 
 from __future__ import annotations

@@ -289,8 +289,9 @@ class Trainer:
         with self.writers[name].as_default(step=step):
             for key, value in scalars.items():
                 tf.summary.scalar(key, value)
-        append_line(self.run_dir / runs.LOG,
-                    json.dumps({"split": name, "step": step, **{k: float(v) for k, v in scalars.items()}}))
+        elapsed = round(time.monotonic() - self.started, 1)  # since this process started: time to quality
+        append_line(self.run_dir / runs.LOG, json.dumps({"split": name, "step": step, "elapsed_seconds": elapsed,
+                                                         **{k: float(v) for k, v in scalars.items()}}))
 
     def _save_config(self) -> None:
         split_file = str((self.run_dir / runs.SPLIT_FILE).resolve())
