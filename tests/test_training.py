@@ -138,6 +138,8 @@ def test_run_writes_checkpoints_logs_and_tensorboard(small_rsna, tmp_path):
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if line["split"] == "train"] == [2, 4, 6]
     assert [line["step"] for line in lines if line["split"] == "validation"] == [3, 6]
+    elapsed = [line["elapsed_seconds"] for line in lines]  # time to quality reads these
+    assert elapsed == sorted(elapsed) and 0 < elapsed[0]
 
 
 @pytest.mark.slow
