@@ -106,8 +106,8 @@ class _Lung:
                 return
             self.half_width *= 1.04
             self.half_height *= 1.03
-            self.center_x += 0.08 * (x - self.center_x)
-            self.center_y += 0.08 * (y - self.center_y)
+            self.center_x += 0.08 * float(x - self.center_x)  # Python floats keep the maps float32
+            self.center_y += 0.08 * float(y - self.center_y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,7 @@ class _Frame:
     center: tuple[float, float] = (0.5, 0.55)
 
     def to_body(self, x, y):
-        cos, sin = np.cos(self.tilt), np.sin(self.tilt)
+        cos, sin = float(np.cos(self.tilt)), float(np.sin(self.tilt))
         dx, dy = (x - self.center[0]) / self.zoom, (y - self.center[1]) / self.zoom
         return self.center[0] + cos * dx - sin * dy, self.center[1] + sin * dx + cos * dy
 
@@ -273,7 +273,8 @@ def render_chest_radiograph(rng: np.random.Generator, *, size: int, class_name: 
     render_size = min(size, RENDER_SIZE)
     coordinates = (np.arange(render_size, dtype=np.float32) + 0.5) / render_size
     frame = _sample_frame(rng, view, age)
-    column, row = frame.to_body(coordinates[None, :], coordinates[:, None])  # body coordinates [R, R]
+    column, row = (np.asarray(values, np.float32)  # body coordinates [R, R]
+                   for values in frame.to_body(coordinates[None, :], coordinates[:, None]))
     lungs = _sample_lungs(rng)
     _fit_lungs(lungs, frame, corners)
     lung_masks = [lung.soft_mask(column, row) for lung in lungs]
