@@ -190,3 +190,108 @@ def test_split_file_missing_patients_is_an_error(tmp_path):
     load_or_create_folds(_records(10, 5), path, 5, seed=0)
     with pytest.raises(LabelError, match="lacks 1 labelled patient"):
         load_or_create_folds(_records(11, 5), path, 5, seed=0)
+
+
+# --- the class CSV is optional; compressed CSVs ---------------------------------------------------
+
+
+def test_without_class_csv_positives_are_lung_opacity_and_negatives_unknown(tmp_path):
+    labels, _, images = write_dataset(tmp_path, GOOD_ROWS)
+    records, report = read_labels(labels, images)
+    assert len(report) == 0
+    assert {r.patient_id: r.class_name for r in records} == {"a": "", "b": "Lung Opacity", "c": ""}
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv.zip"])
+def test_compressed_labels_read_as_the_plain_csv_and_errors_name_the_file(tmp_path, suffix):
+    import pandas as pd
+
+    labels, classes, images = write_dataset(tmp_path, GOOD_ROWS, GOOD_CLASSES)
+    compressed = tmp_path / f"labels{suffix}"
+    pd.read_csv(labels, dtype=str, keep_default_na=False).to_csv(compressed, index=False)
+    plain, _ = read_labels(labels, images, class_info_csv=classes)
+    packed, _ = read_labels(compressed, images, class_info_csv=classes)
+    assert [(r.patient_id, r.target, r.class_name) for r in packed] == [(r.patient_id, r.target, r.class_name)
+                                                                         for r in plain]
+    np.testing.assert_array_equal(np.concatenate([r.boxes for r in packed]),
+                                  np.concatenate([r.boxes for r in plain]))
+    bad_row = tmp_path / f"bad_row{suffix}"
+    pd.DataFrame([GOOD_ROWS[0].split(","), "b,1000.0,200.0,50.0,80.0,1".split(",")],
+                 columns=HEADER.strip().split(",")).to_csv(bad_row, index=False)
+    with pytest.raises(LabelError, match=rf"{bad_row}:3: .*outside"):
+        read_labels(bad_row, images)
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(b"patientId,x,y,width,height,Target\n")  # not compressed at all
+    with pytest.raises(LabelError, match=rf"{broken}: not a readable compressed CSV"):
+        read_labels(broken, images)
+
+
+def test_labels_without_images_when_images_are_not_required(tmp_path):
+    labels, _, _ = write_dataset(tmp_path, GOOD_ROWS, images=())
+    records, report = read_labels(labels, tmp_path / "images", require_images=False)
+    assert len(report) == 0 and [r.patient_id for r in records] == ["a", "b", "c"]
+    assert records[1].image_path == str(tmp_path / "images" / "b.dcm")
+    with pytest.raises(LabelError, match=r"a\.dcm"):
+        read_labels(labels, tmp_path / "images")
+
+
+# --- folds stratified by view position -----------------------------------------------------------
+
+
+def _viewed_records(counts: dict[tuple[int, str], int]):
+    """Records and their view positions: `counts` {(target, view): patients}."""
+    from retinanet.data.rsna import Record
+
+    records, views = [], {}
+    for (target, view), count in counts.items():
+        for i in range(count):
+            patient_id = f"{'pn'[target == 0]}{view}{i:03d}"
+            records.append(Record(patient_id, "", np.ones((target, 4), np.float32), target))
+            views[patient_id] = view
+    return records, views
+
+
+def test_folds_stratified_by_view_give_every_fold_its_share_of_each_stratum():
+    counts = {(0, "AP"): 10, (0, "PA"): 20, (1, "AP"): 15, (1, "PA"): 5}
+    records, views = _viewed_records(counts)
+    folds = make_folds(records, 5, seed=3, view_positions=views)
+    assert list(folds.columns) == ["patientId", "Target", "ViewPosition", "fold"]
+    assert dict(zip(folds["patientId"], folds["ViewPosition"])) == views
+    for fold in range(5):
+        members = folds[folds["fold"] == fold]
+        per_stratum = members.groupby(["Target", "ViewPosition"]).size().to_dict()
+        assert per_stratum == {(0, "AP"): 2, (0, "PA"): 4, (1, "AP"): 3, (1, "PA"): 1}
+    assert folds.equals(make_folds(records, 5, seed=3, view_positions=views))
+    # Uneven strata: each fold within one of its share, the fold sizes within one of each other.
+    records, views = _viewed_records({(0, "AP"): 7, (0, "PA"): 11, (1, "AP"): 6, (1, "PA"): 3})
+    folds = make_folds(records, 4, seed=0, view_positions=views)
+    sizes = folds.groupby("fold").size()
+    assert sizes.max() - sizes.min() <= 1
+    for (target, view), count in {(0, "AP"): 7, (0, "PA"): 11, (1, "AP"): 6, (1, "PA"): 3}.items():
+        stratum = folds[(folds["Target"] == target) & (folds["ViewPosition"] == view)]
+        assert set(stratum.groupby("fold").size().reindex(range(4), fill_value=0)) <= {count // 4, count // 4 + 1}
+
+
+def test_folds_without_views_are_those_of_the_target_only_split():
+    from retinanet.data.rsna import Record
+
+    records = ([Record(f"n{i}", "", np.zeros((0, 4), np.float32), 0) for i in range(6)]
+               + [Record(f"p{i}", "", np.ones((1, 4), np.float32), 1) for i in range(4)])
+    folds = make_folds(records, 3, seed=7)
+    assert list(folds.columns) == ["patientId", "Target", "fold"]
+    # The assignment the Target-only split gave before view positions existed (split files stay valid).
+    assert dict(zip(folds["patientId"], folds["fold"])) == {
+        "n0": 2, "n1": 1, "n2": 1, "n3": 2, "n4": 0, "n5": 0, "p0": 0, "p1": 1, "p2": 2, "p3": 0}
+    views = {record.patient_id: "AP" for record in records}
+    assert make_folds(records, 3, seed=7, view_positions=views)["fold"].tolist() == folds["fold"].tolist()
+
+
+def test_split_file_with_view_positions_is_reused_like_the_old_format(tmp_path):
+    records, views = _viewed_records({(0, "AP"): 6, (0, "PA"): 6, (1, "AP"): 4, (1, "PA"): 4})
+    path = tmp_path / "folds.csv"
+    first = load_or_create_folds(records, path, 4, seed=0, view_positions=views)
+    assert path.read_text().splitlines()[0] == "patientId,Target,ViewPosition,fold"
+    again = load_or_create_folds(records, path, 4, seed=5)  # the file wins over the seed and the strata
+    assert again.equals(first)
+    train, validation = split_records(records, again, validation_fold=1)
+    assert len(validation) == 5 and len(train) == 15

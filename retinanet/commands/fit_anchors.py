@@ -6,7 +6,8 @@ k-medians with the distance 1 - IoU between centred box and anchor shapes, at th
 size, over the config's levels and sizes (retinanet/data/anchor_fitting.py). Reports the share of
 training boxes that have an anchor at IoU >= anchors.positive_iou before and after, and writes
 the config's `anchors:` section with the fitted values (to stdout, or to --out with the report
-on stdout) for pasting into a config. Exit code 2 on a bad config or unreadable labels.
+on stdout) for pasting into a config. It needs the labels only, not the images. Exit code 2 on a
+bad config or unreadable labels.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def run(args, parser) -> int:
     from retinanet.data.pipeline import prepare_split
     from retinanet.runtime.safe_writes import write_text_atomically
 
-    records = prepare_split(config, progress=not args.no_progress).train
+    records = prepare_split(config, progress=not args.no_progress, require_images=False).train  # boxes only
     if not any(len(record.boxes) for record in records):
         raise ConfigError(f"{args.config}: the training split holds no boxes to fit anchors to")
     fit = fit_anchors(records, config, num_ratios=args.num_ratios, num_scales=args.num_scales, seed=args.seed)

@@ -2,6 +2,9 @@
 
     retinanet prepare --config configs/rsna.yaml
 
+The split is stratified by Target and, with `data.headers_csv` or the DICOMs' headers, by view
+position (AP/PA); an existing split file is kept as it is.
+
 Training builds the cache on its own when it is missing; running this first separates the
 one-off cost (decoding every DICOM, CLAHE, resizing) from training and reports bad files.
 """
@@ -28,7 +31,10 @@ def run(args, parser) -> int:
         positives = sum(r.target for r in used)
         print(f"{name:10s} {len(used):6d} images ({positives} with boxes, "
               f"{sum(len(r.boxes) for r in used)} boxes); {len(records) - len(used)} unreadable skipped")
-    print(f"split file: {prepared.split_file}")
+    print(f"split file: {prepared.split_file} (stratified by Target"
+          f"{' and ViewPosition' if prepared.by_view_position else ' only'})")
+    if config.data.headers_csv and not prepared.by_view_position:
+        print("            made before data.headers_csv was set: delete it to stratify by view position too")
     if config.data.use_cache:
         print(f"cache:      {config.data.cache_dir}")
     return 0

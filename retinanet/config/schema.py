@@ -99,8 +99,12 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class DataConfig:
     root: str = setting("data/rsna", not_empty())
-    labels_csv: str = setting("stage_2_train_labels.csv", not_empty())
-    class_info_csv: str = setting("stage_2_detailed_class_info.csv", not_empty())
+    labels_csv: str = setting("stage_2_train_labels.csv", not_empty())  # compressed too (.csv.zip, .csv.gz)
+    # "" or absent: positives are "Lung Opacity", the negatives' class is unknown.
+    class_info_csv: str = "stage_2_detailed_class_info.csv"
+    # A table of DICOM headers (patientId or PatientID, ViewPosition) for a split stratified by
+    # view position too; "": the DICOMs' own headers when the images are there.
+    headers_csv: str = ""
     train_images: str = setting("stage_2_train_images", not_empty())
     # Generate synthetic data into `root` on first use; null for real data.
     synthetic: SyntheticConfig | None = None

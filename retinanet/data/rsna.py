@@ -1,12 +1,15 @@
 """RSNA label CSVs -> validated per-patient records, and patient-level fold splits.
 
 Boxes become `x1, y1, x2, y2` in original pixels here, at the edge of the package.
-Every problem found names the file and the CSV line (the header is line 1).
+Every problem found names the file and the CSV line (the header is line 1). The CSVs may be
+compressed (`.zip` holding one CSV, `.gz`, ...: pandas infers it from the name).
 """
 
 from __future__ import annotations
 
+import gzip
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from retinanet.runtime.safe_writes import make_directory, replace_atomically
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 CLASS_NAMES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
+LUNG_OPACITY = CLASS_NAMES[0]  # the class of every positive patient
 
 
 class LabelError(UserError, ValueError):
@@ -34,7 +38,7 @@ class Record:
     image_path: str
     boxes: np.ndarray
     target: int
-    class_name: str = ""
+    class_name: str = ""  # "" where unknown: a negative patient read without the class CSV
 
 
 @dataclass
@@ -54,7 +58,8 @@ class SkipReport:
         replace_atomically(path, lambda temporary: table.to_csv(temporary, index=False))
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV (compressed or not) as strings, its header holding `columns`; LabelError naming the file otherwise."""
     if not path.is_file():
         raise LabelError(f"{path}: file not found")
     try:
@@ -63,6 +68,8 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise LabelError(f"{path}: empty file (expected the header {','.join(columns)} and rows below it)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise LabelError(f"{path}: not a readable CSV: {error}") from None
+    except (zipfile.BadZipFile, gzip.BadGzipFile, EOFError, ValueError) as error:  # ValueError: a zip of several files
+        raise LabelError(f"{path}: not a readable compressed CSV: {error}") from None
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise LabelError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})")
@@ -106,10 +113,14 @@ def read_labels(
     class_info_csv: str | Path | None = None,
     image_size: float = 1024,
     policy: str = "error",
+    require_images: bool = True,
 ) -> tuple[list[Record], SkipReport]:
     """Parse and validate `stage_2_train_labels.csv` (and optionally the class CSV).
 
-    With `images_dir`, each patient's `<patientId>.dcm` must exist. `policy` is "error"
+    Without the class CSV a positive patient's class is "Lung Opacity" (the only class with boxes)
+    and a negative one's is unknown (""). With `images_dir`, each patient's `<patientId>.dcm` must
+    exist unless `require_images` is False (the paths are still built: fitting anchors and
+    splitting need the labels only). `policy` is "error"
     (raise LabelError on the first problem) or "skip" (leave the patient out, and record
     the file, line and reason in the returned SkipReport). A row repeating an earlier row of the
     same patient (the same box, or a second "no box" row) is a problem too; under "skip" only the
@@ -118,7 +129,7 @@ def read_labels(
     if policy not in BAD_FILE_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(BAD_FILE_POLICIES)}, got {policy!r}")
     labels_csv = Path(labels_csv)
-    frame = _read_csv(labels_csv, LABEL_COLUMNS)
+    frame = read_table(labels_csv, LABEL_COLUMNS)
     report = SkipReport()
     bad_patients: set[str] = set()
 
@@ -162,7 +173,7 @@ def read_labels(
     classes: dict[str, str] = {}
     if class_info_csv is not None:
         class_info_csv = Path(class_info_csv)
-        class_frame = _read_csv(class_info_csv, CLASS_COLUMNS)
+        class_frame = read_table(class_info_csv, CLASS_COLUMNS)
         for index, row in enumerate(class_frame.to_dict("records")):
             where = f"{class_info_csv}:{index + 2}"
             patient_id, name = row["patientId"].strip(), row["class"].strip()
@@ -180,32 +191,47 @@ def read_labels(
         if patient_id in bad_patients:
             continue
         image_path = Path(images_dir) / f"{patient_id}.dcm" if images_dir is not None else Path(f"{patient_id}.dcm")
-        if images_dir is not None and not image_path.is_file():
+        if images_dir is not None and require_images and not image_path.is_file():
             problem(str(image_path), patient_id, f"image of patient {patient_id} not found")
             continue
         patient_boxes = np.stack(boxes[patient_id]) if boxes[patient_id] else np.zeros((0, 4), np.float32)
-        records.append(Record(patient_id, str(image_path), patient_boxes, max(targets[patient_id]),
-                              classes.get(patient_id, "")))
+        target = max(targets[patient_id])
+        class_name = classes.get(patient_id, LUNG_OPACITY if class_info_csv is None and target == 1 else "")
+        records.append(Record(patient_id, str(image_path), patient_boxes, target, class_name))
     return records, report
 
 
-def make_folds(records: list[Record], num_folds: int, seed: int) -> pd.DataFrame:
-    """Patient-level folds stratified by Target: DataFrame `patientId, Target, fold`."""
+def make_folds(records: list[Record], num_folds: int, seed: int,
+               view_positions: dict[str, str] | None = None) -> pd.DataFrame:
+    """Patient-level folds stratified by Target: DataFrame `patientId, Target, fold`.
+
+    With `view_positions` ({patientId: "AP", "PA", ...}, every record's patient) the strata are
+    (Target, view position) and the frame has a ViewPosition column after Target. Without it the
+    folds are those of earlier versions for the same records and seed.
+    """
     rng = np.random.default_rng(seed)
     rows = []
+    views = sorted(set(view_positions.values())) if view_positions is not None else [None]
     # Deal each stratum round-robin, the count carrying over between strata: every fold gets
-    # its share of positives and the fold sizes differ by at most one.
+    # its share of each stratum and the fold sizes differ by at most one.
     dealt = 0
     for target in (0, 1):
-        patients = sorted(r.patient_id for r in records if r.target == target)
-        for i in rng.permutation(len(patients)):
-            rows.append((patients[i], target, dealt % num_folds))
-            dealt += 1
-    return pd.DataFrame(rows, columns=["patientId", "Target", "fold"]).sort_values("patientId", ignore_index=True)
+        for view in views:
+            patients = sorted(r.patient_id for r in records
+                              if r.target == target and (view is None or view_positions[r.patient_id] == view))
+            for i in rng.permutation(len(patients)):
+                rows.append((patients[i], target, *([] if view is None else [view]), dealt % num_folds))
+                dealt += 1
+    columns = ["patientId", "Target", *([] if view_positions is None else ["ViewPosition"]), "fold"]
+    return pd.DataFrame(rows, columns=columns).sort_values("patientId", ignore_index=True)
 
 
-def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int, seed: int) -> pd.DataFrame:
-    """Read the split file, or create and write it; the file's patients must match the records."""
+def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int, seed: int,
+                         view_positions: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read the split file, or create and write it; the file's patients must match the records.
+
+    An existing file wins over the seed and `view_positions` (`make_folds`' strata of a new file).
+    """
     path = Path(path)
     if path.is_file():
         folds = pd.read_csv(path, dtype={"patientId": str})
@@ -216,7 +242,7 @@ def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int
         if folds["fold"].max() >= num_folds:
             raise LabelError(f"{path}: split file has {folds['fold'].max() + 1} folds, config asks for {num_folds}")
         return folds
-    folds = make_folds(records, num_folds, seed)
+    folds = make_folds(records, num_folds, seed, view_positions)
     make_directory(path.parent)
     replace_atomically(path, lambda temporary: folds.to_csv(temporary, index=False))
     return folds

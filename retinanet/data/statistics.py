@@ -30,7 +30,8 @@ def dataset_summary(records: list[Record]) -> dict:
     Returns {"images", "positive_images", "negative_images", "positive_fraction" (NaN for no
     records), "boxes", "boxes_per_positive_image": {boxes: images} ascending, "class_counts":
     {class name: images}}. Class counts cover the records that carry a class name (RSNA order
-    first, any other name after, alphabetically); without the class CSV they are empty.
+    first, any other name after, alphabetically); without the class CSV only the positives carry
+    one ("Lung Opacity"), and the negatives are counted in negative_images alone.
     """
     images = len(records)
     positives = sum(1 for record in records if record.target == 1)
