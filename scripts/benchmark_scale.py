@@ -25,9 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cpu_kind() -> str:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    found = re.search(r"amx_bf16|avx512_bf16|avx2", text)
+    flags = set(re.findall(r"\b(amx_bf16|avx512_bf16|avx2)\b", text))
+    strongest = next((flag for flag in ("amx_bf16", "avx512_bf16", "avx2") if flag in flags), "no avx2")
     model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return f"{model.group(1) if model else 'unknown CPU'} ({found.group(0) if found else 'no avx2'})"
+    return f"{model.group(1) if model else 'unknown CPU'} ({strongest})"
 
 
 def main(argv=None) -> None:
