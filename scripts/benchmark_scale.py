@@ -48,13 +48,13 @@ def main(argv=None) -> None:
         rows, steps = [], None
         for size in (int(text) for text in args.sizes.split(",")):
             row = measure_size(Path(args.data), work, size, args.config, args.set)
-            print(f"measured {size} patients: prepare {row['prepare_seconds']:.1f} s", flush=True)
             if steps is None and args.steps:
                 steps = measure_steps(args.config, row["overrides"], args.steps, args.warmup)
             if not args.keep_caches:
                 shutil.rmtree(row["cache_dir"])
             rows.append(row)
-    print(format_report(rows, steps, cpu=cpu_kind(), gpu_step_seconds=args.gpu_step))
+            # The table so far after each N: a long run interrupted keeps what it measured.
+            print(format_report(rows, steps, cpu=cpu_kind(), gpu_step_seconds=args.gpu_step) + "\n", flush=True)
 
 
 if __name__ == "__main__":
