@@ -50,7 +50,10 @@ def test_the_script_prints_the_table(data_dir, tmp_path):
                *(f"--set={override}" for override in [f"data.original_size={SIZE}", *TINY_OVERRIDES])]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
-    rows = [line for line in completed.stdout.splitlines() if line.startswith("| 4 |") or line.startswith("| 12 |")]
+    first_table, last_table = completed.stdout.split("CPU kind: ")[1:]  # printed after each size
+    assert sum(line.startswith("| 4 |") for line in first_table.splitlines()) == 1
+    rows = [line for line in last_table.splitlines() if line.startswith("| 4 |") or line.startswith("| 12 |")]
     assert len(rows) == 2 and all(row.count("|") == 9 for row in rows)
-    assert "waiting for input" in completed.stdout and "needs 8 images/s" in completed.stdout  # batch 2 / 0.25 s
+    assert "waiting for input" in last_table and "needs 8 images/s" in last_table  # batch 2 / 0.25 s
+    assert "one epoch of the first 12 patients' training split" in last_table
     assert not list(tmp_path.glob("cache_*/*"))  # each cache removed once measured
