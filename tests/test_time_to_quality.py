@@ -56,7 +56,8 @@ def test_command_line(tmp_path):
     completed = subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "time_to_quality.py"), str(first),
                                 str(second), "--targets", "0.2"], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.splitlines()[2:] == ["| first | 1.5 | 0.250 (50, 1.5) |", "| second | 1.0 | 0.220 (100, 1.0) |"]
+    assert completed.stdout.splitlines()[2:] == ["| first | 1.5 | 0.250 (50, 1.5) |",
+                                                 "| second | 1.0 | 0.220 (100, 1.0) |"]
     missing = subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "time_to_quality.py"), str(tmp_path / "x")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr

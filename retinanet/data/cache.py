@@ -9,6 +9,11 @@ versions of the reader and preprocessing code: changing them starts a new cache.
 records each image's source file (size and mtime), so an image whose DICOM changed is rebuilt
 and the rest are reused; an index that cannot be read is reported and rebuilt. Files are
 replaced atomically (retinanet/runtime/safe_writes.py): a full disk leaves the earlier ones intact.
+
+A run can be killed at any moment: each image's entry is appended to `index.journal` (one JSON
+line) once its pixels are in place, and the journal is folded into `index.json` at the end of
+the run. The next run reads both, so it caches only the images that no entry records; a line cut
+short by the kill is reported and its image cached again.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from retinanet.data import dicom, preprocess
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import preprocess_image
 from retinanet.data.rsna import Record, SkipReport
-from retinanet.runtime.safe_writes import make_directory, write_bytes_atomically, write_text_atomically
+from retinanet.runtime.safe_writes import append_line, make_directory, write_bytes_atomically, write_text_atomically
 
 CACHE_VERSION = 2
 
@@ -56,26 +61,55 @@ def _is_entry(entry) -> bool:
             and len(entry["original_size"]) == 2)
 
 
-def read_index(index_path: Path) -> dict:
-    """The cache's index; an unreadable one, or entries of the wrong form, are reported on stderr
-    and left out, so that their images are read and cached again."""
-    if not index_path.is_file():
+def journal_path(index_path: Path) -> Path:
+    return index_path.with_suffix(".journal")
+
+
+def _read_journal(path: Path) -> dict:
+    """{patient_id: entry} of the journal's lines, later lines winning; lines that are not a
+    [patient_id, entry] pair (the last one cut short by a kill) are reported and left out."""
+    if not path.is_file():
         return {}
+    entries, broken = {}, 0
+    for line in path.read_bytes().splitlines():
+        try:
+            patient_id, entry = json.loads(line)
+            entries[str(patient_id)] = entry
+        except (ValueError, TypeError, UnicodeDecodeError):
+            broken += 1
+    if broken:
+        print(f"warning: {broken} line(s) of the cache journal {path} are incomplete (a run was interrupted while "
+              "writing them); their images are cached again", file=sys.stderr)
+    return entries
+
+
+def read_index(index_path: Path) -> dict:
+    """The cache's index: `index_path` and the journal of an interrupted run beside it. An unreadable
+    index, or entries of the wrong form, are reported on stderr and left out, so that their
+    images are read and cached again."""
+    journal = _read_journal(journal_path(index_path))
+    if not index_path.is_file():
+        return _well_formed(journal, journal_path(index_path))
     try:
         index = json.loads(index_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         print(f"warning: the cache index {index_path} is not valid JSON ({error}); its images are cached again",
               file=sys.stderr)
-        return {}
+        return _well_formed(journal, journal_path(index_path))
     if not isinstance(index, dict):
         print(f"warning: the cache index {index_path} is not a JSON object; its images are cached again",
               file=sys.stderr)
-        return {}
+        return _well_formed(journal, journal_path(index_path))
+    return _well_formed({**index, **journal}, index_path)
+
+
+def _well_formed(index: dict, index_path: Path) -> dict:
     malformed = [patient_id for patient_id, entry in index.items() if not _is_entry(entry)]
     if malformed:
         print(f"warning: {len(malformed)} of {len(index)} entries of the cache index {index_path} are malformed "
               f"(e.g. {malformed[0]!r}); their images are cached again", file=sys.stderr)
-    return {patient_id: entry for patient_id, entry in index.items() if patient_id not in malformed}
+    left_out = set(malformed)
+    return {patient_id: entry for patient_id, entry in index.items() if patient_id not in left_out}
 
 
 def _source_signature(path: str) -> list:
@@ -124,7 +158,12 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
         write_bytes_atomically(path, image.tobytes())
         return record, CachedImage(str(path), scale, tuple(original_size)), None
 
+    print(f"cache {directory}: {len(todo)} image(s) to cache, {len(cached)} already cached")
+    journal = journal_path(index_path)
     if not todo:
+        if journal.is_file():  # an interrupted run's entries, all still valid
+            write_text_atomically(index_path, json.dumps(index))
+            journal.unlink()
         return cached, report
     try:
         with ThreadPoolExecutor(num_workers) as pool:
@@ -137,8 +176,11 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
                     report.add(record.image_path, error)
                     continue
                 cached[record.patient_id] = item
-                index[record.patient_id] = {"source": _source_signature(record.image_path), "scale": item.scale,
-                                            "original_size": list(item.original_size)}
+                entry = {"source": _source_signature(record.image_path), "scale": item.scale,
+                         "original_size": list(item.original_size)}
+                index[record.patient_id] = entry
+                append_line(journal, json.dumps([record.patient_id, entry]))  # what a kill keeps
     finally:
         write_text_atomically(index_path, json.dumps(index))
+        journal.unlink(missing_ok=True)  # folded into the index just written
     return cached, report
