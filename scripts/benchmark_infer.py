@@ -3,8 +3,11 @@
     python scripts/benchmark_infer.py                      # configs/rsna.yaml, random weights
     python scripts/benchmark_infer.py --run-dir runs/x     # a trained run
     python scripts/benchmark_infer.py --dicom some.dcm --repeats 20
+    python scripts/benchmark_infer.py --run-dir runs/x --directory dicoms/ [--batch-size 8]
+    python scripts/benchmark_infer.py --images 64          # `infer` on 64 synthetic 1024 px DICOMs
 
-Prints the median over warm runs of reading, preprocessing, network and post-processing.
+Prints the median over warm runs of reading, preprocessing, network and post-processing; with
+--directory or --images, the images per second of `retinanet infer` on a directory instead.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retinanet.bench.benchmark import run_benchmark
+from retinanet.bench.benchmark import run_benchmark, run_directory_benchmark
 from retinanet.config import ConfigError
 from retinanet.data.dicom import DicomReadError
 from retinanet.serve.inference import InputError, ModelLoadError
+from retinanet.serve.journal import JournalError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +33,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dicom", help="DICOM file to time (default: a synthetic 1024 px one)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per path (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    parser.add_argument("--directory", help="time `infer` on this directory of DICOMs")
+    parser.add_argument("--images", type=int,
+                        help="time `infer` on this many synthetic 1024 px DICOMs (without --directory)")
+    parser.add_argument("--batch-size", type=int, help="with --directory or --images: images per batch "
+                        "(default: evaluation.batch_size)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1:
         parser.error("--repeats and --warmup must be at least 1")
+    if (args.images is not None and args.images < 1) or (args.batch_size is not None and args.batch_size < 1):
+        parser.error("--images and --batch-size must be at least 1")
     try:
-        report = run_benchmark(config_path=args.config, run_dir=args.run_dir, checkpoint=args.checkpoint,
-                               dicom=args.dicom, repeats=args.repeats, warmup=args.warmup, overrides=args.set)
-    except (ConfigError, DicomReadError, InputError, ModelLoadError) as error:
+        if args.directory is not None or args.images is not None:
+            report = run_directory_benchmark(config_path=args.config, run_dir=args.run_dir,
+                                             checkpoint=args.checkpoint, directory=args.directory,
+                                             num_images=args.images or 32, batch_size=args.batch_size,
+                                             overrides=args.set)
+        else:
+            report = run_benchmark(config_path=args.config, run_dir=args.run_dir, checkpoint=args.checkpoint,
+                                   dicom=args.dicom, repeats=args.repeats, warmup=args.warmup, overrides=args.set)
+    except (ConfigError, DicomReadError, InputError, JournalError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report)

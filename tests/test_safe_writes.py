@@ -53,6 +53,16 @@ def test_lines_are_appended_and_a_full_disk_leaves_no_half_line(tmp_path, monkey
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
+def test_a_durable_append_reaches_the_disk_before_it_returns(tmp_path, monkeypatch):
+    path = tmp_path / "detections.jsonl"
+    synced = []
+    monkeypatch.setattr(safe_writes.os, "fsync", lambda descriptor: synced.append(path.read_text()))
+    append_line(path, "a")
+    assert synced == []
+    append_line(path, "b\nc", durable=True)
+    assert synced == ["a\nb\nc\n"]  # flushed first: the synced file holds the whole append
+
+
 def test_temporaries_sit_beside_the_file_and_keep_its_suffixes(tmp_path):
     assert temporary_path(tmp_path / "best.weights.h5") == tmp_path / "best.tmp.weights.h5"
     assert temporary_path(tmp_path / "index.json") == tmp_path / "index.tmp.json"

@@ -277,13 +277,18 @@ def test_infer_on_an_image_whose_outputs_cannot_be_written(suffix, number, tiny_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("number", [errno.EROFS, errno.ENOSPC])
-def test_infer_on_a_directory_whose_submission_cannot_be_written(number, tiny_run, evaluated_run, tmp_path,
-                                                                 unwritable, capsys):
-    unwritable(tmp_path, number)
+@pytest.mark.parametrize("blocked", ["detections.jsonl", "submission.csv"])
+def test_infer_on_a_directory_whose_outputs_cannot_be_written(blocked, number, tiny_run, evaluated_run, tmp_path,
+                                                              unwritable, capsys):
+    unwritable(tmp_path, number, suffix=blocked)
     code = main(["infer", "--run-dir", str(tiny_run.run_dir), "--input", str(tiny_run.data_dir / "stage_2_test_images"),
                  "--output", str(tmp_path), "--no-progress"])
-    assert_cannot_write(code, capsys.readouterr().err, tmp_path / "submission.csv", number)
-    assert list(tmp_path.iterdir()) == []
+    assert_cannot_write(code, capsys.readouterr().err, tmp_path / blocked, number)
+    # The journal is written first; a submission that cannot be written leaves it whole, to resume from.
+    expected = ["detections.jsonl"] if blocked == "submission.csv" else []
+    assert sorted(path.name for path in tmp_path.iterdir()) == expected
+    if expected:
+        assert len((tmp_path / "detections.jsonl").read_text().splitlines()) == 1 + len(tiny_run.test_dicoms)
 
 
 @pytest.mark.slow

@@ -108,14 +108,18 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     write_bytes_atomically(path, text.encode())
 
 
-def append_line(path: str | Path, line: str) -> None:
-    """Append `line` and a newline to `path` (a log). A failed append cuts the file back to the
-    lines it held, so that no half line is left behind, and raises FileWriteError."""
+def append_line(path: str | Path, line: str, durable: bool = False) -> None:
+    """Append `line` and a newline to `path` (a log) in one write. A failed append cuts the file
+    back to the lines it held, so that no half line is left behind, and raises FileWriteError.
+    `durable` also flushes it to the disk (fsync) before returning: the line survives a power cut."""
     path = Path(path)
     size = path.stat().st_size if path.exists() else 0
     try:
         with open(path, "ab") as file:
             file.write((line + "\n").encode())
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
     except OSError as error:
         try:
             os.truncate(path, size)

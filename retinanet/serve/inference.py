@@ -17,6 +17,7 @@ OpenCV); boxes come back as `x1, y1, x2, y2` in the original image's pixels, cli
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -188,42 +189,52 @@ class Detector:
         processed, scale = self.preprocess(image)
         return processed, scale, image.shape[:2]
 
-    def detect_paths(self, paths, *, batch_size: int | None = None, progress: bool = True,
-                     threshold: float | None = None, skipped: SkipReport | None = None):
-        """Yield (path, result) for image files in order; up to two batches are read ahead in
-        data.num_parallel_calls threads (0: one per core) while the network runs.
+    def detect_batches(self, paths, *, batch_size: int | None = None, progress: bool = True,
+                       threshold: float | None = None, skip_unreadable: bool = False, done: int = 0):
+        """Yield, for each run of `batch_size` consecutive paths (default evaluation.batch_size), the
+        list of (path, result) in order; up to two batches are read ahead in data.num_parallel_calls
+        threads (0: one per core) while the network runs, and no more are held in memory.
 
-        An unreadable file raises DicomReadError; with a `skipped` report it is added there
-        instead (path and reason) and yields nothing.
+        An unreadable file raises DicomReadError; with `skip_unreadable` its result is that error
+        and it leaves the network's batch. `done` images counted before these start the progress bar.
         """
         paths = list(paths)
         batch_size = batch_size or self.config.evaluation.batch_size
-        skip = skipped is not None
         batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
         with ThreadPoolExecutor(workers(self.config.data.num_parallel_calls)) as pool, \
-                tqdm(total=len(paths), desc="detecting", unit="img", disable=not progress) as bar:
+                tqdm(total=done + len(paths), initial=done, desc="detecting", unit="img",
+                     disable=not progress) as bar:
             pending = deque()
             for batch in batches[:2]:  # never more than two batches in memory
-                pending.append((batch, [pool.submit(self._load, path, skip) for path in batch]))
+                pending.append((batch, [pool.submit(self._load, path, skip_unreadable) for path in batch]))
             for index in range(len(batches)):
                 batch, futures = pending.popleft()
                 if index + 2 < len(batches):
                     pending.append((batches[index + 2],
-                                    [pool.submit(self._load, path, skip) for path in batches[index + 2]]))
-                readable = []
-                for path, future in zip(batch, futures):
-                    item = future.result()
-                    if isinstance(item, DicomReadError):
-                        skipped.add(str(path), str(item))
-                    else:
-                        readable.append((path, item))
+                                    [pool.submit(self._load, path, skip_unreadable) for path in batches[index + 2]]))
+                items = [future.result() for future in futures]
+                readable = [item for item in items if not isinstance(item, DicomReadError)]
+                results = iter(self.detect_preprocessed([item[0] for item in readable], [item[1] for item in readable],
+                                                        [item[2] for item in readable], threshold)
+                               if readable else [])
                 bar.update(len(batch))
-                if not readable:
-                    continue
-                loaded = [item for _, item in readable]
-                results = self.detect_preprocessed([item[0] for item in loaded], [item[1] for item in loaded],
-                                                   [item[2] for item in loaded], threshold)
-                yield from zip([path for path, _ in readable], results)
+                yield [(path, item if isinstance(item, DicomReadError) else next(results))
+                       for path, item in zip(batch, items)]
+
+    def detect_paths(self, paths, *, batch_size: int | None = None, progress: bool = True,
+                     threshold: float | None = None, skipped: SkipReport | None = None):
+        """Yield (path, result) for image files in order, read and batched as by `detect_batches`.
+
+        An unreadable file raises DicomReadError; with a `skipped` report it is added there
+        instead (path and reason) and yields nothing.
+        """
+        for batch in self.detect_batches(paths, batch_size=batch_size, progress=progress, threshold=threshold,
+                                         skip_unreadable=skipped is not None):
+            for path, result in batch:
+                if isinstance(result, DicomReadError):
+                    skipped.add(str(path), str(result))
+                else:
+                    yield path, result
 
 
 def dicom_files(directory: str | Path) -> list[Path]:
@@ -267,50 +278,94 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
     return document
 
 
+def unreadable_error(reason: str) -> DicomReadError:
+    return DicomReadError(f"{reason} (pass --skip-unreadable or set data.bad_file_policy: skip to write the "
+                          "submission without unreadable files)")
+
+
 def infer_directory(detector: Detector, directory: Path, output_dir: Path, progress: bool = True,
-                    skip_unreadable: bool = False) -> dict:
+                    skip_unreadable: bool = False, batch_size: int | None = None) -> dict:
     """Every DICOM in `directory` -> `<output_dir>/submission.csv` (Kaggle format, one row per file).
 
-    An unreadable file stops with DicomReadError, unless `skip_unreadable`: then its row is left
+    The detections go to the journal `<output_dir>/detections.jsonl` batch by batch
+    (`retinanet.serve.journal`); run again after a kill, this skips the batches already there, and
+    the submission, written from the journal, is byte-identical to an uninterrupted run's. An
+    unreadable file stops with DicomReadError, unless `skip_unreadable`: then its row is left
     empty, and the files and reasons are listed in `<output_dir>/skipped_images.csv` and counted.
+    `batch_size` defaults to evaluation.batch_size.
     """
     from retinanet.data.pipeline import report_skips
     from retinanet.data.submission import write_submission
+    from retinanet.detection.detections import above
+    from retinanet.serve import journal
 
     files = dicom_files(directory)
-    skipped = SkipReport() if skip_unreadable else None
+    patient_ids = [path.stem for path in files]
+    batch_size = batch_size or detector.config.evaluation.batch_size
+    make_directory(output_dir)
+    journal_path = output_dir / journal.JOURNAL
+    header = journal.journal_header(journal.model_fingerprint(detector.config, detector.models), batch_size,
+                                    patient_ids)
+    resumed = journal.open_journal(journal_path, header, patient_ids)
+    entries = list(resumed.entries)
+    unreadable = [entry["unreadable"] for entry in entries if "unreadable" in entry]
+    if unreadable and not skip_unreadable:  # journaled by an earlier run that skipped them
+        raise unreadable_error(unreadable[0])
+    start = time.perf_counter()
     try:
-        predictions = {Path(path).stem: (result["boxes"], result["scores"])
-                       for path, result in detector.detect_paths(files, progress=progress, skipped=skipped)}
+        # Threshold 0: the journal keeps every box; the run's threshold applies to the submission.
+        for batch in detector.detect_batches(files[len(entries):], batch_size=batch_size, progress=progress,
+                                             threshold=0.0, skip_unreadable=skip_unreadable, done=len(entries)):
+            new_entries = [journal.unreadable_entry(path.stem, str(result)) if isinstance(result, DicomReadError)
+                           else journal.detection_entry(path.stem, result) for path, result in batch]
+            journal.append_batch(journal_path, new_entries)
+            entries += new_entries
     except DicomReadError as error:
-        raise DicomReadError(f"{error} (pass --skip-unreadable or set data.bad_file_policy: skip to write the "
-                             "submission without unreadable files)") from None
+        raise unreadable_error(str(error)) from None
+    seconds = time.perf_counter() - start
+    skipped = SkipReport()
+    predictions = {}
+    for path, entry in zip(files, entries):
+        if "unreadable" in entry:
+            skipped.add(str(path), entry["unreadable"])
+        else:
+            predictions[path.stem] = above(np.array(entry["boxes"], np.float64).reshape(-1, 4),
+                                           np.array(entry["scores"], np.float64), detector.threshold)
     output = output_dir / "submission.csv"
-    write_submission(output, predictions, [path.stem for path in files])
-    outputs = [str(output)]
-    if skipped is not None:
+    write_submission(output, predictions, patient_ids)
+    outputs = [str(output), str(journal_path)]
+    if skip_unreadable:
         skipped_list = output_dir / "skipped_images.csv"
         report_skips(skipped, "unreadable image(s), written as rows without boxes,", skipped_list)
         outputs += [str(skipped_list)] if len(skipped) else []
-    num_boxes = sum(len(scores) for _, scores in predictions.values())
-    return {"submission": str(output), "num_images": len(files),
-            "num_unreadable": 0 if skipped is None else len(skipped), "num_boxes": num_boxes,
+    num_detected = len(files) - len(resumed.entries)
+    return {"submission": str(output), "num_images": len(files), "num_unreadable": len(skipped),
+            "num_boxes": sum(len(scores) for _, scores in predictions.values()),
             "num_positive_images": sum(1 for _, scores in predictions.values() if len(scores)),
-            "score_threshold": detector.threshold, "outputs": outputs}
+            "score_threshold": detector.threshold, "batch_size": batch_size,
+            "num_resumed": len(resumed.entries), "num_detected": num_detected,
+            "journal_lines_dropped": resumed.torn_lines + resumed.unfinished_lines,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(num_detected / seconds, 2) if num_detected else None,
+            "outputs": outputs}
 
 
 def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None, config_path=None,
-                  threshold: float | None = None, progress: bool = True, skip_unreadable: bool | None = None) -> dict:
+                  threshold: float | None = None, progress: bool = True, skip_unreadable: bool | None = None,
+                  batch_size: int | None = None) -> dict:
     """`retinanet infer`: a single image -> JSON + overlay; a directory of DICOMs -> submission.csv.
 
     `output_dir` defaults to the current directory. `skip_unreadable` (for a directory; default:
-    the run's data.bad_file_policy is "skip") writes the submission without unreadable files.
+    the run's data.bad_file_policy is "skip") writes the submission without unreadable files;
+    `batch_size` (a directory; default evaluation.batch_size) is the network's batch.
     Returns a summary whose "outputs" lists the files written and "score_threshold_source" says
     where its "score_threshold" came from (`Detector.threshold_origin`; "--threshold" for `threshold`).
     """
     input_path = Path(input_path)
     if not input_path.exists():
         raise InputError(f"input not found: {input_path}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     # Fail on an empty directory or an unreadable image before spending time on the model.
     image = None if input_path.is_dir() else read_image(input_path)
     if input_path.is_dir():
@@ -321,7 +376,7 @@ def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None,
     if input_path.is_dir():
         if skip_unreadable is None:
             skip_unreadable = detector.config.data.bad_file_policy == "skip"
-        summary = infer_directory(detector, input_path, output_dir, progress, skip_unreadable)
+        summary = infer_directory(detector, input_path, output_dir, progress, skip_unreadable, batch_size)
     else:
         summary = infer_image(detector, input_path, output_dir, image)
     return {**summary, "score_threshold_source": detector.threshold_origin}
