@@ -143,10 +143,13 @@ def training_steps(options: dict) -> dict:
     import tensorflow as tf
 
     from retinanet.builders import build_anchor_set, build_loss, build_model
-    from retinanet.runtime.hardware import dtype_policy
+    from retinanet.runtime.hardware import dtype_policy, prepare_runtime
     from retinanet.train.trainer import build_optimizer, build_train_step
 
     config, prepared, build_dataset = _load(options)
+    runtime = config.runtime  # `auto` resolved for this device, as training does
+    precision, _ = prepare_runtime(runtime.mixed_precision, runtime.intra_op_threads, runtime.inter_op_threads)
+    config = dataclasses.replace(config, runtime=dataclasses.replace(runtime, mixed_precision=precision.policy))
     with dtype_policy(config.runtime.mixed_precision):
         model = build_model(config)
     optimizer = build_optimizer(config.training, precision=config.runtime.mixed_precision)
