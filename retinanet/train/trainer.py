@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -398,6 +399,7 @@ class Trainer:
         bar = tqdm(total=training.steps, initial=start, desc="training", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
         window_start, window_images = time.perf_counter(), 0
+        step_ends: list[float] = []  # when each step up to calibration_end finished
         results = None
         if validation_due_step(self.run_dir) == start and last_validated_step(self.run_dir) < start:
             results = self.validate()  # the run was stopped during the validation of its checkpoint
@@ -405,10 +407,10 @@ class Trainer:
             training = self.config.training
             scalars = train_step(next(iterator))
             step = self.step
-            if step == start + 1:
-                calibration_start = time.perf_counter()
             window_images += training.batch_size
-            total = float(scalars["loss/total"])
+            total = float(scalars["loss/total"])  # waits for the step
+            if calibration_end is not None and step <= calibration_end:
+                step_ends.append(time.perf_counter())
             if not math.isfinite(total):
                 raise TrainingError(f"non-finite loss ({total}) at step {step}; {self._latest_good_checkpoint()}. "
                                     "Lower training.learning_rate or check the data, and start a new run.")
@@ -426,7 +428,9 @@ class Trainer:
                 window_start, window_images = time.perf_counter(), 0
             if step == calibration_end:
                 bar.clear()
-                results = self._fit_to_budget((time.perf_counter() - calibration_start) / CALIBRATION_STEPS)
+                # The median step: the first steps after tracing include stalls (cold caches, the
+                # input pipeline filling) that would make the budget fit too few steps.
+                results = self._fit_to_budget(statistics.median(np.diff(step_ends[-CALIBRATION_STEPS - 1:])))
                 bar.write(_validation_line(step, results))
                 bar.total = self.config.training.steps
                 bar.refresh()
