@@ -23,7 +23,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from retinanet.errors import UserError
-from retinanet.train.budget import CALIBRATION_STEPS, Timing, fit_schedule
+from retinanet.train.budget import CALIBRATION_MARGIN, CALIBRATION_STEPS, Timing, fit_schedule
 from retinanet.config import Config, TrainingConfig, load_config, save_config
 from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
 from retinanet.data.rsna import Record
@@ -430,7 +430,8 @@ class Trainer:
                 bar.clear()
                 # The median step: the first steps after tracing include stalls (cold caches, the
                 # input pipeline filling) that would make the budget fit too few steps.
-                results = self._fit_to_budget(statistics.median(np.diff(step_ends[-CALIBRATION_STEPS - 1:])))
+                step_seconds = statistics.median(np.diff(step_ends[-CALIBRATION_STEPS - 1:]))
+                results = self._fit_to_budget(step_seconds * CALIBRATION_MARGIN)
                 bar.write(_validation_line(step, results))
                 bar.total = self.config.training.steps
                 bar.refresh()
