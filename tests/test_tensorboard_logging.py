@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -134,7 +136,10 @@ def test_a_resumed_run_shows_each_step_once(tmp_path, validated_step, validation
     dropped = trim_events(tmp_path, step=4, validated_step=validated_step)
     assert dropped == 2 + len(validation_logged_again)
     # The resumed run logs steps 5-6 again (different values: another process), and re-runs a
-    # validation of step 4 that was not complete.
+    # validation of step 4 that was not complete. A resumed process starts in a later second, and
+    # event files are read in name order: <seconds>.<host>.<pid>.<writer count>, whose count may
+    # sort lower when it gains a digit within one process.
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
     after = SummaryWriters(tmp_path)
     log_scalars(after, "validation", validation_logged_again, 10.0)
     log_scalars(after, "train", (5, 6), 10.0)
