@@ -46,14 +46,13 @@ def test_a_size_is_measured_in_fresh_processes(data_dir, tmp_path):
 @pytest.mark.slow
 def test_the_script_prints_the_table(data_dir, tmp_path):
     command = [sys.executable, str(REPOSITORY_ROOT / "scripts" / "benchmark_scale.py"), "--data", str(data_dir),
-               "--sizes", "4,12", "--work", str(tmp_path), "--steps", "1", "--warmup", "1",
+               "--sizes", "12", "--work", str(tmp_path), "--steps", "1", "--warmup", "1",
                *(f"--set={override}" for override in [f"data.original_size={SIZE}", *TINY_OVERRIDES])]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert completed.returncode == 0, completed.stderr
-    first_table, last_table = completed.stdout.split("CPU kind: ")[1:]  # printed after each size
-    assert sum(line.startswith("| 4 |") for line in first_table.splitlines()) == 1
-    rows = [line for line in last_table.splitlines() if line.startswith("| 4 |") or line.startswith("| 12 |")]
-    assert len(rows) == 2 and all(row.count("|") == 9 for row in rows)
-    assert "waiting for input" in last_table and "needs 8 images/s" in last_table  # batch 2 / 0.25 s
-    assert "one epoch of the first 12 patients' training split" in last_table
+    table = completed.stdout.split("CPU kind: ")[-1]
+    rows = [line for line in table.splitlines() if line.startswith("| 12 |")]
+    assert len(rows) == 1 and rows[0].count("|") == 9
+    assert "waiting for input" in table and "needs 8 images/s" in table  # batch 2 / 0.25 s
+    assert "one epoch of the first 12 patients' training split" in table
     assert not list(tmp_path.glob("cache_*/*"))  # each cache removed once measured
