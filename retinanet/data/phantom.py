@@ -191,11 +191,11 @@ def _fit_lungs(lungs: list[_Lung], frame: _Frame, boxes: np.ndarray) -> None:
         lungs[0 if x < 0.5 else 1].reach(x, y)
 
 
-def _draw_opacities(rng: np.random.Generator, boxes: np.ndarray, lung: np.ndarray) -> list[np.ndarray]:
-    """One [R, R] float32 0..1 map per box (normalised x1, y1, x2, y2): a patchy consolidation with
-    a soft, irregular edge over the box, weaker where it crosses the lung outline."""
+def _draw_opacities(rng: np.random.Generator, boxes: np.ndarray, lung: np.ndarray, coordinates) -> list[np.ndarray]:
+    """One [R, R] float32 0..1 map per box (normalised x1, y1, x2, y2; `coordinates` [R]: the pixel
+    centres on the film): a patchy consolidation with a soft, irregular edge over the box, weaker
+    where it crosses the lung outline."""
     render_size = lung.shape[0]
-    coordinates = (np.arange(render_size, dtype=np.float32) + 0.5) / render_size
     column, row = coordinates[None, :], coordinates[:, None]
     patches = np.clip(0.65 + 0.35 * _fractal_noise(rng, render_size, grids=(6, 12, 24, 48)), 0.1, 1.0)
     weight = OUTSIDE_LUNG_WEIGHT + (1.0 - OUTSIDE_LUNG_WEIGHT) * lung
@@ -289,7 +289,7 @@ def render_chest_radiograph(rng: np.random.Generator, *, size: int, class_name: 
     in_lung = lung > 0.5
     lung_std = float(picture[in_lung].std()) if in_lung.any() else float(picture.std())
     opacity = np.zeros_like(picture)
-    for box_map in _draw_opacities(rng, corners, lung):
+    for box_map in _draw_opacities(rng, corners, lung, coordinates):
         core = (box_map > 0.05) & in_lung
         wanted = rng.uniform(*OPACITY_CONTRAST) * lung_std
         gain = wanted / max(float(box_map[core].mean()), 1e-3) if core.any() else 0.0
