@@ -5,17 +5,19 @@ cluster read from the `TF_CONFIG` environment variable by TensorFlow's standard 
 (scripts/launch_workers.py writes it for a cluster on one machine; the README shows it for
 several). Every worker runs the same training loop; the chief alone (worker 0, or the task of
 type "chief") writes the run directory. The others write their checkpoints and logs to a
-temporary directory that is removed at the end, as TensorFlow's multi-worker guide prescribes:
-every worker must take part in a checkpoint save, but only one copy is kept.
+directory of their own inside it, `worker-<index>.tmp`, removed at the end, as TensorFlow's
+multi-worker guide prescribes: every worker must take part in a checkpoint save, but only one copy
+is kept. One left by a killed worker is replaced when that worker starts again (`--resume`).
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import tensorflow as tf
+
+from retinanet.runtime.safe_writes import make_directory
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -49,11 +51,16 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[int, int, bool]:
     return task_id, num_workers, task_id == 0
 
 
-def write_directory(run_dir: Path, is_chief: bool) -> Path:
-    """Where this worker writes: the run directory for the chief, a new temporary one for the others."""
-    if is_chief:
-        return Path(run_dir)
-    return Path(tempfile.mkdtemp(prefix="retinanet-worker-"))
+def write_directory(run_dir: Path, worker: int, is_chief: bool) -> Path:
+    """Where this worker writes: the run directory for the chief, `worker-<index>.tmp` inside it
+    for the others (not yet made: see `make_write_directory`)."""
+    return Path(run_dir) if is_chief else Path(run_dir) / f"worker-{worker}.tmp"
+
+
+def make_write_directory(directory: Path, run_dir: Path) -> None:
+    """Make a worker's directory empty, removing what a killed worker left in it."""
+    remove_write_directory(directory, run_dir)
+    make_directory(directory)
 
 
 def remove_write_directory(directory: Path, run_dir: Path) -> None:
