@@ -4,7 +4,6 @@ portability of run directories."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPOSITORY_ROOT, SYNTHETIC_SIZE, TINY_OVERRIDES
+from conftest import REPOSITORY_ROOT, SYNTHETIC_SIZE, TINY_OVERRIDES, run_in_process
 from retinanet.cli import COMMANDS, main
 
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "pydicom", "cv2", "matplotlib", "numpy")
@@ -22,10 +21,10 @@ SCRIPT_OF_COMMAND = {"synth": "make_synthetic.py", "prepare": "prepare_data.py",
                      "infer": "infer.py", "score": "score.py", "export": "export.py"}
 
 
-def run_cli(*arguments, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "retinanet", *map(str, arguments)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=environment)
+def run_cli(*arguments, cwd) -> subprocess.CompletedProcess:
+    """`python -m retinanet ARGUMENTS` in `cwd` (in this process: conftest.run_in_process)."""
+    argv = list(map(str, arguments))
+    return run_in_process([sys.executable, "-m", "retinanet", *argv], lambda: main(argv), cwd)
 
 
 def test_console_script_is_declared_for_the_cli():
@@ -38,6 +37,18 @@ def test_every_job_has_a_command_and_a_script_wrapper():
     for command, script in SCRIPT_OF_COMMAND.items():
         text = (REPOSITORY_ROOT / "scripts" / script).read_text()
         assert f"run_module({command.replace('-', '_')})" in text, script
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_script_and_the_module_run_in_a_fresh_interpreter(command, tmp_path):
+    """What the other tests run in their own process: `python scripts/<name>.py` and `python -m
+    retinanet <command>` answer --help, and a usage error is `error: ...` with exit status 2."""
+    for launcher in (["-m", "retinanet", command], [str(REPOSITORY_ROOT / "scripts" / SCRIPT_OF_COMMAND[command])]):
+        helped = subprocess.run([sys.executable, *launcher, "--help"], capture_output=True, text=True, timeout=60)
+        assert helped.returncode == 0 and helped.stdout.startswith("usage: "), helped.stderr
+        refused = subprocess.run([sys.executable, *launcher, "--no-such-option"], capture_output=True, text=True,
+                                 timeout=60, cwd=tmp_path)
+        assert refused.returncode == 2 and " error: " in refused.stderr and "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

@@ -76,7 +76,7 @@ def test_implementations_take_turns_and_report_their_median_step():
 @pytest.mark.slow
 def test_benchmark_script_prints_the_project_beside_the_peer(script):
     completed = script("benchmark_train.py", "--size", "64", "--batch", "2", "--rounds", "1", "--steps", "1",
-                       "--precisions", "float32", timeout=600)
+                       "--precisions", "float32")
     assert completed.returncode == 0, completed.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in completed.stdout.splitlines() if line.startswith("| float32 |")]
     by_name = {cells[1].strip(): cells for cells in rows}
