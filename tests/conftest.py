@@ -121,11 +121,15 @@ def run_in_process(arguments, run, cwd=REPOSITORY_ROOT) -> subprocess.CompletedP
     interpreter's start (several seconds) per call. The scripts and `python -m retinanet` are run
     in fresh interpreters by tests/test_cli.py."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             code = run()
-        except SystemExit as exit:
-            code = exit.code
+    except SystemExit as exit:
+        code = exit.code
+    finally:
+        os.chdir(previous)
     if isinstance(code, str):  # sys.exit("message"), as Python's own exit prints it
         stderr.write(code + "\n")
         code = 1
