@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPOSITORY_ROOT, TINY_OVERRIDES, assert_clean_error, run_script
+from conftest import REPOSITORY_ROOT, TINY_OVERRIDES, assert_clean_error, run_in_process, run_script
 from retinanet.config import config_from_dict, load_config, save_config
 from retinanet.evaluate.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds,
                                                  prepare_parent, train_fold)
@@ -252,13 +252,9 @@ def cross_validation(tmp_path_factory):
     finished_mtime = (fold_dir(parent, 0) / "best.weights.h5").stat().st_mtime_ns
 
     def run() -> str:
-        import contextlib
-        import io
-
-        output = io.StringIO()
-        with contextlib.redirect_stdout(output):
-            assert main(arguments) == 0
-        return output.getvalue()
+        completed = run_in_process(arguments, lambda: main(arguments))
+        assert completed.returncode == 0, completed.stderr
+        return completed.stdout
 
     resumed = run()
     mtimes = {fold: (fold_dir(parent, fold) / "best.weights.h5").stat().st_mtime_ns for fold in (0, 1)}

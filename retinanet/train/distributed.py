@@ -17,8 +17,6 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from retinanet.runtime.safe_writes import make_directory
-
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy of `training.strategy`. Multi-worker must be made before TensorFlow runs an op."""
@@ -53,14 +51,8 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[int, int, bool]:
 
 def write_directory(run_dir: Path, worker: int, is_chief: bool) -> Path:
     """Where this worker writes: the run directory for the chief, `worker-<index>.tmp` inside it
-    for the others (not yet made: see `make_write_directory`)."""
+    for the others."""
     return Path(run_dir) if is_chief else Path(run_dir) / f"worker-{worker}.tmp"
-
-
-def make_write_directory(directory: Path, run_dir: Path) -> None:
-    """Make a worker's directory empty, removing what a killed worker left in it."""
-    remove_write_directory(directory, run_dir)
-    make_directory(directory)
 
 
 def remove_write_directory(directory: Path, run_dir: Path) -> None:

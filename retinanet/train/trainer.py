@@ -27,8 +27,7 @@ from retinanet.train.budget import CALIBRATION_MARGIN, CALIBRATION_STEPS, Timing
 from retinanet.config import Config, TrainingConfig, load_config, save_config
 from retinanet.data.pipeline import build_dataset, prepare_split, source_dataset
 from retinanet.data.rsna import Record
-from retinanet.train.distributed import (barrier, make_strategy, make_write_directory, remove_write_directory,
-                                         worker_role, write_directory)
+from retinanet.train.distributed import barrier, make_strategy, remove_write_directory, worker_role, write_directory
 from retinanet.train.ema import averaged_weights
 from retinanet.train.optimizers import FusedAdamW, FusedSGD
 from retinanet.runtime.hardware import dtype_policy, prepare_runtime
@@ -217,11 +216,10 @@ class Trainer:
         training = config.training
         self.device_line = device_line
         set_seeds(training.seed, training.deterministic)
-        if self.is_chief:
-            make_directory(self.run_dir)
-        else:
+        if not self.is_chief:
             barrier(self.strategy)  # the chief first makes the run directory, writes the split, fills the cache
-            make_write_directory(self.run_dir, self.source_dir)
+            remove_write_directory(self.run_dir, self.source_dir)  # what this worker left when killed
+        make_directory(self.run_dir)
         for path in remove_stale_temporaries(self.run_dir):
             print(f"Removed {path}, left by an interrupted write")
         split_path = self.source_dir / runs.SPLIT_FILE
