@@ -32,6 +32,7 @@ from pydicom.uid import (
 
 from retinanet.data import dicom
 from retinanet.data.dicom import DicomReadError, read_dicom, read_header, read_image
+from retinanet.data.grey_levels import percentile_window
 
 ROWS, COLUMNS = 48, 64
 
@@ -160,9 +161,14 @@ def test_16bit_without_window_uses_a_percentile_window(tmp_path):
     assert np.corrcoef(image.ravel(), stored.ravel())[0, 1] > 0.99  # monotonic, nearly linear
 
 
-def test_constant_16bit_image_does_not_divide_by_zero(tmp_path):
-    image = read_dicom(_save(_dataset(np.full((8, 8), 700, np.uint16), bits_stored=12), tmp_path / "c.dcm"))
-    np.testing.assert_array_equal(image, 0)
+def test_constant_image_is_refused_as_blank(tmp_path):
+    # A film of one grey level has nothing to detect: a named error, not a blank picture trained on.
+    _assert_error_names(_save(_dataset(np.full((8, 8), 700, np.uint16), bits_stored=12), tmp_path / "c.dcm"),
+                        "every decoded pixel is 700", "blank")
+
+
+def test_constant_percentile_window_does_not_divide_by_zero():
+    np.testing.assert_array_equal(percentile_window(np.full((8, 8), 700, np.uint16)), 0)
 
 
 def test_rgb_is_converted_to_grey(tmp_path):
@@ -257,7 +263,8 @@ def test_dicom_without_pixel_data(tmp_path):
 def test_absurd_dimensions_are_refused_before_decoding(tmp_path):
     dataset = _dataset(_gradient(255, np.uint8))
     dataset.Rows = dataset.Columns = 60000
-    _assert_error_names(_save(dataset, tmp_path / "bomb.dcm"), "exceeds the limit")
+    error = _assert_error_names(_save(dataset, tmp_path / "bomb.dcm"), "60000 x 60000", "data.decode_memory_mib")
+    assert "more than the limit of 1024 mib" in str(error).lower()
 
 
 def test_missing_file(tmp_path):

@@ -325,3 +325,85 @@ def test_matching_image_head_loads(weights_with_and_without_image_head):
 
     model = build_inference_model(small_config(True), weights_with_and_without_image_head[True, "checkpoint"])
     assert "image_logits" in model.output
+
+
+# --- A directory of hostile files among good ones ------------------------------------------------
+
+
+@pytest.fixture
+def hostile_directory(tiny_run, tmp_path) -> tuple[Path, dict]:
+    """The run's test films and one file of every hostile kind: (directory, {stem: reason fragment})."""
+    import warnings
+
+    from hostile_files import deflate_bomb, seed_files, stream_size_bomb, with_header
+    from pydicom.uid import JPEGBaseline8Bit
+
+    directory = tmp_path / "hostile"
+    directory.mkdir()
+    for path in tiny_run.test_dicoms:
+        (directory / path.name).write_bytes(path.read_bytes())
+    seeds = seed_files(tmp_path / "seeds")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns as it writes the invalid values
+        made = {
+            "bomb-jpeg-ls": (stream_size_bomb(seeds["mr_jpeg_ls"], directory / "bomb-jpeg-ls.dcm"), "65535 x 65535"),
+            "bomb-jpeg": (stream_size_bomb(seeds["film_jpeg"], directory / "bomb-jpeg.dcm"), "65535 x 65535"),
+            "bomb-jpeg2000": (stream_size_bomb(seeds["mr_jpeg2000"], directory / "bomb-jpeg2000.dcm"),
+                              "65535 x 65535"),
+            "bomb-deflate": (deflate_bomb(directory / "bomb-deflate.dcm", 1100),
+                             "inflates to more than the limit of 1024 MiB"),
+            "blank-slope": (with_header(seeds["ct_native_signed"], directory / "blank-slope.dcm", RescaleSlope="0"),
+                            "RescaleSlope 0"),
+            "blank-window": (with_header(seeds["ct_native_signed"], directory / "blank-window.dcm",
+                                         WindowCenter="40", WindowWidth="nan"), "WindowWidth nan"),
+            "jpeg2000-as-baseline": (with_header(seeds["mr_jpeg2000"], directory / "jpeg2000-as-baseline.dcm",
+                                                 TransferSyntaxUID=JPEGBaseline8Bit), "looks like JPEG 2000"),
+            "signed-jpeg": (with_header(seeds["film_jpeg"], directory / "signed-jpeg.dcm", PixelRepresentation=1),
+                            "PixelRepresentation 1"),
+        }
+    cut = directory / "truncated.dcm"
+    cut.write_bytes(tiny_run.test_dicoms[0].read_bytes()[:600])
+    made["truncated"] = (cut, "")
+    return directory, {stem: fragment for stem, (_, fragment) in made.items()}
+
+
+@pytest.mark.slow
+def test_infer_skips_every_hostile_file_and_writes_the_whole_submission(tiny_run, hostile_directory, tmp_path,
+                                                                        script):
+    directory, expected = hostile_directory
+    output = tmp_path / "out"
+    completed = script("infer.py", "--run-dir", tiny_run.run_dir, "--input", directory, "--output", output,
+                       "--skip-unreadable", "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    good = [path.stem for path in tiny_run.test_dicoms]
+    predictions = read_submission(output / "submission.csv", expected_patient_ids=good + list(expected))
+    assert all(len(predictions[stem][1]) == 0 for stem in expected)
+    import pandas as pd
+
+    listed = pd.read_csv(output / "skipped_images.csv")
+    reasons = {Path(where).stem: reason for where, reason in zip(listed["where"], listed["reason"])}
+    assert set(reasons) == set(expected)
+    for stem, fragment in expected.items():
+        assert fragment in reasons[stem] and str(directory / f"{stem}.dcm") in reasons[stem]
+
+
+@pytest.mark.slow
+def test_without_skipping_the_first_hostile_file_stops_infer_before_more_is_read(tiny_run, hostile_directory,
+                                                                                  tmp_path, monkeypatch):
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.serve import inference
+
+    directory, _ = hostile_directory
+    first = directory / "0000-deflate-bomb.dcm"  # first in the directory's order, before the films
+    first.write_bytes((directory / "bomb-deflate.dcm").read_bytes())
+    files = sorted(path.name for path in directory.iterdir())
+    assert files[0] == first.name
+    reads = []
+    original = inference.read_image
+    monkeypatch.setattr(inference, "read_image", lambda path, **limit: reads.append(Path(path).name)
+                        or original(path, **limit))
+    with pytest.raises(DicomReadError, match=f"{files[0]}: .*--skip-unreadable"):
+        inference.run_inference(input_path=directory, output_dir=tmp_path / "out", run_dir=[tiny_run.run_dir],
+                                progress=False, skip_unreadable=False, batch_size=2)
+    # The bad file and what was in flight beside it (two batches of two ahead), never the rest.
+    assert len(reads) <= 1 + 2 * 2 and len(files) > 10

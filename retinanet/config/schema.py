@@ -118,6 +118,10 @@ class DataConfig:
     # "skip": unreadable files are counted and listed in a file; infer.py follows it too.
     bad_file_policy: str = setting("error", one_of(BAD_FILE_POLICIES))
     num_parallel_calls: int = setting(0, at_least(0))  # image readers and augmenters at once; 0 = one per core
+    # Memory one image's decoding may take, judged before decoding from the sizes the file declares
+    # (retinanet/data/decode_checks.py); larger images are unreadable. 1024 MiB reads up to about
+    # 33 megapixels, and two readers at once fit a 2-core, 24 GB machine beside training.
+    decode_memory_mib: int = setting(1024, at_least(16))
     max_images: int = setting(0, at_least(0))  # 0 = all; otherwise the first N patients of each split
 
 

@@ -18,11 +18,11 @@ short by the kill is reported and its image cached again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +30,11 @@ from tqdm import tqdm
 
 from retinanet.config import PreprocessingConfig
 from retinanet.data import dicom, preprocess
+from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import preprocess_image
 from retinanet.data.rsna import Record, SkipReport
+from retinanet.runtime.ordered_map import ordered_map
 from retinanet.runtime.safe_writes import append_line, make_directory, write_bytes_atomically, write_text_atomically
 
 CACHE_VERSION = 2
@@ -117,20 +119,22 @@ def _source_signature(path: str) -> list:
     return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
 
 
-def load_preprocessed(path: str, config: PreprocessingConfig):
-    """Read and preprocess one image file -> (uint8 [H, W], scale, (height, width))."""
-    image = read_image(path)
+def load_preprocessed(path: str, config: PreprocessingConfig, memory_limit_mib: float = DEFAULT_LIMIT_MIB):
+    """Read (within `memory_limit_mib`, see `read_image`) and preprocess one image file ->
+    (uint8 [H, W], scale, (height, width))."""
+    image = read_image(path, memory_limit_mib=memory_limit_mib)
     processed, scale = preprocess_image(image, config)
     return processed, scale, image.shape[:2]
 
 
 def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: str | Path, *,
-                policy: str = "error", num_workers: int = 2, progress: bool = True
-                ) -> tuple[dict[str, CachedImage], SkipReport]:
+                policy: str = "error", num_workers: int = 2, progress: bool = True,
+                memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> tuple[dict[str, CachedImage], SkipReport]:
     """Make sure every record's image is cached; return {patient_id: CachedImage} and the skips.
 
-    An unreadable image raises DicomReadError under policy "error" (the images cached before it
-    stay in the index); under "skip" it is left out and counted in the report.
+    Images are read `num_workers` at a time, each within `memory_limit_mib` (`read_image`). An
+    unreadable image raises DicomReadError under policy "error" at once, reading nothing more (the
+    images cached before it stay in the index); under "skip" it is left out and counted in the report.
     """
     directory = Path(cache_dir) / settings_key(config)
     make_directory(directory)
@@ -151,7 +155,7 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
 
     def work(record: Record):
         try:
-            image, scale, original_size = load_preprocessed(record.image_path, config)
+            image, scale, original_size = load_preprocessed(record.image_path, config, memory_limit_mib)
         except DicomReadError as error:
             return record, None, str(error)
         path = directory / f"{record.patient_id}.raw"
@@ -166,8 +170,7 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
             journal.unlink()
         return cached, report
     try:
-        with ThreadPoolExecutor(num_workers) as pool:
-            results = pool.map(work, todo)
+        with contextlib.closing(ordered_map(work, todo, num_workers=num_workers, ahead=2 * num_workers)) as results:
             for record, item, error in tqdm(results, total=len(todo), desc=f"caching images in {directory}",
                                             disable=not progress, unit="img"):
                 if error is not None:

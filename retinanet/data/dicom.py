@@ -3,10 +3,14 @@
 The RSNA files are 8-bit MONOCHROME2 JPEG Baseline DICOMs; they take a fast path that returns
 the decoded values untouched. Other sources bring MONOCHROME1, 12-16 bit data, rescale and
 VOI LUT / window settings, colour and multi-frame files; those are mapped to the same
-`uint8 [H, W]` form with pydicom's own processing functions.
+`uint8 [H, W]` form with pydicom's own processing functions (`retinanet.data.grey_levels`).
 
-Every failure (not DICOM, no pixels, truncated, corrupt, absurd size, unsupported file)
-raises `DicomReadError`, whose message names the file and the reason.
+Before any decoder runs, the memory the decode would take is judged from the sizes the file
+declares, against `memory_limit_mib` (the config's `data.decode_memory_mib`), and a compressed
+frame's own header must agree with the DICOM header; after it, a blank picture is refused
+(`retinanet.data.decode_checks`). Every failure (not DICOM, no pixels, truncated, corrupt, over
+the memory budget, contradictory, blank, unsupported file) raises `DicomReadError`, whose message
+names the file and the reason.
 """
 
 from __future__ import annotations
@@ -24,31 +28,18 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import (
-    apply_color_lut,
-    apply_modality_lut,
-    apply_voi_lut,
-    convert_color_space,
-    pixel_array,
-)
+from pydicom.pixels import pixel_array
 
+from retinanet.data import decode_checks
+from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB, ImageCheckError
+from retinanet.data.grey_levels import percentile_window, to_grey_uint8
+from retinanet.data.stream_headers import OversizedHeaderError, StreamHeaderError, picture_header
 from retinanet.errors import UserError
-
-# Memory-bomb guard: a header may declare up to 65535 x 65535 pixels per frame and any number
-# of frames; refuse anything beyond this many samples before a decoder allocates it.
-MAX_PIXELS = 16384 * 16384
-
-# The robust window used when a >8-bit image carries no window of its own.
-LOW_PERCENT = 0.5
-HIGH_PERCENT = 99.5
-# Percentiles are estimated on a strided sample of at most about this many pixels: exact
-# enough for a window and much cheaper on 3000 x 3000 detector images.
-PERCENTILE_SAMPLE_PIXELS = 1_000_000
 
 # The version of what `read_image` returns for a file. The preprocessed-image cache keys on it:
 # bump it with any change that alters the pixels read (a window rule, an inversion, a decoder
 # choice), so that no cache filled by the old reader is reused.
-READER_VERSION = 1
+READER_VERSION = 2  # 2: blank pictures and contradictory headers are refused
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -170,182 +161,103 @@ def _read_dataset(path, *, stop_before_pixels: bool) -> pydicom.Dataset:
     return dataset
 
 
-def _check_declared_size(path, dataset: pydicom.Dataset) -> None:
-    """Reject missing pixel data and absurd dimensions from the header, before decoding."""
+def _declared_size(dataset: pydicom.Dataset) -> tuple[int, int, int, int, int, int]:
+    """(rows, columns, frames, samples, bits allocated, bits stored) from the header; ImageCheckError
+    for missing pixel data or impossible values."""
     if not any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DicomReadError(path, "the DICOM file has no pixel data (header-only, or truncated before the pixels)")
+        raise ImageCheckError("the DICOM file has no pixel data (header-only, or truncated before the pixels)")
     try:
-        rows = int(dataset.Rows)
-        columns = int(dataset.Columns)
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
         samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        bits_allocated = int(dataset.get("BitsAllocated", 8) or 8)
+        bits_stored = int(dataset.get("BitsStored", bits_allocated) or bits_allocated)
     except (AttributeError, TypeError, ValueError) as error:
-        raise DicomReadError(path, f"missing or invalid image size in the header ({error})") from error
-    if min(rows, columns, frames, samples) < 1:
-        raise DicomReadError(path, f"invalid image size {rows} x {columns} x {frames} frames x {samples} samples")
-    total = rows * columns * frames * samples
-    if total > MAX_PIXELS:
-        raise DicomReadError(
-            path,
-            f"declared image size {rows} x {columns} x {frames} frames x {samples} samples "
-            f"= {total} values exceeds the limit of {MAX_PIXELS}",
-        )
+        raise ImageCheckError(f"missing or invalid image size in the header ({error})") from None
+    if min(rows, columns, frames) < 1:
+        raise ImageCheckError(f"invalid image size {rows} x {columns} x {frames} frames")
+    if samples not in (1, 3):
+        raise ImageCheckError(f"SamplesPerPixel {samples} (1 for grey or 3 for colour)")
+    if bits_allocated not in (1, 8, 16, 32, 64) or not 1 <= bits_stored <= bits_allocated:
+        raise ImageCheckError(f"BitsAllocated {bits_allocated} with BitsStored {bits_stored}")
+    return rows, columns, frames, samples, bits_allocated, bits_stored
 
 
-def percentile_window(values, low_percent: float = LOW_PERCENT, high_percent: float = HIGH_PERCENT) -> np.ndarray:
-    """[H, W] numbers -> [H, W] uint8, the `low_percent`..`high_percent` range mapped to 0..255.
-
-    Falls back to the full min..max range when the percentiles coincide (few distinct values);
-    a constant image becomes all zeros.
-    """
-    values = np.asarray(values)
-    step = max(1, int(np.sqrt(values.size / PERCENTILE_SAMPLE_PIXELS)))
-    sample = values[::step, ::step] if values.ndim == 2 else values.ravel()[:: step * step]
-    low, high = np.percentile(sample, [low_percent, high_percent])
-    if not high > low:
-        low, high = float(values.min()), float(values.max())
-    if not high > low:
-        return np.zeros(values.shape, np.uint8)
-    return _scale_to_uint8(values, low, high)
-
-
-def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Linear map low -> 0 and high -> 255, clipped and rounded."""
-    scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+def _check_before_decoding(dataset: pydicom.Dataset, file_size: int, limit_mib: float) -> None:
+    """The declared sizes against the budget, the compressed frame against the header, the values."""
+    rows, columns, frames, samples, bits_allocated, bits_stored = _declared_size(dataset)
+    decode_checks.check_declared_image("declared image", rows, columns, samples, bits_allocated, file_size,
+                                       limit_mib)
+    transfer_syntax = dataset.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
+    header = decode_checks.frame_header(dataset, transfer_syntax, frames)
+    signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
+    if header is not None:
+        decode_checks.check_frame_agrees(header, rows, columns, samples, bits_allocated, bits_stored, signed,
+                                         transfer_syntax)
+    elif "PixelData" in dataset:
+        decode_checks.check_native_length(dataset)
+    decode_checks.check_pixel_values(dataset, bits_stored)
 
 
-def _value(dataset: pydicom.Dataset, keyword: str):
-    """The element's value, or None when it is missing or empty (some files carry empty ones)."""
-    value = dataset.get(keyword)
-    return None if value is None or value == "" else value
-
-
-def _has_modality_transform(dataset: pydicom.Dataset) -> bool:
-    """True if a Modality LUT or a non-identity rescale changes the stored values."""
-    if dataset.get("ModalityLUTSequence"):
-        return True
-    slope = _value(dataset, "RescaleSlope")
-    intercept = _value(dataset, "RescaleIntercept")
-    if slope is None or intercept is None:
-        return False
-    return float(slope) != 1.0 or float(intercept) != 0.0
-
-
-def _voi_lut_item(dataset: pydicom.Dataset):
-    """The VOI LUT pydicom's apply_voi_lut would use (it prefers it to a window), else None."""
-    sequence = dataset.get("VOILUTSequence")
-    if not sequence:
-        return None
-    item = sequence[0]
-    if item.get("LUTDescriptor") is None or item.get("LUTData") is None:
-        return None
-    return item
-
-
-def _has_window(dataset: pydicom.Dataset) -> bool:
-    return _value(dataset, "WindowCenter") is not None and _value(dataset, "WindowWidth") is not None
-
-
-def _apply_voi_to_uint8(values: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
-    """Apply the file's VOI LUT or window with pydicom, then map its output range to 0..255.
-
-    pydicom's output range depends on BitsStored, signedness, rescale and the LUT, so rather
-    than re-deriving it we push two probe values from far below and far above the window
-    through the same function; their outputs are the ends of the range. They are sorted, so
-    an inverting LUT still inverts; and they are the LUT's own first and last entries, which
-    also covers LUTs that use fewer bits than their descriptor declares.
-    """
-    lut_item = _voi_lut_item(dataset)
-    if lut_item is not None:
-        # A LUT is indexed by integers; rescaled values are floats.
-        values = values if np.issubdtype(values.dtype, np.integer) else np.rint(values).astype(np.int64)
-        entries_code, first_mapped, bits_per_entry = (int(value) for value in lut_item.LUTDescriptor)
-        entries = entries_code or 2**16
-        if bits_per_entry == 8:
-            # pydicom 3.0 indexes an 8-bit LUT through a uint8 array, so inputs 256 or more
-            # past the first mapped value wrap around; a 16-bit index gives the right lookup.
-            lut_item.LUTDescriptor = [entries_code, first_mapped, 16]
-        probe = np.array([first_mapped - 1, first_mapped + entries - 1], dtype=np.int64)
-    else:
-        probe = np.array([-1e12, 1e12], dtype=np.float64)
-    with np.errstate(over="ignore"):  # the SIGMOID function overflows exp() for the probe
-        mapped = apply_voi_lut(values, dataset, index=0)
-        low, high = np.sort(apply_voi_lut(probe, dataset, index=0).astype(np.float64))
-    if low == high:
-        return np.zeros(values.shape, np.uint8)
-    return _scale_to_uint8(mapped, low, high)
-
-
-def _colour_to_grey(pixels: np.ndarray) -> np.ndarray:
-    """[H, W, 3] RGB -> [H, W] grey: the luma (Y) of pydicom's RGB -> YBR_FULL conversion."""
-    if pixels.dtype == np.uint8:
-        return np.ascontiguousarray(convert_color_space(pixels, "RGB", "YBR_FULL")[..., 0])
-    # pydicom converts only 8-bit colour; same BT.601 weights, then window the >8-bit result.
-    return percentile_window(cv2.cvtColor(pixels.astype(np.float32), cv2.COLOR_RGB2GRAY))
-
-
-def _to_grey_uint8(pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
-    """First-frame pixels as decoded by pydicom -> [H, W] uint8 that looks like MONOCHROME2."""
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, dataset)
-    if pixels.ndim == 3:
-        return _colour_to_grey(pixels)
-
-    needs_modality = _has_modality_transform(dataset)
-    needs_voi = _voi_lut_item(dataset) is not None or _has_window(dataset)
-    if pixels.dtype == np.uint8 and not needs_modality and not needs_voi:
-        bits_stored = int(dataset.get("BitsStored") or 8)
-        if bits_stored >= 8:
-            grey = pixels  # the RSNA fast path: stored values are already display values
-        else:  # 1-7 bit data (masks, old scanners) would look black: stretch its full range
-            grey = _scale_to_uint8(pixels, 0, 2**bits_stored - 1)
-    else:
-        values = apply_modality_lut(pixels, dataset) if needs_modality else pixels
-        if needs_voi:
-            grey = _apply_voi_to_uint8(values, dataset)
-        elif values.dtype == np.uint8:
-            grey = values
-        else:
-            grey = percentile_window(values)
-    if photometric == "MONOCHROME1":
-        # MONOCHROME1 shows low values white; invert after windowing, as the display would.
-        grey = 255 - grey
-    return np.ascontiguousarray(grey, dtype=np.uint8)
-
-
-def read_dicom(path) -> np.ndarray:
+def read_dicom(path, *, memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> np.ndarray:
     """Read a DICOM file's first frame as a `uint8 [H, W]` grey image (MONOCHROME2 look).
 
     Any transfer syntax pydicom can decode with the installed plugins is accepted. Processing:
     Palette/RGB/YBR -> grey; Modality LUT or RescaleSlope/Intercept; VOI LUT or
     WindowCenter/WindowWidth when present, else a 0.5-99.5 percentile window for data that is
     not 8 bit; MONOCHROME1 inverted. 8-bit MONOCHROME2 without rescale or VOI is returned
-    exactly as stored (1-7 bit data is stretched to 0..255).
+    exactly as stored (1-7 bit data is stretched to 0..255). `memory_limit_mib` bounds the memory
+    the decode may take, judged before decoding from the file's declared sizes.
 
     Raises:
-        DicomReadError: not DICOM, no pixel data, absurd declared size, truncated or corrupt
-            data, or no decoder; the message names `path` and the reason.
+        DicomReadError: not DICOM, no pixel data, over the memory budget, a compressed frame whose
+            own header contradicts the DICOM header, impossible rescale or window values,
+            truncated or corrupt data, no decoder, or a blank picture; the message names `path`
+            and the reason.
     """
     path = os.fspath(path)
+    _require_file(path)
+    try:
+        file_size = decode_checks.check_file_size(path, memory_limit_mib)
+        decode_checks.check_deflated_size(path, memory_limit_mib)
+    except ImageCheckError as error:
+        raise DicomReadError(path, str(error)) from None
     dataset = _read_dataset(path, stop_before_pixels=False)
-    _check_declared_size(path, dataset)
+    try:
+        _check_before_decoding(dataset, file_size, memory_limit_mib)
+    except ImageCheckError as error:
+        raise DicomReadError(path, str(error)) from None
     transfer_syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
     try:
         # index=0 decodes only the first frame of a multi-frame file.
         pixels = pixel_array(dataset, index=0)
-        return _to_grey_uint8(pixels, dataset)
+        grey = to_grey_uint8(pixels, dataset)
     except Exception as error:  # decoders and LUT code raise many types; name them all
         raise DicomReadError(
             path,
             f"cannot decode the pixel data ({getattr(transfer_syntax, 'name', transfer_syntax)}): "
             f"{type(error).__name__}: {error}",
         ) from error
+    try:
+        decode_checks.check_not_blank(pixels, grey)
+    except ImageCheckError as error:
+        raise DicomReadError(path, str(error)) from None
+    return grey
 
 
-def _read_picture(path: str) -> np.ndarray:
+def _read_picture(path: str, memory_limit_mib: float) -> np.ndarray:
     """PNG/JPEG/BMP/TIFF -> uint8 [H, W]: colour to grey, 16-bit and float by the percentile window."""
+    try:
+        file_size = decode_checks.check_file_size(path, memory_limit_mib)
+        header = picture_header(path)
+        decode_checks.check_declared_image(f"declared {header.kind} image", header.rows, header.columns,
+                                           header.components, header.precision, file_size, memory_limit_mib)
+    except OversizedHeaderError as error:
+        raise DicomReadError(path, str(decode_checks.over_budget(f"{error}: more", memory_limit_mib))) from None
+    except StreamHeaderError as error:
+        raise DicomReadError(path, str(error)) from None
+    except ImageCheckError as error:
+        raise DicomReadError(path, str(error)) from None
     try:
         # imdecode of the bytes, unlike imread, also handles non-ASCII paths on every platform.
         encoded = np.fromfile(path, dtype=np.uint8)
@@ -354,31 +266,36 @@ def _read_picture(path: str) -> np.ndarray:
         raise DicomReadError(path, f"cannot read the image file ({error})") from error
     if picture is None:
         raise DicomReadError(path, "not a readable image file (OpenCV could not decode it)")
+    decoded = picture
     if picture.ndim == 3:
         conversion = cv2.COLOR_BGRA2GRAY if picture.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         if picture.shape[2] == 1:
             picture = picture[..., 0]
         else:
             picture = cv2.cvtColor(picture, conversion)
-    if picture.dtype == np.uint8:
-        return np.ascontiguousarray(picture)
-    return percentile_window(picture)
+    grey = np.ascontiguousarray(picture) if picture.dtype == np.uint8 else percentile_window(picture)
+    try:
+        decode_checks.check_not_blank(decoded, grey)
+    except ImageCheckError as error:
+        raise DicomReadError(path, str(error)) from None
+    return grey
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, *, memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> np.ndarray:
     """Read any supported image file as `uint8 [H, W]`.
 
     `.dcm`/`.dicom` files and files with the 'DICM' marker go to `read_dicom`;
     .png/.jpg/.jpeg/.bmp/.tif/.tiff are decoded by OpenCV (16-bit data through the same
-    percentile window as DICOM). Anything else raises DicomReadError naming the path.
+    percentile window as DICOM), after their header's size is judged against `memory_limit_mib`
+    as for DICOM. Anything else raises DicomReadError naming the path.
     """
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
     _require_file(path)
     if suffix in DICOM_SUFFIXES or has_dicom_preamble(path):
-        return read_dicom(path)
+        return read_dicom(path, memory_limit_mib=memory_limit_mib)
     if suffix in IMAGE_SUFFIXES:
-        return _read_picture(path)
+        return _read_picture(path, memory_limit_mib)
     raise DicomReadError(
         path, f"unsupported file type {suffix!r} (expected DICOM or one of {', '.join(IMAGE_SUFFIXES)})"
     )

@@ -8,7 +8,7 @@ first when the config asks for it) and fixes the patient-level folds in a split 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +21,14 @@ from retinanet.detection.anchors import AnchorSet
 from retinanet.config import Config, TrainingConfig
 from retinanet.data.augment import Augmenter
 from retinanet.data.cache import build_cache, load_preprocessed
+from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.order import augmentation_seed, record_at, worker_positions
 from retinanet.data.preprocess import normalize
 from retinanet.data.rsna import Record, SkipReport, load_or_create_folds, read_labels, split_records
 from retinanet.data.views import VIEW_COLUMN, read_view_positions, view_positions_from_images
 from retinanet.runtime.hardware import workers
+from retinanet.runtime.ordered_map import ordered_map
 from retinanet.runtime.safe_writes import FileWriteError, make_directory
 
 SPLITS = ("train", "validation")
@@ -147,29 +149,29 @@ def report_skips(report: SkipReport, what: str, path: Path) -> None:
           f"all of them: {path}")
 
 
-def validate_images(records: list[Record], *, policy: str, num_workers: int = 2, progress: bool = True
-                    ) -> tuple[list[Record], SkipReport]:
-    """Read every image once before training so that a bad file never surfaces mid-epoch."""
+def validate_images(records: list[Record], *, policy: str, num_workers: int = 2, progress: bool = True,
+                    memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> tuple[list[Record], SkipReport]:
+    """Read every image once before training so that a bad file never surfaces mid-epoch; under
+    policy "error" the first unreadable one stops the check at once."""
     report = SkipReport()
 
     def check(record: Record):
         try:
-            read_image(record.image_path)
+            read_image(record.image_path, memory_limit_mib=memory_limit_mib)
             return None
         except DicomReadError as error:
             return str(error)
 
-    with ThreadPoolExecutor(num_workers) as pool:
-        errors = list(tqdm(pool.map(check, records), total=len(records), desc="checking images",
-                           disable=not progress, unit="img"))
     good = []
-    for record, error in zip(records, errors):
-        if error is None:
-            good.append(record)
-        elif policy == "error":
-            raise DicomReadError(f"{error} (set data.bad_file_policy: skip to leave such files out)")
-        else:
-            report.add(record.image_path, error)
+    with contextlib.closing(ordered_map(check, records, num_workers=num_workers, ahead=2 * num_workers)) as errors:
+        for record, error in tqdm(zip(records, errors), total=len(records), desc="checking images",
+                                  disable=not progress, unit="img"):
+            if error is None:
+                good.append(record)
+            elif policy == "error":
+                raise DicomReadError(f"{error} (set data.bad_file_policy: skip to leave such files out)")
+            else:
+                report.add(record.image_path, error)
     return good, report
 
 
@@ -194,14 +196,16 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
     image_size = pre.image_size
     if data.use_cache:
         cached, report = build_cache(records, pre, data.cache_dir, policy=data.bad_file_policy,
-                                     num_workers=workers(data.num_parallel_calls), progress=progress)
+                                     num_workers=workers(data.num_parallel_calls), progress=progress,
+                                     memory_limit_mib=data.decode_memory_mib)
         records = [r for r in records if r.patient_id in cached]
         sources = [cached[r.patient_id].path for r in records]
         scales = np.array([cached[r.patient_id].scale for r in records], np.float32)
         sizes = np.array([cached[r.patient_id].original_size for r in records], np.int32).reshape(-1, 2)
     else:
         records, report = validate_images(records, policy=data.bad_file_policy,
-                                          num_workers=workers(data.num_parallel_calls), progress=progress)
+                                          num_workers=workers(data.num_parallel_calls), progress=progress,
+                                          memory_limit_mib=data.decode_memory_mib)
         sources = [r.image_path for r in records]
         scales = np.zeros(len(records), np.float32)  # computed while reading
         sizes = np.zeros((len(records), 2), np.int32)  # read with the image
@@ -220,7 +224,7 @@ def source_dataset(config: Config, records: list[Record], progress: bool = True,
             image = tf.reshape(tf.io.decode_raw(tf.io.read_file(source), tf.uint8), (*image_size, 1))
         else:
             def read(path):
-                processed, read_scale, read_size = load_preprocessed(path.decode(), pre)
+                processed, read_scale, read_size = load_preprocessed(path.decode(), pre, data.decode_memory_mib)
                 return processed, np.float32(read_scale), np.array(read_size, np.int32)
 
             image, scale, original_size = tf.numpy_function(read, [source], (tf.uint8, tf.float32, tf.int32))

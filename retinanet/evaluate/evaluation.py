@@ -205,7 +205,8 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
         plot_image_roc(labels, probabilities, output_dir / "image_roc.png", metrics["image_level"])
         by_patient = {record.patient_id: float(p) for record, p in zip(records, probabilities)}
     metrics["overlays"] = write_overlays(records, keep_above(detections, chosen), output_dir / "overlays",
-                                         config.evaluation.num_overlays, threshold=chosen, probabilities=by_patient)
+                                         config.evaluation.num_overlays, threshold=chosen, probabilities=by_patient,
+                                         memory_limit_mib=config.data.decode_memory_mib)
     return metrics
 
 

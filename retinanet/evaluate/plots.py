@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
 from retinanet.data.dicom import read_image
 from retinanet.data.rsna import Record
 from retinanet.detection.metrics import detection_matches, rsna_image_scores, roc_curve
@@ -144,9 +145,9 @@ def plot_image_roc(labels, probabilities, path: Path, image_level: dict) -> None
 
 
 def write_overlays(records: list[Record], kept: dict, directory: Path, count: int, *, threshold: float,
-                   probabilities: dict | None = None) -> list[str]:
+                   probabilities: dict | None = None, memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> list[str]:
     """Best and worst scored images (RSNA image score at the kept boxes, those scoring >= threshold)
-    drawn on the original images, with the legend, threshold and p(pneumonia)."""
+    drawn on the original images (read within `memory_limit_mib`), with the legend, threshold and p(pneumonia)."""
     scored = []
     for record in records:
         boxes, scores = kept[record.patient_id]
@@ -162,7 +163,8 @@ def write_overlays(records: list[Record], kept: dict, directory: Path, count: in
         for rank, (score, record) in enumerate(chosen, start=1):
             boxes, scores = kept[record.patient_id]
             probability = None if probabilities is None else probabilities[record.patient_id]
-            picture = draw_boxes(read_image(record.image_path), record.boxes, boxes, scores,
+            image = read_image(record.image_path, memory_limit_mib=memory_limit_mib)
+            picture = draw_boxes(image, record.boxes, boxes, scores,
                                  title=f"{record.patient_id}  RSNA image score {score:.2f}", threshold=threshold,
                                  image_probability=probability)
             path = directory / f"{kind}_{rank}_{record.patient_id}.png"

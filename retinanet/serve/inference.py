@@ -16,10 +16,11 @@ OpenCV); boxes come back as `x1, y1, x2, y2` in the original image's pixels, cli
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import math
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from retinanet.errors import UserError
 from retinanet.serve.ensembles import EnsembleSource, resolve_ensemble
 from retinanet.runtime.hardware import (available_cores, configure_threads, dtype_policy, inference_precision,
                                         resolve_threads, workers)
+from retinanet.runtime.ordered_map import ordered_map
 from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold, write_json_atomically
 from retinanet.runtime.safe_writes import make_directory
 
@@ -174,14 +176,18 @@ class Detector:
         processed, scale = self.preprocess(image)
         return self.detect_preprocessed([processed], [scale], [image.shape[:2]], threshold)[0]
 
+    def read(self, path) -> np.ndarray:
+        """An image file as `read_image` gives it, within the run's data.decode_memory_mib."""
+        return read_image(path, memory_limit_mib=self.config.data.decode_memory_mib)
+
     def detect_image(self, path, threshold: float | None = None) -> dict:
         """A DICOM, PNG or JPEG file -> one result (DicomReadError if it cannot be read)."""
-        return self.detect_array(read_image(path), threshold)
+        return self.detect_array(self.read(path), threshold)
 
     def _load(self, path, skip_unreadable: bool = False):
         """(preprocessed image, scale, original size); with `skip_unreadable` a DicomReadError is returned."""
         try:
-            image = read_image(path)
+            image = self.read(path)
         except DicomReadError as error:
             if skip_unreadable:
                 return error
@@ -195,24 +201,19 @@ class Detector:
         list of (path, result) in order; up to two batches are read ahead in data.num_parallel_calls
         threads (0: one per core) while the network runs, and no more are held in memory.
 
-        An unreadable file raises DicomReadError; with `skip_unreadable` its result is that error
-        and it leaves the network's batch. `done` images counted before these start the progress bar.
+        An unreadable file raises DicomReadError at once, and nothing after it is read; with
+        `skip_unreadable` its result is that error and it leaves the network's batch. `done` images
+        counted before these start the progress bar.
         """
         paths = list(paths)
         batch_size = batch_size or self.config.evaluation.batch_size
-        batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
-        with ThreadPoolExecutor(workers(self.config.data.num_parallel_calls)) as pool, \
-                tqdm(total=done + len(paths), initial=done, desc="detecting", unit="img",
-                     disable=not progress) as bar:
-            pending = deque()
-            for batch in batches[:2]:  # never more than two batches in memory
-                pending.append((batch, [pool.submit(self._load, path, skip_unreadable) for path in batch]))
-            for index in range(len(batches)):
-                batch, futures = pending.popleft()
-                if index + 2 < len(batches):
-                    pending.append((batches[index + 2],
-                                    [pool.submit(self._load, path, skip_unreadable) for path in batches[index + 2]]))
-                items = [future.result() for future in futures]
+        loaded = ordered_map(functools.partial(self._load, skip_unreadable=skip_unreadable), paths,
+                             num_workers=workers(self.config.data.num_parallel_calls), ahead=2 * batch_size)
+        with contextlib.closing(loaded), tqdm(total=done + len(paths), initial=done, desc="detecting", unit="img",
+                                              disable=not progress) as bar:
+            for start in range(0, len(paths), batch_size):
+                batch = paths[start:start + batch_size]
+                items = list(itertools.islice(loaded, len(batch)))
                 readable = [item for item in items if not isinstance(item, DicomReadError)]
                 results = iter(self.detect_preprocessed([item[0] for item in readable], [item[1] for item in readable],
                                                         [item[2] for item in readable], threshold)
@@ -266,7 +267,7 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
     (boxes drawn in red); returns the JSON document plus the "outputs" written."""
     from retinanet.visualize import draw_boxes, save_rgb
 
-    image = read_image(path) if image is None else image
+    image = detector.read(path) if image is None else image
     result = detector.detect_array(image)
     document = result_to_json(result, path, image.shape, detector.threshold)
     make_directory(output_dir)
@@ -366,12 +367,13 @@ def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None,
         raise InputError(f"input not found: {input_path}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
+    ensemble = resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
     # Fail on an empty directory or an unreadable image before spending time on the model.
-    image = None if input_path.is_dir() else read_image(input_path)
+    image = None if input_path.is_dir() else read_image(
+        input_path, memory_limit_mib=ensemble.config.data.decode_memory_mib)
     if input_path.is_dir():
         dicom_files(input_path)
-    detector = Detector.load(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path, threshold=threshold,
-                             threshold_origin="--threshold")
+    detector = Detector.from_ensemble(ensemble, threshold=threshold, threshold_origin="--threshold")
     output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
     if input_path.is_dir():
         if skip_unreadable is None:

@@ -452,7 +452,8 @@ class Trainer:
             if results is None:  # resumed a finished run: its last validation is already recorded
                 results = {**self.validator.run(), "step": self.step}
         save_rgb(self.run_dir / runs.VALIDATION_PICTURE,
-                 validation_picture(self.validator.records, results, len(results["overlays"])))
+                 validation_picture(self.validator.records, results, len(results["overlays"]),
+                                    memory_limit_mib=self.config.data.decode_memory_mib))
         self.writers.flush()
         return results
 

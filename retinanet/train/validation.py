@@ -7,6 +7,7 @@ import math
 import cv2
 import numpy as np
 
+from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
 from retinanet.data.pipeline import build_dataset_and_records
 from retinanet.data.preprocess import denormalize
 from retinanet.data.rsna import Record
@@ -112,9 +113,11 @@ def _probability(probabilities, index: int) -> float | None:
     return None if probabilities is None else float(probabilities[index])
 
 
-def validation_picture(records: list[Record], results: dict, count: int, tile_side: int = 768) -> np.ndarray:
+def validation_picture(records: list[Record], results: dict, count: int, tile_side: int = 768, *,
+                       memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> np.ndarray:
     """The first `count` records (those of `Validator.run`'s overlays) drawn from their original
-    images, each fitted into tile_side pixels, with `results`' boxes at its overlay threshold -> one mosaic."""
+    images (read within `memory_limit_mib`), each fitted into tile_side pixels, with `results`'
+    boxes at its overlay threshold -> one mosaic."""
     threshold = results["overlay_threshold"]
     from retinanet.data.dicom import read_image
     from retinanet.visualize import fit_tile, grid
@@ -122,7 +125,8 @@ def validation_picture(records: list[Record], results: dict, count: int, tile_si
     tiles = []
     for index, record in enumerate(records[:count]):
         boxes, scores = above(*results["detections"][record.patient_id], threshold)
-        tile, (truth, predicted) = fit_tile(read_image(record.image_path), [record.boxes, boxes], tile_side)
+        image = read_image(record.image_path, memory_limit_mib=memory_limit_mib)
+        tile, (truth, predicted) = fit_tile(image, [record.boxes, boxes], tile_side)
         tiles.append(draw_boxes(tile, truth, predicted, scores, title=record.patient_id,
                                 threshold=threshold, image_probability=_probability(results["probabilities"], index)))
     return grid(tiles)
