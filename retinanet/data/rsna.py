@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from retinanet.config import BAD_FILE_POLICIES
+from retinanet.data.patient_ids import check_patient_id, describe_problem
 from retinanet.errors import UserError
 from retinanet.runtime.safe_writes import make_directory, replace_atomically
 
@@ -149,6 +150,10 @@ def read_labels(
         if not patient_id:
             problem(where, patient_id, "empty patientId")
             continue
+        bad_id = describe_problem(patient_id)  # the id becomes the image's and the cached file's name
+        if bad_id is not None:
+            problem(where, patient_id, bad_id)
+            continue
         try:
             box, target = _parse_row(row, image_size)
         except ValueError as error:
@@ -178,7 +183,10 @@ def read_labels(
         for index, row in enumerate(class_frame.to_dict("records")):
             where = f"{class_info_csv}:{index + 2}"
             patient_id, name = row["patientId"].strip(), row["class"].strip()
-            if name not in CLASS_NAMES:
+            bad_id = describe_problem(patient_id)
+            if bad_id is not None:
+                problem(where, patient_id, bad_id)
+            elif name not in CLASS_NAMES:
                 problem(where, patient_id, f"unknown class {name!r} (expected one of {', '.join(CLASS_NAMES)})")
             elif classes.setdefault(patient_id, name) != name:
                 problem(where, patient_id, f"patient {patient_id} has classes {classes[patient_id]!r} and {name!r}")
@@ -237,13 +245,14 @@ def _whole_number(text: str, column: str, where: str, allowed: tuple[str, ...] |
 
 def read_split_file(path: str | Path) -> pd.DataFrame:
     """A split file as `make_folds` writes it (`patientId, [Target, ViewPosition,] fold`), checked:
-    LabelError naming the file, and the line of a bad fold or Target or a patient listed twice."""
+    LabelError naming the file, and the line of a bad id, fold or Target or a patient listed twice."""
     path = Path(path)
     frame = read_table(path, SPLIT_COLUMNS)
     frame["patientId"] = frame["patientId"].str.strip()
     first_line: dict[str, int] = {}
     for index, patient_id in enumerate(frame["patientId"]):
         where = f"{path}:{index + 2}"
+        check_patient_id(patient_id, where, LabelError)
         if patient_id in first_line:
             raise LabelError(f"{where}: patient {patient_id} is listed twice (first on line {first_line[patient_id]})")
         first_line[patient_id] = index + 2

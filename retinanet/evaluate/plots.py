@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from retinanet.data.dicom import read_image
+from retinanet.data.patient_ids import check_patient_id
 from retinanet.data.rsna import Record
 from retinanet.detection.metrics import detection_matches, rsna_image_scores, roc_curve
 from retinanet.runtime.safe_writes import make_directory, replace_atomically
@@ -160,12 +161,12 @@ def write_overlays(records: list[Record], kept: dict, directory: Path, count: in
     written = []
     for kind, chosen in (("best", best), ("worst", worst)):
         for rank, (score, record) in enumerate(chosen, start=1):
+            path = directory / f"{kind}_{rank}_{check_patient_id(record.patient_id, str(directory))}.png"
             boxes, scores = kept[record.patient_id]
             probability = None if probabilities is None else probabilities[record.patient_id]
             picture = draw_boxes(read_image(record.image_path), record.boxes, boxes, scores,
                                  title=f"{record.patient_id}  RSNA image score {score:.2f}", threshold=threshold,
                                  image_probability=probability)
-            path = directory / f"{kind}_{rank}_{record.patient_id}.png"
             save_rgb(path, picture)
             written.append(str(path))
     return written
