@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,30 @@ def test_config_from_dict_names_source():
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))} is a directory, not a config file$"):
+        load_config(tmp_path)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("data:\n  root: donn\xe9es\n".encode("latin-1"))  # é is byte 0xe9 at offset 18
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not UTF-8 text \(byte 0xe9 at offset 18\)"):
+        load_config(path)
+
+
+def test_yaml_nested_too_deeply_is_a_config_error_in_a_file_and_in_an_override(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(deep))}: not valid YAML: nested too deeply"):
+        load_config(deep)
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, {}), ["training.steps=" + "[" * 100_000])
+    assert str(error.value).startswith("--set training.steps=[[[")
+    assert "the value is not valid YAML: nested too deeply" in str(error.value)
+    assert len(str(error.value)) < 500  # the override is not echoed in full
 
 
 def test_empty_file_gives_defaults_with_paths_beside_the_file(tmp_path):

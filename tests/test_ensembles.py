@@ -186,6 +186,20 @@ def test_evaluating_an_ensemble_on_patients_a_run_trained_on_is_refused(two_runs
     assert check_held_out(ensemble, ["p1"]) == [str(run_dir) for run_dir in two_runs]  # no split.csv: unchecked
 
 
+def test_a_runs_split_file_without_folds_is_an_error_naming_it(tmp_path):
+    from types import SimpleNamespace
+
+    from retinanet.data.rsna import LabelError
+    from retinanet.serve.ensembles import trained_patients
+
+    (tmp_path / "split.csv").write_text("patientId,Target\np0,0\n")
+    source = SimpleNamespace(run_dir=tmp_path, config=config_from_dict({}))
+    with pytest.raises(LabelError, match=r"split\.csv: missing column\(s\) fold"):
+        trained_patients(source)
+    (tmp_path / "split.csv").write_text("patientId,Target,fold\np0,0,0\np1,0,1\n")
+    assert trained_patients(source) == {"p1"}  # validated on fold 0, the default
+
+
 @pytest.mark.slow
 def test_exported_ensemble_gives_the_in_process_ensembles_boxes(two_runs, tmp_path):
     from retinanet.data.preprocess import apply_clahe

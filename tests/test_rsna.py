@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retinanet.data.rsna import LabelError, load_or_create_folds, make_folds, read_labels, split_records
+from retinanet.data.rsna import LabelError, Record, load_or_create_folds, make_folds, read_labels, split_records
 
 HEADER = "patientId,x,y,width,height,Target\n"
 CLASS_HEADER = "patientId,class\n"
@@ -190,6 +190,37 @@ def test_split_file_missing_patients_is_an_error(tmp_path):
     load_or_create_folds(_records(10, 5), path, 5, seed=0)
     with pytest.raises(LabelError, match="lacks 1 labelled patient"):
         load_or_create_folds(_records(11, 5), path, 5, seed=0)
+
+
+@pytest.mark.parametrize("content, where, message", [
+    ("patientId,Target\na,0\n", "", "missing column(s) fold (found: patientId, Target)"),
+    ("Target,fold\n0,0\n", "", "missing column(s) patientId (found: Target, fold)"),
+    ("", "", "empty file (expected the header patientId,fold"),
+    ("patientId,Target,fold\n", "", "no rows below the header"),
+    ("patientId,Target,fold\na,0,0\nb,0,one\n", ":3", "fold must be a whole number from 0 up, got 'one'"),
+    ("patientId,Target,fold\na,0,0\nb,0,1.5\n", ":3", "fold must be a whole number from 0 up, got '1.5'"),
+    ("patientId,Target,fold\na,0,-1\nb,0,1\n", ":2", "fold must be a whole number from 0 up, got '-1'"),
+    ("patientId,Target,fold\na,0,\nb,0,1\n", ":2", "fold must be a whole number from 0 up, got ''"),
+    ("patientId,Target,fold\na,0,0\nb,0,1\na,0,1\n", ":4", "patient a is listed twice (first on line 2)"),
+    ("patientId,Target,fold\na,0,0\nb,yes,1\n", ":3", "Target must be 0 or 1, got 'yes'"),
+])
+def test_bad_split_file_is_an_error_naming_file_and_line(tmp_path, content, where, message):
+    path = tmp_path / "folds.csv"
+    path.write_text(content)
+    with pytest.raises(LabelError) as error:
+        load_or_create_folds([Record(name, "", np.zeros((0, 4), np.float32), 0) for name in "ab"], path, 2, seed=0)
+    assert str(error.value).startswith(f"{path}{where}: {message}")
+
+
+def test_split_file_reads_back_as_written_with_whole_number_folds(tmp_path):
+    from retinanet.data.rsna import read_split_file
+
+    path = tmp_path / "folds.csv"
+    path.write_text("patientId,Target,ViewPosition,fold\n a ,0,,1\nNA,1,AP,0\n")
+    folds = read_split_file(path)
+    assert folds["patientId"].tolist() == ["a", "NA"]  # "NA" is a name, not a missing value
+    assert folds["fold"].tolist() == [1, 0] and folds["fold"].dtype == np.int64
+    assert folds["ViewPosition"].tolist() == ["", "AP"]  # the unknown view's stratum
 
 
 # --- the class CSV is optional; compressed CSVs ---------------------------------------------------

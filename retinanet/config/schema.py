@@ -53,8 +53,16 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9
                               list("-+0123456789"))
 
 
+class _NestedTooDeeply(yaml.YAMLError):
+    """PyYAML builds nested lists and mappings by recursion: `[[[[...` exhausts Python's stack."""
+
+
 def _parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+    except RecursionError:
+        raise _NestedTooDeeply("nested too deeply (lists or mappings inside one another beyond what "
+                               "the YAML reader can follow)") from None
 
 
 # Allowed words of the choice keys. The components own the tables of theirs (loss.box_loss:
@@ -386,7 +394,8 @@ def _parse_override(text: str) -> tuple[list[str], object]:
     try:
         return key.strip().split("."), _parse_yaml(raw)
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {text}: the value is not valid YAML: {error}") from None
+        shown = text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
+        raise ConfigError(f"--set {shown}: the value is not valid YAML: {error}") from None
 
 
 def _check_override(text: str, keys: list[str], value) -> None:
@@ -448,10 +457,15 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     involved for a rule broken by their combination (e.g. a cross-field rule).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        mapping = _parse_yaml(path.read_text()) or {}
+        mapping = _parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                          "save the file as UTF-8") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(mapping, dict):

@@ -32,6 +32,7 @@ from retinanet.config import PreprocessingConfig
 from retinanet.data import dicom, preprocess
 from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
 from retinanet.data.dicom import DicomReadError, read_image
+from retinanet.data.patient_ids import check_patient_id
 from retinanet.data.preprocess import preprocess_image
 from retinanet.data.rsna import Record, SkipReport
 from retinanet.runtime.ordered_map import ordered_map
@@ -146,7 +147,7 @@ def build_cache(records: list[Record], config: PreprocessingConfig, cache_dir: s
     todo = []
     for record in records:
         entry = index.get(record.patient_id)
-        path = directory / f"{record.patient_id}.raw"
+        path = directory / f"{check_patient_id(record.patient_id, str(directory))}.raw"  # never outside it
         if (entry and os.path.exists(record.image_path) and entry["source"] == _source_signature(record.image_path)
                 and path.is_file() and path.stat().st_size == pixels_per_image):
             cached[record.patient_id] = CachedImage(str(path), entry["scale"], tuple(entry["original_size"]))

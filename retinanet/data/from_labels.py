@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from retinanet.data.geometry import REAL_SIZE
+from retinanet.data.patient_ids import check_patient_id
 from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
 from retinanet.data.synthetic import (SyntheticDataError, _check_no_stale_images, _PlannedImage, _random_uid,
-                                      _write_csv, _write_images)
+                                      _write_csv, _write_images, image_file)
 from retinanet.runtime.safe_writes import make_directory, write_text_atomically
 
 HEADER_COLUMNS = ("PatientID", "ViewPosition", "PatientAge", "PatientSex", "PixelSpacing")
@@ -50,6 +51,13 @@ def _read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame
         raise SyntheticDataError(f"{path}: missing column(s) {', '.join(missing)} of the {what} "
                                  f"(found: {', '.join(map(str, frame.columns))})")
     return frame
+
+
+def _check_ids(frame: pd.DataFrame, column: str, path: Path) -> None:
+    """Every id of the table must be a file name (the label file's become `<id>.dcm`); the first bad
+    one is a SyntheticDataError naming its line, before anything is written."""
+    for index, patient_id in enumerate(frame[column]):
+        check_patient_id(patient_id, f"{path}:{index + 2}", SyntheticDataError)
 
 
 def _boxes(rows: pd.DataFrame, labels_csv: Path) -> np.ndarray:
@@ -108,12 +116,14 @@ def generate_from_real_labels(out_dir, *, labels_csv, headers_csv, limit: int = 
         raise SyntheticDataError(f"limit must be >= 0 (0: all patients), got {limit}")
     labels_csv, headers_csv, out_dir = Path(labels_csv), Path(headers_csv), Path(out_dir)
     labels = _read_table(labels_csv, LABEL_COLUMNS, "label file")
+    _check_ids(labels, "patientId", labels_csv)
     patients = labels["patientId"].drop_duplicates()
     if limit:
         patients = patients.iloc[:limit]
     labels = labels[labels["patientId"].isin(set(patients))]
-    headers = _read_table(headers_csv, HEADER_COLUMNS, "DICOM header table").drop_duplicates("PatientID")
-    headers = headers.set_index("PatientID")
+    headers = _read_table(headers_csv, HEADER_COLUMNS, "DICOM header table")
+    _check_ids(headers, "PatientID", headers_csv)
+    headers = headers.drop_duplicates("PatientID").set_index("PatientID")
     missing = patients[~patients.isin(headers.index)]
     if len(missing):
         raise SyntheticDataError(f"{headers_csv}: no header row for {len(missing)} patient(s) of {labels_csv} "
@@ -127,7 +137,7 @@ def generate_from_real_labels(out_dir, *, labels_csv, headers_csv, limit: int = 
     for stale in folder.glob("*.tmp.dcm"):  # safe_writes.temporary_path's names, left by a kill mid-write
         stale.unlink()
     _check_no_stale_images(folder, planned)
-    tasks = [(item, folder / f"{item.patient_id}.dcm", REAL_SIZE) for item in planned]
+    tasks = [(item, image_file(folder, item.patient_id), REAL_SIZE) for item in planned]
     tasks = [task for task in tasks if not task[1].is_file()]
     _write_images(tasks, workers=workers, progress=progress)
 

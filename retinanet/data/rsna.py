@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 
 from retinanet.config import BAD_FILE_POLICIES
+from retinanet.data.patient_ids import check_patient_id, describe_problem
 from retinanet.errors import UserError
 from retinanet.runtime.safe_writes import make_directory, replace_atomically
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
+SPLIT_COLUMNS = ("patientId", "fold")  # make_folds writes Target (and ViewPosition) between them
 CLASS_NAMES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
 LUNG_OPACITY = CLASS_NAMES[0]  # the class of every positive patient
 
@@ -148,6 +150,10 @@ def read_labels(
         if not patient_id:
             problem(where, patient_id, "empty patientId")
             continue
+        bad_id = describe_problem(patient_id)  # the id becomes the image's and the cached file's name
+        if bad_id is not None:
+            problem(where, patient_id, bad_id)
+            continue
         try:
             box, target = _parse_row(row, image_size)
         except ValueError as error:
@@ -177,7 +183,10 @@ def read_labels(
         for index, row in enumerate(class_frame.to_dict("records")):
             where = f"{class_info_csv}:{index + 2}"
             patient_id, name = row["patientId"].strip(), row["class"].strip()
-            if name not in CLASS_NAMES:
+            bad_id = describe_problem(patient_id)
+            if bad_id is not None:
+                problem(where, patient_id, bad_id)
+            elif name not in CLASS_NAMES:
                 problem(where, patient_id, f"unknown class {name!r} (expected one of {', '.join(CLASS_NAMES)})")
             elif classes.setdefault(patient_id, name) != name:
                 problem(where, patient_id, f"patient {patient_id} has classes {classes[patient_id]!r} and {name!r}")
@@ -226,6 +235,34 @@ def make_folds(records: list[Record], num_folds: int, seed: int,
     return pd.DataFrame(rows, columns=columns).sort_values("patientId", ignore_index=True)
 
 
+def _whole_number(text: str, column: str, where: str, allowed: tuple[str, ...] | None = None) -> int:
+    """A cell of an integer column, checked; LabelError naming the line otherwise."""
+    if not (text.isascii() and text.isdigit()) or (allowed is not None and text not in allowed):
+        expected = " or ".join(allowed) if allowed is not None else "a whole number from 0 up"
+        raise LabelError(f"{where}: {column} must be {expected}, got {text!r}")
+    return int(text)
+
+
+def read_split_file(path: str | Path) -> pd.DataFrame:
+    """A split file as `make_folds` writes it (`patientId, [Target, ViewPosition,] fold`), checked:
+    LabelError naming the file, and the line of a bad id, fold or Target or a patient listed twice."""
+    path = Path(path)
+    frame = read_table(path, SPLIT_COLUMNS)
+    frame["patientId"] = frame["patientId"].str.strip()
+    first_line: dict[str, int] = {}
+    for index, patient_id in enumerate(frame["patientId"]):
+        where = f"{path}:{index + 2}"
+        check_patient_id(patient_id, where, LabelError)
+        if patient_id in first_line:
+            raise LabelError(f"{where}: patient {patient_id} is listed twice (first on line {first_line[patient_id]})")
+        first_line[patient_id] = index + 2
+    for column, allowed in (("Target", ("0", "1")), ("fold", None)):
+        if column in frame.columns:
+            frame[column] = np.array([_whole_number(text.strip(), column, f"{path}:{index + 2}", allowed)
+                                      for index, text in enumerate(frame[column])], np.int64)
+    return frame
+
+
 def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int, seed: int,
                          view_positions: dict[str, str] | None = None) -> pd.DataFrame:
     """Read the split file, or create and write it; the file's patients must match the records.
@@ -234,7 +271,7 @@ def load_or_create_folds(records: list[Record], path: str | Path, num_folds: int
     """
     path = Path(path)
     if path.is_file():
-        folds = pd.read_csv(path, dtype={"patientId": str})
+        folds = read_split_file(path)
         missing = {r.patient_id for r in records} - set(folds["patientId"])
         if missing:
             raise LabelError(f"{path}: split file lacks {len(missing)} labelled patient(s), "

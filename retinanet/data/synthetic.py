@@ -25,6 +25,7 @@ from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 from tqdm import tqdm
 
 from retinanet.data.geometry import REAL_SIZE, sample_patients
+from retinanet.data.patient_ids import check_patient_id
 from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
 from retinanet.data.submission import HEADER as SUBMISSION_COLUMNS
@@ -187,6 +188,11 @@ def _check_no_stale_images(folder: Path, planned: list[_PlannedImage]) -> None:
         )
 
 
+def image_file(folder: Path, patient_id: str) -> Path:
+    """`<folder>/<patient_id>.dcm`; an id that would name a file elsewhere is a SyntheticDataError."""
+    return folder / f"{check_patient_id(patient_id, str(folder), SyntheticDataError)}.dcm"
+
+
 def _render_and_write(task) -> None:
     item, path, size = task
     radiograph = render_chest_radiograph(np.random.default_rng(item.image_seed), size=size, class_name=item.class_name,
@@ -236,7 +242,8 @@ def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int
         make_directory(folder)
         _check_no_stale_images(folder, planned)
 
-    tasks = [(item, folder / f"{item.patient_id}.dcm", size) for planned, folder in splits.values() for item in planned]
+    tasks = [(item, image_file(folder, item.patient_id), size) for planned, folder in splits.values()
+             for item in planned]
     _write_images(tasks, workers=workers, progress=progress)
     label_rows: dict[str, list[list[str]]] = {"train": [], "test": []}
     class_rows: list[list[str]] = []

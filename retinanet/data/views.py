@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retinanet.data.dicom import DicomReadError, read_header
+from retinanet.data.patient_ids import check_patient_id
 from retinanet.data.rsna import LabelError, Record, SkipReport, read_table
 
 PATIENT_COLUMNS = ("patientId", "PatientID")  # the labels' spelling, the DICOM keyword's
@@ -22,8 +23,9 @@ UNKNOWN_VIEW = ""  # the stratum of the patients whose DICOM header gives no vie
 def read_view_positions(headers_csv: str | Path, patient_ids) -> dict[str, str]:
     """{patientId: view position} of `patient_ids` from a headers table; every one of them must be in it.
 
-    Rows of other patients are ignored (the table may cover more images than the labels). An
-    empty view or a patient given two views is a LabelError naming the file and line.
+    Rows of other patients are ignored (the table may cover more images than the labels), but for
+    their ids, which must be valid file names too. An empty view or a patient given two views is a
+    LabelError naming the file and line.
     """
     headers_csv = Path(headers_csv)
     frame = read_table(headers_csv, (VIEW_COLUMN,))
@@ -34,9 +36,10 @@ def read_view_positions(headers_csv: str | Path, patient_ids) -> dict[str, str]:
     wanted = set(patient_ids)
     views: dict[str, str] = {}
     for index, (patient_id, view) in enumerate(zip(frame[patient_column].str.strip(), frame[VIEW_COLUMN].str.strip())):
+        where = f"{headers_csv}:{index + 2}"
+        check_patient_id(patient_id, where, LabelError)  # other patients' too: a table naming paths is broken
         if patient_id not in wanted:
             continue
-        where = f"{headers_csv}:{index + 2}"
         if not view:
             raise LabelError(f"{where}: empty {VIEW_COLUMN} of patient {patient_id}")
         if views.setdefault(patient_id, view) != view:

@@ -214,9 +214,9 @@ def write_out_of_fold_predictions(parent: Path, records_of: dict, progress: bool
 
 
 def _all_patients(parent: Path) -> int:
-    import pandas as pd
+    from retinanet.data.rsna import read_split_file
 
-    return len(pd.read_csv(parent / SPLIT_FILE, dtype={"patientId": str}))
+    return len(read_split_file(parent / SPLIT_FILE))
 
 
 def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = True) -> dict:

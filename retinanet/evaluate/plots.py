@@ -9,6 +9,7 @@ import numpy as np
 
 from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
 from retinanet.data.dicom import read_image
+from retinanet.data.patient_ids import check_patient_id
 from retinanet.data.rsna import Record
 from retinanet.detection.metrics import detection_matches, rsna_image_scores, roc_curve
 from retinanet.runtime.safe_writes import make_directory, replace_atomically
@@ -161,13 +162,13 @@ def write_overlays(records: list[Record], kept: dict, directory: Path, count: in
     written = []
     for kind, chosen in (("best", best), ("worst", worst)):
         for rank, (score, record) in enumerate(chosen, start=1):
+            path = directory / f"{kind}_{rank}_{check_patient_id(record.patient_id, str(directory))}.png"
             boxes, scores = kept[record.patient_id]
             probability = None if probabilities is None else probabilities[record.patient_id]
             image = read_image(record.image_path, memory_limit_mib=memory_limit_mib)
             picture = draw_boxes(image, record.boxes, boxes, scores,
                                  title=f"{record.patient_id}  RSNA image score {score:.2f}", threshold=threshold,
                                  image_probability=probability)
-            path = directory / f"{kind}_{rank}_{record.patient_id}.png"
             save_rgb(path, picture)
             written.append(str(path))
     return written

@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from retinanet.config import Config, to_dict
+from retinanet.data.rsna import read_split_file
 from retinanet.train.runs import (BEST_WEIGHTS, CONFIG_FILE, FOLD_DIRECTORY, SPLIT_FILE, ModelLoadError, ModelSource,
                                   load_run_config, resolve_source, source_from_run_dir)
 
@@ -110,7 +109,7 @@ def trained_patients(source: ModelSource) -> set[str] | None:
     path = Path(source.run_dir) / SPLIT_FILE
     if not path.is_file():
         return None
-    folds = pd.read_csv(path, dtype={"patientId": str})
+    folds = read_split_file(path)
     return set(folds.loc[folds["fold"] != source.config.data.validation_fold, "patientId"])
 
 
