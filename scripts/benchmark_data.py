@@ -20,7 +20,7 @@ from retinanet.runtime import hardware
 from retinanet.config import load_config
 from retinanet.data.dicom import read_dicom
 from retinanet.data.pipeline import build_dataset, prepare_split
-from retinanet.data.synthetic import generate_synthetic_rsna
+from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
     python scripts/make_geometry_table.py --labels stage_2_train_labels.csv \
         --headers stage_2_train_images_dicom_headers.csv.gz
 
-Writes retinanet/data/rsna_geometry.csv.gz: one row per real patient, shuffled, without ids:
+Writes retinanet/synthetic/rsna_geometry.csv.gz: one row per real patient, shuffled, without ids:
 view (AP/PA), age, sex, pixel spacing (mm) and the patient's boxes as `x y width height` groups
 (1024 px pixels; empty for negatives). Numbers only; the generator samples whole rows, so the
 joint geometry (count, sizes, positions, the pair's arrangement, view, age) is the real one.

@@ -73,7 +73,7 @@ def tiny_config(data_root, cache_dir, **sections):
 def small_rsna(tmp_path_factory) -> Path:
     """16 training patients at 128 px in the RSNA layout (seed 1), generated once per test process
     for the end-to-end training tests; they only read it (each run has its own cache)."""
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     return generate_synthetic_rsna(tmp_path_factory.mktemp("small_rsna"), num_train=16, num_test=0, size=128, seed=1,
                                    progress=False)
@@ -177,7 +177,7 @@ def clean_error():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
     from retinanet.config import load_config
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     root = tmp_path_factory.mktemp("tiny")
     data_dir = generate_synthetic_rsna(root / "data", num_train=20, num_test=4, size=SYNTHETIC_SIZE, seed=0,

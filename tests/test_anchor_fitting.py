@@ -1,4 +1,4 @@
-"""Tests for retinanet.data.anchor_fitting and `retinanet fit-anchors`: hand-made box sets whose answer is
+"""Tests for retinanet.analysis.anchor_fitting and `retinanet fit-anchors`: hand-made box sets whose answer is
 known, coverage against a brute-force count, and the written section loading as a config."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from retinanet.data.anchor_fitting import (anchor_shapes, anchors_yaml, centred_iou, fit_anchor_shapes, fit_anchors,
+from retinanet.analysis.anchor_fitting import (anchor_shapes, anchors_yaml, centred_iou, fit_anchor_shapes, fit_anchors,
                                            mean_best_iou)
 from retinanet.builders import anchor_set_for
 from retinanet.config import AnchorConfig, config_from_dict, load_config
@@ -148,7 +148,7 @@ def test_written_section_loads_as_a_config_and_says_what_was_measured(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_config(tmp_path_factory):
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     root = tmp_path_factory.mktemp("fit_anchors_data")
     generate_synthetic_rsna(root / "data", num_train=20, num_test=0, size=128, seed=2, progress=False)
@@ -168,7 +168,7 @@ def test_command_writes_a_section_that_loads(synthetic_config, tmp_path, script)
     assert len(loaded.aspect_ratios) == 2 and len(loaded.scales) == 3 and loaded.sizes == (8, 16, 32, 64, 128)
     lines = completed.stdout.splitlines()
     assert lines[0].startswith("before") and lines[1].startswith("after") and str(out) in lines[2]
-    from retinanet.data.pipeline import prepare_split
+    from retinanet.data.split import prepare_split
 
     config = load_config(synthetic_config)
     records = prepare_split(config, progress=False).train

@@ -13,14 +13,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retinanet"
 
 # Lower layers never import higher ones; modules of the same layer may import each other.
 LAYERS = {
-    "detection": 0, "model": 0, "runtime": 0, "errors": 0,
+    "detection": 0, "model": 0, "runtime": 0, "errors": 0,  # the components: no config
     "visualize": 1,  # images and boxes only: imports detection and runtime
     "config": 1,
-    "builders": 2,  # maps the config onto the components
-    "data": 3,
-    "train": 4,
-    "evaluate": 5, "serve": 5,
-    "commands": 6, "bench": 6, "cli": 6, "__main__": 7,
+    "data": 2,  # reading the real data, the input pipeline
+    "synthetic": 3,  # generating data sets: called by the commands, never on the training path
+    "run_directory": 3,  # the contract of a run directory that train, evaluate and serve share
+    "builders": 4, "train": 4,  # the one mapping of the config onto components, training's among them
+    "analysis": 5, "evaluate": 5, "serve": 5,
+    "experiments": 6,  # what trains and evaluates: cross-validation
+    "commands": 7, "bench": 7, "cli": 7, "__main__": 8,
 }
 TOP_LEVEL_ALLOWANCE = 6  # modules at the top of retinanet/ besides __init__, __main__ and cli
 
@@ -120,3 +122,24 @@ def test_components_do_not_read_the_config():
 def test_few_modules_at_the_top_of_the_package():
     top = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in ("__init__", "__main__", "cli"))
     assert len(top) <= TOP_LEVEL_ALLOWANCE, top
+
+
+def imports_from(package: str, source_packages: tuple[str, ...]) -> list[str]:
+    """The imports of `retinanet.<package>` by modules of the `source_packages` (top-level modules count
+    as packages of their own name)."""
+    return [f"{module} -> {target}" for module, targets in sorted(GRAPH.items()) for target in sorted(targets)
+            if module.split(".")[1:2] and module.split(".")[1] in source_packages
+            and target.startswith(f"retinanet.{package}")]
+
+
+def test_serving_imports_nothing_of_training():
+    # Inference needs the run directory's contract (retinanet.run_directory), not the trainer.
+    assert imports_from("train", ("serve",)) == []
+
+
+def test_nothing_on_the_training_path_generates_data():
+    # The demo's synthetic data is the commands' explicit step; reading, training, evaluating and
+    # serving read what is there.
+    training_path = ("data", "builders", "run_directory", "train", "evaluate", "serve", "experiments", "analysis")
+    assert imports_from("synthetic", training_path) == []
+

@@ -10,16 +10,24 @@ import pytest
 import tensorflow as tf
 
 from retinanet.config import AugmentationConfig
-from retinanet.data.augment import (Augmenter, augment, augment_geometry, augment_intensity, make_noise_bank,
-                                    transform_boxes)
+from retinanet.data.augment import (AugmentationRanges, Augmenter, augment, augment_geometry, augment_intensity,
+                                    make_noise_bank, transform_boxes)
 
 HEIGHT, WIDTH = 64, 96
 BRIGHT = 200.0
 NOISE_BANK = make_noise_bank((HEIGHT, WIDTH))
 
+
+def ranges(**changes) -> AugmentationRanges:
+    """The config's default ranges (every jitter on), with `changes`."""
+    defaults = dataclasses.asdict(AugmentationConfig())
+    defaults.pop("enabled")
+    return AugmentationRanges(**{**defaults, **changes})
+
+
 # Geometry switched off except for what a test turns on.
-IDENTITY = AugmentationConfig(horizontal_flip=0.0, scale_range=(1.0, 1.0), translate_fraction=0.0,
-                              rotation_degrees=0.0, min_visible_fraction=0.4)
+IDENTITY = ranges(horizontal_flip=0.0, scale_range=(1.0, 1.0), translate_fraction=0.0, rotation_degrees=0.0,
+                  min_visible_fraction=0.4)
 
 
 def rectangle_image(box, height=HEIGHT, width=WIDTH):
@@ -143,7 +151,7 @@ def test_no_boxes_passes_through():
 def test_same_seed_same_output_different_seed_different():
     box = [36.0, 24.0, 60.0, 42.0]
     source = (rectangle_image(box) + 20.0).astype(np.uint8)
-    config = AugmentationConfig()  # every jitter on
+    config = ranges()  # every jitter on
     image_a, boxes_a = augment(source, np.asarray([box]), config, [7, 1], NOISE_BANK)
     image_b, boxes_b = augment(source, np.asarray([box]), config, [7, 1], NOISE_BANK)
     np.testing.assert_array_equal(image_a, image_b)
@@ -156,7 +164,7 @@ def test_same_seed_same_output_different_seed_different():
 def test_augmenter_through_tf_numpy_function_matches_a_direct_call():
     box = [36.0, 24.0, 60.0, 42.0]
     source = rectangle_image(box).astype(np.uint8)
-    augmenter = Augmenter(AugmentationConfig(), (HEIGHT, WIDTH), seed=0)
+    augmenter = Augmenter((HEIGHT, WIDTH), 0, **dataclasses.asdict(ranges()))
     seed_pair = np.array([-5, 3], np.int64)  # tf.data's random stream is signed
     direct_image, direct_boxes = augmenter(source, np.array([box], np.float32), seed_pair)
     graph = tf.function(lambda image, boxes, s: tf.numpy_function(augmenter, [image, boxes, s],
@@ -172,7 +180,7 @@ def test_intensity_stays_in_range(seed_value):
     rng = np.random.default_rng(seed_value)
     source = rng.integers(0, 256, size=[HEIGHT, WIDTH, 1]).astype(np.uint8)
     source[0, 0], source[0, 1] = 0, 255
-    config = AugmentationConfig(brightness=0.5, contrast_range=(0.5, 2.0), gamma_range=(0.5, 2.0), noise_std=0.3)
+    config = ranges(brightness=0.5, contrast_range=(0.5, 2.0), gamma_range=(0.5, 2.0), noise_std=0.3)
     result = augment_intensity(np.asarray(source), config, seed(seed_value), NOISE_BANK)
     assert result.shape == source.shape and result.dtype == np.uint8
     assert not np.allclose(result.astype(float), source, atol=1.0)
@@ -181,14 +189,14 @@ def test_intensity_stays_in_range(seed_value):
 def test_intensity_identity_settings_keep_the_image():
     rng = np.random.default_rng(9)
     source = rng.integers(0, 256, size=[HEIGHT, WIDTH, 1]).astype(np.uint8)
-    config = AugmentationConfig(brightness=0.0, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), noise_std=0.0)
+    config = ranges(brightness=0.0, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), noise_std=0.0)
     result = augment_intensity(np.asarray(source), config, seed(0), NOISE_BANK)
     np.testing.assert_array_equal(result, source)
 
 
 def test_intensity_matches_the_formula_on_every_grey_level():
     source = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    config = AugmentationConfig(brightness=0.1, contrast_range=(1.3, 1.3), gamma_range=(0.8, 0.8), noise_std=0.0)
+    config = ranges(brightness=0.1, contrast_range=(1.3, 1.3), gamma_range=(0.8, 0.8), noise_std=0.0)
     result = augment_intensity(source, config, seed(4), NOISE_BANK)
     rng = seed(4)  # the draws happen in the order gamma, contrast, brightness
     rng.uniform(), rng.uniform()
@@ -202,7 +210,7 @@ def test_intensity_matches_the_formula_on_every_grey_level():
 
 def test_noise_has_the_configured_spread_and_differs_between_images():
     source = np.full([HEIGHT, WIDTH, 1], 128, np.uint8)
-    config = AugmentationConfig(brightness=0.0, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), noise_std=0.02)
+    config = ranges(brightness=0.0, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), noise_std=0.02)
     first = augment_intensity(source, config, seed(1), NOISE_BANK) - 128.0
     second = augment_intensity(source, config, seed(2), NOISE_BANK) - 128.0
     assert np.std(first) == pytest.approx(0.02 * 255, rel=0.1)

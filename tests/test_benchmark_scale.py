@@ -16,7 +16,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     return generate_synthetic_rsna(tmp_path_factory.mktemp("scale") / "data", num_train=12, num_test=0, size=SIZE,
                                    seed=2, progress=False, workers=1)

@@ -4,7 +4,7 @@ import pytest
 
 from retinanet.train.budget import Timing, compress, events_between, fit_schedule, remaining_cost
 from retinanet.config import TrainingConfig
-from retinanet.train.trainer import WarmupDecay
+from retinanet.train.schedule import WarmupDecay
 
 DEMO = TrainingConfig(steps=500, warmup_steps=50, validate_every=125, checkpoint_every=100, time_budget_minutes=10)
 

@@ -28,7 +28,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     return generate_synthetic_rsna(tmp_path_factory.mktemp("cache_resume") / "data", num_train=40, num_test=0,
                                    size=SYNTHETIC_SIZE, seed=5, progress=False, workers=1)

@@ -89,7 +89,7 @@ def test_synth_refuses_foreign_files_cleanly(tmp_path, clean_error):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     return generate_synthetic_rsna(tmp_path_factory.mktemp("cli") / "data", num_train=20, num_test=0,
                                    size=SYNTHETIC_SIZE, seed=3, progress=False)
@@ -219,14 +219,14 @@ def test_every_error_a_user_can_fix_is_a_user_error_and_no_command_lists_them():
     from retinanet.data.rsna import LabelError
     from retinanet.data.submission import SubmissionError
     from retinanet.errors import UserError
-    from retinanet.evaluate.cross_validation import CrossValidationError
+    from retinanet.experiments.cross_validation import CrossValidationError
     from retinanet.evaluate.evaluation import EvaluationError
     from retinanet.evaluate.out_of_fold import OutOfFoldError
     from retinanet.model.backbone import WeightsError
     from retinanet.runtime.safe_writes import FileWriteError
     from retinanet.serve.export_formats import ConversionError
     from retinanet.serve.inference import InputError
-    from retinanet.train.runs import ModelLoadError
+    from retinanet.run_directory import ModelLoadError
     from retinanet.train.trainer import TrainingError
 
     for error in (ConfigError, DicomReadError, LabelError, SubmissionError, CrossValidationError, EvaluationError,

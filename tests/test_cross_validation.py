@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPOSITORY_ROOT, TINY_OVERRIDES, assert_clean_error, run_in_process, run_script
 from retinanet.config import config_from_dict, load_config, save_config
-from retinanet.evaluate.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds,
+from retinanet.experiments.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds,
                                                  prepare_parent, train_fold)
 from retinanet.evaluate.out_of_fold import (OutOfFoldError, analyse, bootstrap_interval, read_predictions,
                                             write_predictions)
@@ -62,7 +62,7 @@ def small_config(root, **data):
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     return generate_synthetic_rsna(tmp_path_factory.mktemp("cv_data"), num_train=12, num_test=0, size=128, seed=2,
                                    progress=False)
@@ -113,7 +113,7 @@ def test_a_directory_of_another_fold_or_config_is_refused(small_data, tmp_path):
 
 
 def test_predictions_are_made_again_only_when_a_fold_has_new_best_weights(tmp_path, monkeypatch):
-    import retinanet.evaluate.cross_validation as cross_validation
+    import retinanet.experiments.cross_validation as cross_validation
     from retinanet.data.rsna import Record
 
     parent = tmp_path / "cv"
@@ -220,15 +220,15 @@ CV_OVERRIDES = (*TINY_OVERRIDES, "data.num_folds=2", "data.original_size=128", "
 
 KILL_FOLD_1_AFTER_STEP_2 = textwrap.dedent("""
     import os, sys
-    import retinanet.train.trainer
+    import retinanet.train.loop
     from retinanet.cli import main
 
-    original = retinanet.train.trainer.Trainer._save_latest
+    original = retinanet.train.loop.Trainer._save_latest
     def save_then_die(self, **options):
         original(self, **options)
-        if self.run_dir.name == "fold_1" and self.step == 2:
+        if self.run.write_dir.name == "fold_1" and self.step == 2:
             os._exit(17)  # killed right after fold 1's first checkpoint
-    retinanet.train.trainer.Trainer._save_latest = save_then_die
+    retinanet.train.loop.Trainer._save_latest = save_then_die
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -237,7 +237,7 @@ KILL_FOLD_1_AFTER_STEP_2 = textwrap.dedent("""
 def cross_validation(tmp_path_factory):
     """A cross-validation killed in fold 1, resumed, then run once more: what each step left."""
     from retinanet.cli import main
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     root = tmp_path_factory.mktemp("cv")
     data = generate_synthetic_rsna(root / "data", num_train=12, num_test=0, size=128, seed=3, progress=False)
@@ -306,7 +306,7 @@ def test_every_fold_is_a_run_of_the_same_split_and_out_of_fold_covers_every_pati
 def test_out_of_fold_metric_equals_an_independent_computation_on_the_files(cross_validation):
     from retinanet.data.rsna import read_labels
     from retinanet.serve.ensembles import resolve_ensemble
-    from retinanet.train.runs import read_best_record, read_threshold
+    from retinanet.run_directory import read_best_record, read_threshold
     from retinanet.data.submission import score_submission
 
     parent, data, metrics = cross_validation["parent"], cross_validation["data"], cross_validation["metrics"]

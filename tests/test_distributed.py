@@ -19,7 +19,8 @@ import tensorflow as tf
 from conftest import tiny_config
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.order import record_at, worker_positions
-from retinanet.data.pipeline import build_dataset, prepare_split
+from retinanet.builders import build_dataset
+from retinanet.data.split import prepare_split
 from retinanet.train.launcher import free_ports, launch, tf_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,16 +197,16 @@ KILLED_WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
     from retinanet.config import load_config
-    from retinanet.train.trainer import Trainer
+    from retinanet.train.trainer import build_trainer
     config_path, run_dir, dying_worker, die_after = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    trainer = Trainer(load_config(config_path), run_dir, progress=False)
+    trainer = build_trainer(load_config(config_path), run_dir, progress=False)
     original = trainer._save_latest
     def save_then_die(**options):
         original(**options)
-        if trainer.step == die_after and trainer.worker == dying_worker:
+        if trainer.step == die_after and trainer.run.worker == dying_worker:
             deadline = time.monotonic() + 300
             # mid-run: the chief's checkpoint and validation are done
-            while trainer.num_workers > 1 and time.monotonic() < deadline:
+            while trainer.run.num_workers > 1 and time.monotonic() < deadline:
                 state = run_dir / "validation.json"
                 if state.is_file() and json.loads(state.read_text())["last_validated_step"] >= die_after:
                     break

@@ -13,7 +13,8 @@ import tensorflow as tf
 from conftest import tiny_config
 from retinanet.config import TrainingConfig, config_from_dict
 from retinanet.train.ema import averaged_weights, base_optimizer, uses_ema
-from retinanet.train.trainer import Trainer, build_optimizer
+from retinanet.builders import build_optimizer
+from retinanet.train.trainer import build_trainer
 
 
 def one_weight_model() -> keras.Model:
@@ -96,31 +97,31 @@ def assert_all_close(first, second) -> None:
 @pytest.mark.slow
 def test_a_run_validates_and_saves_the_averages_and_resume_keeps_them(small_rsna, tmp_path):
     config, run_dir = ema_config(small_rsna, tmp_path / "cache"), tmp_path / "run"
-    trainer = Trainer(config, run_dir, progress=False)
-    averages = base_optimizer(trainer.optimizer)._model_variables_moving_average
+    trainer = build_trainer(config, run_dir, progress=False)
+    averages = base_optimizer(trainer.task.optimizer)._model_variables_moving_average
     seen = []
-    original_run = trainer.validator.run
+    original_run = trainer.task.validator.run
 
     def recording_run():
-        seen.append((values(trainer.model.trainable_variables), values(averages)))
+        seen.append((values(trainer.task.model.trainable_variables), values(averages)))
         return original_run()
 
-    trainer.validator.run = recording_run
+    trainer.task.validator.run = recording_run
     trainer.fit()
     assert len(seen) == 2  # steps 2 and 4
     for model_weights, average_weights in seen:
         assert_all_close(model_weights, average_weights)
-    live = values(trainer.model.trainable_variables)
+    live = values(trainer.task.model.trainable_variables)
     final_averages = values(averages)
     assert max(np.abs(a - b).max() for a, b in zip(live, final_averages)) > 1e-6  # the two really differ
-    saved = keras.models.clone_model(trainer.model)
+    saved = keras.models.clone_model(trainer.task.model)
     saved.load_weights(run_dir / "final.weights.h5")
     assert_all_close(values(saved.trainable_variables), final_averages)
     best_step = json.loads((run_dir / "best.json").read_text())["step"]
     saved.load_weights(run_dir / "best.weights.h5")
     assert_all_close(values(saved.trainable_variables), seen[best_step // 2 - 1][1])
 
-    resumed = Trainer(config, run_dir, resume=True, progress=False)
+    resumed = build_trainer(config, run_dir, resume=True, progress=False)
     assert resumed.step == 4
-    assert_all_close(values(base_optimizer(resumed.optimizer)._model_variables_moving_average), final_averages)
-    assert_all_close(values(resumed.model.trainable_variables), live)
+    assert_all_close(values(base_optimizer(resumed.task.optimizer)._model_variables_moving_average), final_averages)
+    assert_all_close(values(resumed.task.model.trainable_variables), live)

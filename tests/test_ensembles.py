@@ -19,7 +19,8 @@ from test_detections import ORIGINAL_HEIGHT, ORIGINAL_WIDTH, chest_like_image, w
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.preprocess import normalize
 from retinanet.serve.ensembles import check_held_out, resolve_ensemble
-from retinanet.train.runs import ModelLoadError, write_threshold, write_validation_threshold
+from retinanet.run_directory import ModelLoadError, write_threshold
+from retinanet.train.run_state import write_validation_threshold
 
 
 def tiny_config(root, **sections):

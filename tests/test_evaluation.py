@@ -134,7 +134,7 @@ def test_missing_split_file_is_a_clean_error(tiny_run, evaluated_run, tmp_path, 
 
 @pytest.mark.slow
 def test_data_evaluates_every_patient_of_another_labelled_set(tiny_run, evaluated_run, tmp_path, script):
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     other = generate_synthetic_rsna(tmp_path / "other", num_train=6, num_test=0, size=tiny_run.image_size, seed=7,
                                     progress=False)
@@ -227,11 +227,12 @@ def test_predictions_csv_scores_like_the_metric(tmp_path):
 
 
 def test_report_and_json_handle_missing_values():
-    from retinanet.evaluate.evaluation import _json_ready, format_report, sweep_thresholds
+    from retinanet.evaluate.evaluation import format_report, sweep_thresholds
+    from retinanet.runtime.safe_writes import json_ready
 
     assert sweep_thresholds((0.05, 0.95, 0.05)).tolist()[-1] == 0.95
-    assert _json_ready({"a": float("nan"), 0.4: [np.float32(1.5), np.int64(2)]}) == {"a": None, "0.4": [1.5, 2]}
-    metrics = _json_ready({
+    assert json_ready({"a": float("nan"), 0.4: [np.float32(1.5), np.int64(2)]}) == {"a": None, "0.4": [1.5, 2]}
+    metrics = json_ready({
         "rsna_metric": float("nan"), "threshold": 0.3, "threshold_source": "config evaluation.score_threshold",
         "best_rsna_metric": float("nan"), "best_threshold": 0.3,
         "per_iou_threshold": {"threshold": {t: float("nan") for t in IOU_THRESHOLDS},

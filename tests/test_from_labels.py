@@ -1,4 +1,4 @@
-"""Tests for retinanet.data.from_labels: a synthetic set for the patients of a real label file."""
+"""Tests for retinanet.synthetic.from_labels: a synthetic set for the patients of a real label file."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pydicom
 import pytest
 
 from conftest import REPOSITORY_ROOT
-from retinanet.data.from_labels import SETTINGS_FILE, generate_from_real_labels
+from retinanet.synthetic.from_labels import SETTINGS_FILE, generate_from_real_labels
 from retinanet.data.rsna import read_labels
-from retinanet.data.synthetic import SyntheticDataError
+from retinanet.synthetic.rsna_layout import SyntheticDataError
 
 # In the real file's spelling: empty fields for negatives, one decimal for the boxes.
 LABELS = """patientId,x,y,width,height,Target

@@ -19,7 +19,8 @@ from retinanet.builders import build_anchor_set, build_loss, build_model
 from retinanet.config import config_from_dict
 from retinanet.runtime.hardware import dtype_policy
 from retinanet.detection.targets import LabelEncoder
-from retinanet.train.trainer import build_optimizer, build_train_step
+from retinanet.builders import build_optimizer
+from retinanet.train.step import build_train_step
 
 IMAGE_SIZE = (64, 64)
 

@@ -84,7 +84,7 @@ def test_notebooks_are_saved_without_outputs(name):
 
 @pytest.mark.slow
 def test_explore_notebook_on_a_small_synthetic_set(tmp_path):
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     data_dir = generate_synthetic_rsna(tmp_path / "data", num_train=20, num_test=2, size=256, seed=3, progress=False)
     notebook = execute(EXPLORE, {"RSNA_DATA_ROOT": str(data_dir)})

@@ -12,7 +12,7 @@ import pytest
 from retinanet.config import PreprocessingConfig
 from retinanet.data.patient_ids import PatientIdError, check_patient_id, patient_id_problem
 from retinanet.data.rsna import LabelError, Record, load_or_create_folds, read_labels
-from retinanet.data.synthetic import SyntheticDataError, generate_synthetic_rsna
+from retinanet.synthetic.rsna_layout import SyntheticDataError, generate_synthetic_rsna
 from retinanet.data.views import read_view_positions
 from retinanet.errors import UserError
 
@@ -163,7 +163,7 @@ def test_cache_refuses_a_record_whose_id_leaves_the_cache_directory(one_dicom, t
 
 
 def test_synthetic_image_file_stays_in_its_folder(tmp_path):
-    from retinanet.data.synthetic import image_file
+    from retinanet.synthetic.rsna_layout import image_file
 
     assert image_file(tmp_path, RSNA_ID) == tmp_path / f"{RSNA_ID}.dcm"
     message = rf"^{re.escape(str(tmp_path))}: patientId '\.\./escape' .*path separator"
@@ -176,7 +176,7 @@ HEADER_TABLE = "PatientID,ViewPosition,PatientAge,PatientSex,PixelSpacing\n"
 
 @pytest.mark.parametrize("hostile", ["../escape", "ABSOLUTE"])
 def test_synth_from_labels_refuses_an_escaping_id_and_writes_nothing(tmp_path, hostile):
-    from retinanet.data.from_labels import generate_from_real_labels
+    from retinanet.synthetic.from_labels import generate_from_real_labels
 
     hostile = str(tmp_path / "absolute") if hostile == "ABSOLUTE" else hostile
     labels = tmp_path / "labels.csv"
@@ -191,7 +191,7 @@ def test_synth_from_labels_refuses_an_escaping_id_and_writes_nothing(tmp_path, h
 
 
 def test_synth_from_labels_refuses_a_bad_id_in_the_header_table(tmp_path):
-    from retinanet.data.from_labels import generate_from_real_labels
+    from retinanet.synthetic.from_labels import generate_from_real_labels
 
     labels = tmp_path / "labels.csv"
     labels.write_text("patientId,x,y,width,height,Target\na,,,,,0\n")

@@ -13,8 +13,9 @@ from retinanet.builders import anchor_set_for
 from retinanet.config import config_from_dict
 from retinanet.data.cache import build_cache, settings_key
 from retinanet.data.dicom import DicomReadError
-from retinanet.data.pipeline import build_dataset, build_dataset_and_records, prepare_split
-from retinanet.data.synthetic import generate_synthetic_rsna
+from retinanet.builders import build_dataset, build_dataset_and_records
+from retinanet.data.split import prepare_split
+from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
 SIZE = 64
 
@@ -196,15 +197,15 @@ def test_skipped_label_rows_are_listed_with_their_reason(data_root, tmp_path, ca
 
 @pytest.mark.parametrize("fraction, expected", [(0.0, 0.1), (0.5, 0.5), (0.25, 0.25)])
 def test_positive_fraction_sets_the_share_of_images_with_boxes(fraction, expected):
-    from retinanet.config import TrainingConfig
-    from retinanet.data.pipeline import shuffled_stream
+    from retinanet.data.pipeline import ImageSource, training_stream
 
     counts = np.array([1, 2] + [0] * 18, np.int32)
     sources = tf.constant([f"image{i}" for i in range(20)])
-    dataset = tf.data.Dataset.from_tensor_slices((sources, np.zeros((20, 2, 4), np.float32), counts,
-                                                  np.ones(20, np.float32)))
-    stream = shuffled_stream(dataset, TrainingConfig(positive_fraction=fraction, seed=3), 20)
-    drawn = [(source.numpy().decode(), int(count)) for source, _, count, _ in stream.take(4000)]
+    elements = tf.data.Dataset.from_tensor_slices((sources, np.zeros((20, 2, 4), np.float32), counts,
+                                                   np.ones(20, np.float32)))
+    records = [None] * 20  # the stream reads only the elements' box counts
+    stream = training_stream(ImageSource(records, elements, load=None), seed=3, positive_fraction=fraction)
+    drawn = [(source.numpy().decode(), int(count)) for (source, _, count, _), _ in stream.take(4000)]
     share = np.mean([count > 0 for _, count in drawn])
     assert share == pytest.approx(expected, abs=0.03)
     assert {source for source, _ in drawn} == {f"image{i}" for i in range(20)}  # nothing left out

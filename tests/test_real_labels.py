@@ -63,7 +63,7 @@ def test_real_labels_count_patients_positives_and_boxes(labels_csv):
 
 def test_real_folds_match_the_whole_in_positive_rate_and_ap_share(labels_csv, headers_csv, tmp_path):
     from retinanet.config import config_from_dict
-    from retinanet.data.pipeline import prepare_split
+    from retinanet.data.split import prepare_split
 
     config = config_from_dict({"data": {
         "root": str(labels_csv.parent), "labels_csv": labels_csv.name, "class_info_csv": "",

@@ -11,11 +11,13 @@ import pytest
 import tensorflow as tf
 
 from retinanet.config import load_config, save_config
-from retinanet.train.runs import (RUN_ENTRIES, ModelLoadError, checkpoint_is_finite, last_finite_checkpoint,
-                                  last_validated_step, latest_run, non_finite_variables, read_threshold, record_path,
-                                  record_validated_step, record_validation_due, remove_run, remove_stale_temporaries,
-                                  resolve_record_path, resolve_source, run_entries, source_from_run_dir, threshold_line,
-                                  trim_log, validation_due_step, write_threshold, write_validation_threshold)
+from retinanet.run_directory import (RUN_ENTRIES, ModelLoadError, latest_run, read_threshold, record_path,
+                                     resolve_record_path, resolve_source, run_entries, source_from_run_dir,
+                                     threshold_line, write_threshold)
+from retinanet.train.run_state import (checkpoint_is_finite, last_finite_checkpoint, last_validated_step,
+                                       non_finite_variables, record_validated_step, record_validation_due, remove_run,
+                                       remove_stale_temporaries, trim_log, validation_due_step,
+                                       write_validation_threshold)
 from retinanet.train.trainer import TrainingError, start_fresh
 
 

@@ -1,4 +1,4 @@
-"""Tests for retinanet.data.statistics: counts, box sizes and anchor coverage on hand-made records."""
+"""Tests for retinanet.analysis.statistics: counts, box sizes and anchor coverage on hand-made records."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from retinanet.builders import anchor_set_for
 from retinanet.detection.anchors import num_anchors
 from retinanet.config import AnchorConfig
 from retinanet.data.rsna import Record
-from retinanet.data.statistics import (
+from retinanet.analysis.statistics import (
     anchor_coverage,
     anchor_levels,
     box_frame,

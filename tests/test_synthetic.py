@@ -1,4 +1,4 @@
-"""Tests for retinanet.data.synthetic: RSNA layout and formats, DICOM headers, determinism, boxes."""
+"""Tests for retinanet.synthetic.rsna_layout: RSNA layout and formats, DICOM headers, determinism, boxes."""
 
 import csv
 import re
@@ -14,9 +14,9 @@ import pytest
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
 from retinanet.data.dicom import read_dicom
-from retinanet.data.geometry import geometry_table, sample_patients
-from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
-from retinanet.data.synthetic import SyntheticDataError, _class_counts, _plan_split, generate_synthetic_rsna
+from retinanet.synthetic.geometry import geometry_table, sample_patients
+from retinanet.synthetic.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
+from retinanet.synthetic.rsna_layout import SyntheticDataError, _class_counts, _plan_split, generate_synthetic_rsna
 
 NUM_TRAIN, NUM_TEST, SIZE, SEED = 20, 4, 256, 3
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

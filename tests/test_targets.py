@@ -219,7 +219,7 @@ def test_states_match_a_loop_oracle_on_real_anchors(allow_low_quality_matches):
 
 
 def test_statistics_positive_anchors_follow_the_option():
-    from retinanet.data.statistics import positive_anchors
+    from retinanet.analysis.statistics import positive_anchors
 
     config = AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0))
     box = [[10, 10, 16, 40]]  # 6 x 30 px: no anchor reaches IoU 0.5

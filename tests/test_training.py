@@ -15,12 +15,14 @@ import tensorflow as tf
 from conftest import tiny_config
 from retinanet.config import AnchorConfig, config_from_dict
 from retinanet.data.rsna import Record
-from retinanet.data.synthetic import generate_synthetic_rsna
+from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 from retinanet.detection.anchors import num_anchors
 from retinanet.detection.losses import RetinaNetLoss
 from retinanet.model.heads import prior_bias
 from retinanet.model.retinanet import build_retinanet
-from retinanet.train.trainer import Trainer, WarmupDecay, schedule_from_config, train
+from retinanet.builders import build_schedule
+from retinanet.train.schedule import WarmupDecay
+from retinanet.train.trainer import build_trainer, train
 from retinanet.train.validation import overlays_first
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,8 +191,8 @@ def test_killed_run_resumes_to_the_same_final_step(small_rsna, tmp_path):
     script = textwrap.dedent("""
         import os, sys
         from retinanet.config import load_config
-        from retinanet.train.trainer import Trainer
-        trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
+        from retinanet.train.trainer import build_trainer
+        trainer = build_trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
         original = trainer._save_latest
         def save_then_die(**options):
             original(**options)
@@ -206,10 +208,10 @@ def test_killed_run_resumes_to_the_same_final_step(small_rsna, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == 17, killed.stderr[-2000:]
     assert not (run_dir / "final.weights.h5").exists()
-    trainer = Trainer(config, run_dir, resume=True, progress=False)
+    trainer = build_trainer(config, run_dir, resume=True, progress=False)
     assert trainer.step == 4
     # The schedule continues where it stopped, not from its warm-up.
-    assert float(trainer.optimizer.learning_rate) == pytest.approx(float(schedule_from_config(config.training)(4)))
+    assert float(trainer.task.optimizer.learning_rate) == pytest.approx(float(build_schedule(config.training)(4)))
     trainer.fit()
     assert trainer.step == 6
     assert (run_dir / "final.weights.h5").is_file()
@@ -238,9 +240,9 @@ def test_two_replica_mirrored_strategy_trains(small_rsna, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from retinanet.config import load_config
-        from retinanet.train.trainer import Trainer
-        trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
-        assert trainer.strategy.num_replicas_in_sync == 2, trainer.strategy.num_replicas_in_sync
+        from retinanet.train.trainer import build_trainer
+        trainer = build_trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
+        assert trainer.run.strategy.num_replicas_in_sync == 2, trainer.run.strategy.num_replicas_in_sync
         trainer.fit()
         print("STEP", trainer.step)
     """)
@@ -317,12 +319,13 @@ def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(small_rsna, tm
     # The budget fits 20 of the 40 steps: 1 s a step, 9 s left after the 11 calibration steps.
     script = textwrap.dedent("""
         import os, sys
-        import retinanet.train.trainer as training
+        import retinanet.train.loop as loop
         from retinanet.train.budget import Timing, fit_schedule
+        from retinanet.train.trainer import build_trainer
         from retinanet.config import load_config
-        training.fit_schedule = lambda config, done, timing, budget: fit_schedule(
+        loop.fit_schedule = lambda config, done, timing, budget: fit_schedule(
             config, done, Timing(elapsed=0.0, step=1.0, validation=0.0, checkpoint=0.0), 9.0)
-        trainer = training.Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
+        trainer = build_trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
         original = trainer._save_latest
         def save_then_die(**options):
             original(**options)
@@ -342,10 +345,10 @@ def test_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(small_rsna, tm
     budget = json.loads((run_dir / "budget.json").read_text())
     assert (budget["configured_steps"], budget["fitted_steps"], budget["fitted_at_step"]) == (40, 20, 11)
 
-    trainer = Trainer(config, run_dir, resume=True, progress=False)
+    trainer = build_trainer(config, run_dir, resume=True, progress=False)
     assert trainer.step == 16 and trainer.config.training.steps == 20
     fitted_schedule = WarmupDecay(config.training.learning_rate, total_steps=20, warmup_steps=2, kind="cosine")
-    assert float(trainer.optimizer.learning_rate) == pytest.approx(float(fitted_schedule(16)))
+    assert float(trainer.task.optimizer.learning_rate) == pytest.approx(float(fitted_schedule(16)))
     trainer.fit()
     assert trainer.step == 20
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -362,14 +365,14 @@ def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(smal
     monkeypatch.setattr(retinanet.runtime.hardware, "read_cpu",
                         lambda: ("AMD EPYC 7R13 Processor", frozenset({"avx2"})))
     monkeypatch.setattr(retinanet.runtime.hardware, "gpu_capabilities", lambda: ())
-    explicit = Trainer(training_config(small_rsna, tmp_path / "cache", mixed_precision="mixed_bfloat16"),
-                       tmp_path / "explicit", progress=False)
+    explicit = build_trainer(training_config(small_rsna, tmp_path / "cache", mixed_precision="mixed_bfloat16"),
+                             tmp_path / "explicit", progress=False)
     captured = capsys.readouterr()
     assert "warning: mixed_bfloat16 on a CPU without amx_bf16 or avx512_bf16 is emulated" in captured.err
     assert "Device: CPU AMD EPYC 7R13 Processor, avx2" in captured.out
     assert explicit.config.runtime.mixed_precision == "mixed_bfloat16"
-    automatic = Trainer(training_config(small_rsna, tmp_path / "cache", mixed_precision="auto"), tmp_path / "auto",
-                        progress=False)
+    automatic = build_trainer(training_config(small_rsna, tmp_path / "cache", mixed_precision="auto"),
+                              tmp_path / "auto", progress=False)
     assert "precision float32 (auto: the CPU has no bfloat16 instructions" in capsys.readouterr().out
     assert automatic.config.runtime.mixed_precision == "float32"
     assert "mixed_precision: float32" in (tmp_path / "auto" / "config.yaml").read_text()
@@ -379,10 +382,10 @@ def test_explicit_bfloat16_on_a_cpu_without_it_warns_and_auto_picks_float32(smal
 def test_a_non_finite_weight_is_never_checkpointed(small_rsna, tmp_path, monkeypatch):
     """A NaN in a batch-norm statistic leaves the training loss finite (training mode normalises
     with the batch's statistics) but poisons every checkpoint and inference after it."""
-    import retinanet.train.trainer
+    import retinanet.train.loop
     from retinanet.train.trainer import TrainingError
 
-    original = retinanet.train.trainer.build_train_step
+    original = retinanet.train.loop.build_train_step
 
     def poisoning_build_train_step(config, strategy, model, optimizer, loss):
         step_function = original(config, strategy, model, optimizer, loss)
@@ -396,7 +399,7 @@ def test_a_non_finite_weight_is_never_checkpointed(small_rsna, tmp_path, monkeyp
 
         return step
 
-    monkeypatch.setattr(retinanet.train.trainer, "build_train_step", poisoning_build_train_step)
+    monkeypatch.setattr(retinanet.train.loop, "build_train_step", poisoning_build_train_step)
     run_dir = tmp_path / "run"
     config = training_config(small_rsna, tmp_path / "cache", steps=6, checkpoint_every=2, validate_every=6)
     with pytest.raises(TrainingError) as error:
@@ -414,9 +417,9 @@ def test_a_non_finite_weight_is_never_checkpointed(small_rsna, tmp_path, monkeyp
 def test_best_weights_are_not_written_when_a_weight_is_non_finite(small_rsna, tmp_path):
     from retinanet.train.trainer import TrainingError
 
-    trainer = Trainer(training_config(small_rsna, tmp_path / "cache"), tmp_path / "run", progress=False)
+    trainer = build_trainer(training_config(small_rsna, tmp_path / "cache"), tmp_path / "run", progress=False)
     # An optimizer slot: the model's outputs (and so the validation metric) stay finite.
-    slot = next(v for v in trainer.optimizer.variables if len(v.shape) == 4)
+    slot = next(v for v in trainer.task.optimizer.variables if len(v.shape) == 4)
     slot.assign(np.full(slot.shape, np.inf, np.float32))
     with pytest.raises(TrainingError, match="non-finite weights at step 0 .* before writing best.weights.h5"):
         trainer.validate()
@@ -436,15 +439,15 @@ def validation_steps(run_dir: Path) -> list[int]:
 def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(small_rsna, tmp_path):
     config = training_config(small_rsna, tmp_path / "cache", checkpoint_every=3, validate_every=3)
     run_dir = tmp_path / "run"
-    first = Trainer(config, run_dir, progress=False)
-    run_validation = first.validator.run
+    first = build_trainer(config, run_dir, progress=False)
+    run_validation = first.task.validator.run
 
     def killed_at_step_3():
         if first.step == 3:
             raise Killed
         return run_validation()
 
-    first.validator.run = killed_at_step_3
+    first.task.validator.run = killed_at_step_3
     with pytest.raises(Killed):
         first.fit()
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-3")
@@ -454,11 +457,11 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(small_rsna
     (run_dir / "checkpoints" / "ckpt-4_temp" / "part-00000-of-00001.index").write_bytes(b"\0" * 64)
     (run_dir / "best.tmp.weights.h5").write_bytes(b"half a file")
 
-    resumed = Trainer(config, run_dir, resume=True, progress=False)
+    resumed = build_trainer(config, run_dir, resume=True, progress=False)
     assert not (run_dir / "checkpoints" / "ckpt-4_temp").exists() and not (run_dir / "best.tmp.weights.h5").exists()
     validated_at = []
-    run_again = resumed.validator.run
-    resumed.validator.run = lambda: validated_at.append(resumed.step) or run_again()
+    run_again = resumed.task.validator.run
+    resumed.task.validator.run = lambda: validated_at.append(resumed.step) or run_again()
     resumed.fit()
     assert validated_at == [3, 6]
     assert validation_steps(run_dir) == [3, 6]
@@ -474,7 +477,7 @@ def test_a_validation_stopped_by_a_kill_is_run_on_resume_exactly_once(small_rsna
 
     # Resuming the finished run validates for its report but records nothing twice, and adds no event file.
     event_files = sorted((run_dir / "tensorboard").rglob("*tfevents*"))
-    finished = Trainer(config, run_dir, resume=True, progress=False)
+    finished = build_trainer(config, run_dir, resume=True, progress=False)
     results = finished.fit()
     assert results["step"] == 6 and validation_steps(run_dir) == [3, 6]
     assert sorted((run_dir / "tensorboard").rglob("*tfevents*")) == event_files
@@ -488,10 +491,11 @@ def test_a_new_run_into_a_run_directory_is_refused_before_any_work(small_rsna, t
     run_dir.mkdir()
     (run_dir / "best.json").write_text(json.dumps({"step": 40, "rsna_metric": 0.9}))
     with pytest.raises(TrainingError, match="already holds a run .*--resume.*--run-dir.*--overwrite"):
-        Trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, progress=False)
+        build_trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, progress=False)
     assert sorted(path.name for path in run_dir.iterdir()) == ["best.json"]
     with pytest.raises(TrainingError, match="give one of them"):
-        Trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, resume=True, overwrite=True, progress=False)
+        build_trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, resume=True, overwrite=True,
+                      progress=False)
 
 
 @pytest.mark.slow
@@ -504,7 +508,7 @@ def test_overwrite_starts_the_run_clean(small_rsna, tmp_path):
     (run_dir / "log.jsonl").write_text('{"split": "validation", "step": 40, "rsna_metric": 0.9}\n')
     (run_dir / "threshold.json").write_text('{"score_threshold": 0.4}')
     (run_dir / "README.txt").write_text("the user's own notes")
-    trainer = Trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, overwrite=True, progress=False)
+    trainer = build_trainer(training_config(small_rsna, tmp_path / "cache"), run_dir, overwrite=True, progress=False)
     assert trainer.best_metric == -np.inf
     for name in ("best.json", "best.weights.h5", "log.jsonl", "threshold.json"):
         assert not (run_dir / name).exists(), name
@@ -546,7 +550,7 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_how_to_start_a
                                                                                      clean_error):
     run_dir = tmp_path / "run"
     config = training_config(small_rsna, tmp_path / "cache", steps=2, validate_every=2, checkpoint_every=2)
-    Trainer(config, run_dir, progress=False)  # set up, then stopped before step 1
+    build_trainer(config, run_dir, progress=False)  # set up, then stopped before step 1
     (run_dir / "checkpoints" / "ckpt-2_temp").mkdir(parents=True)  # and during the first checkpoint write
     completed = script("train.py", "--resume", "--run-dir", run_dir, "--no-progress")
     clean_error(completed, f"the run in {run_dir} was stopped before its first checkpoint", "nothing to resume")
@@ -565,7 +569,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previou
 
     run_dir = tmp_path / "run"
     config = training_config(small_rsna, tmp_path / "cache", steps=4, validate_every=4, checkpoint_every=2)
-    trainer = Trainer(config, run_dir, progress=False)
+    trainer = build_trainer(config, run_dir, progress=False)
     # The step-4 checkpoint cannot be written (TensorFlow cannot make its temporary directory).
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "checkpoints" / "ckpt-4_temp").write_text("in the way")
@@ -575,7 +579,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previou
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     assert latest.endswith("ckpt-2") and trainer.step == 4
     # What --resume does with it: the step-2 state comes back whole.
-    trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+    trainer.task.checkpoint.restore(latest).assert_existing_objects_matched()
     assert trainer.step == 2
 
 
@@ -586,8 +590,8 @@ def test_the_train_step_clips_the_gradient_as_clip_by_global_norm(clip_fraction)
     step moves it by -0.1 g min(1, c / |g|)."""
     from test_mixed_precision import one_batch
 
-    from retinanet.builders import build_anchor_set, build_loss, build_model
-    from retinanet.train.trainer import build_optimizer, build_train_step
+    from retinanet.builders import build_anchor_set, build_loss, build_model, build_optimizer
+    from retinanet.train.step import build_train_step
 
     def config(clip):
         return config_from_dict({

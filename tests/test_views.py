@@ -96,7 +96,7 @@ def _per_fold(root: Path) -> dict:
 
 @pytest.mark.parametrize("source", ["headers_csv", "dicom_headers"])
 def test_prepare_split_stratifies_by_view_without_the_class_csv(tmp_path, source):
-    from retinanet.data.pipeline import prepare_split
+    from retinanet.data.split import prepare_split
 
     _data_set(tmp_path, images=source == "dicom_headers")
     config = _config(tmp_path, headers_csv="headers.csv" if source == "headers_csv" else "")
@@ -110,7 +110,7 @@ def test_prepare_split_stratifies_by_view_without_the_class_csv(tmp_path, source
 
 
 def test_prepare_split_without_views_or_images_is_stratified_by_target_only(tmp_path):
-    from retinanet.data.pipeline import prepare_split
+    from retinanet.data.split import prepare_split
 
     _data_set(tmp_path, images=False)
     prepared = prepare_split(_config(tmp_path), progress=False, require_images=False)
@@ -124,7 +124,7 @@ def test_prepare_split_without_views_or_images_is_stratified_by_target_only(tmp_
 
 
 def test_prepare_split_puts_an_unreadable_header_in_a_stratum_of_its_own(tmp_path, capsys):
-    from retinanet.data.pipeline import prepare_split
+    from retinanet.data.split import prepare_split
 
     _data_set(tmp_path, images=True)
     (tmp_path / "images" / "n03.dcm").write_bytes(b"not a DICOM file")  # the image reader decides about it later

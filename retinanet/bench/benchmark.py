@@ -29,7 +29,7 @@ STAGES = ("read", "preprocess", "network", "postprocess")
 
 def synthetic_dicom(directory: Path, size: int = 1024) -> Path:
     """One synthetic RSNA-style JPEG DICOM of size x size pixels in `directory`."""
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     generate_synthetic_rsna(directory, num_train=0, num_test=1, size=size, seed=0, progress=False)
     return next((directory / "stage_2_test_images").glob("*.dcm"))
@@ -119,7 +119,7 @@ def run_directory_benchmark(*, config_path="configs/rsna.yaml", run_dir=None, ch
                             num_images: int = 32, batch_size: int | None = None, overrides=()) -> str:
     """Time `infer` on `directory` (default: `num_images` synthetic 1024 px DICOMs) into a scratch
     output directory and return the printable report: images, seconds and images/s."""
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     detector = load_detector(config_path, run_dir, checkpoint, overrides)
     batch_size = batch_size or detector.config.evaluation.batch_size

@@ -29,7 +29,7 @@ def run(args, parser) -> int:
     from pathlib import Path
 
     from retinanet.config import ConfigError, load_config
-    from retinanet.evaluate.cross_validation import cross_validate, default_parent, format_report, parse_folds
+    from retinanet.experiments.cross_validation import cross_validate, default_parent, format_report, parse_folds
 
     config = load_config(args.config, args.set)
     if config.training.strategy == "multi_worker":
@@ -37,6 +37,9 @@ def run(args, parser) -> int:
                           "(train each fold with `retinanet train` on the workers instead)")
     folds = parse_folds(args.folds, config.data.num_folds)
     parent = Path(args.out) if args.out else default_parent(config, args.config)
+    from retinanet.synthetic.rsna_layout import ensure_synthetic_data
+
+    ensure_synthetic_data(config, progress=not args.no_progress)  # the demo's data, on its first run
     analysis = cross_validate(config, parent, folds, progress=not args.no_progress)
     print()
     print(format_report(analysis))

@@ -33,7 +33,7 @@ def run(args, parser) -> int:
     import json
 
     from retinanet.serve.export_formats import export_run
-    from retinanet.train.runs import threshold_line
+    from retinanet.run_directory import threshold_line
 
     info = export_run(output_dir=args.output, export_format=args.format, checkpoint=args.checkpoint,
                       run_dir=args.run_dir, config_path=args.config, threshold=args.threshold)

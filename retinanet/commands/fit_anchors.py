@@ -3,7 +3,7 @@
     retinanet fit-anchors --config configs/rsna.yaml [--out anchors.yaml] [--num-ratios 3] [--num-scales 3]
 
 k-medians with the distance 1 - IoU between centred box and anchor shapes, at the network input
-size, over the config's levels and sizes (retinanet/data/anchor_fitting.py). Reports the share of
+size, over the config's levels and sizes (retinanet/analysis/anchor_fitting.py). Reports the share of
 training boxes that have an anchor at IoU >= anchors.positive_iou before and after, and writes
 the config's `anchors:` section with the fitted values (to stdout, or to --out with the report
 on stdout) for pasting into a config. It needs the labels only, not the images. Exit code 2 on a
@@ -33,10 +33,12 @@ def run(args, parser) -> int:
     from retinanet.config import ConfigError, load_config
 
     config = load_config(args.config, args.set)  # before TensorFlow loads: a typo answers at once
-    from retinanet.data.anchor_fitting import anchors_yaml, fit_anchors, format_fit_report
-    from retinanet.data.pipeline import prepare_split
+    from retinanet.analysis.anchor_fitting import anchors_yaml, fit_anchors, format_fit_report
+    from retinanet.data.split import prepare_split
     from retinanet.runtime.safe_writes import write_text_atomically
+    from retinanet.synthetic.rsna_layout import ensure_synthetic_data
 
+    ensure_synthetic_data(config, progress=not args.no_progress)  # the demo's data, on its first run
     records = prepare_split(config, progress=not args.no_progress, require_images=False).train  # boxes only
     if not any(len(record.boxes) for record in records):
         raise ConfigError(f"{args.config}: the training split holds no boxes to fit anchors to")

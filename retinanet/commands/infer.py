@@ -49,7 +49,7 @@ def run(args, parser) -> int:
     import json
 
     from retinanet.serve.inference import run_inference
-    from retinanet.train.runs import threshold_line
+    from retinanet.run_directory import threshold_line
 
     summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,
                             run_dir=args.run_dir, config_path=args.config, threshold=args.threshold,

@@ -21,13 +21,16 @@ def add_arguments(parser) -> None:
 
 def run(args, parser) -> int:
     from retinanet.config import load_config
-    from retinanet.data.pipeline import prepare_split, source_dataset
+    from retinanet.builders import build_image_source
+    from retinanet.data.split import prepare_split
+    from retinanet.synthetic.rsna_layout import ensure_synthetic_data
 
     progress = not args.no_progress
     config = load_config(args.config, args.set)
+    ensure_synthetic_data(config, progress)  # the demo's data, on its first run
     prepared = prepare_split(config, progress=progress)
     for name, records in (("train", prepared.train), ("validation", prepared.validation)):
-        _, used, _ = source_dataset(config, records, progress=progress, split=name)
+        used = build_image_source(config, records, progress=progress, split=name).records
         positives = sum(r.target for r in used)
         print(f"{name:10s} {len(used):6d} images ({positives} with boxes, "
               f"{sum(len(r.boxes) for r in used)} boxes); {len(records) - len(used)} unreadable skipped")

@@ -33,7 +33,7 @@ def run(args, parser) -> int:
         return _run_from_labels(args, parser)
     if args.headers is not None or args.limit:
         parser.error("--headers and --limit go with --from-labels")
-    from retinanet.data.synthetic import generate_synthetic_rsna
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
     num_train, num_test, size = (DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
                                  for name in ("num_train", "num_test", "size"))
@@ -50,7 +50,7 @@ def _run_from_labels(args, parser) -> int:
         parser.error(f"{', '.join(given)} cannot go with --from-labels (one 1024 px film per patient of the file)")
     if args.headers is None:
         parser.error("--from-labels needs --headers (the DICOM header table: view, age, sex, pixel spacing)")
-    from retinanet.data.from_labels import generate_from_real_labels
+    from retinanet.synthetic.from_labels import generate_from_real_labels
 
     out_dir, patients, written = generate_from_real_labels(
         args.out, labels_csv=args.from_labels, headers_csv=args.headers, limit=args.limit, seed=args.seed,

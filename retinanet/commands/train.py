@@ -32,6 +32,7 @@ def run(args, parser) -> int:
         parser.error(f"--resume continues the run with the config saved in {args.run_dir}/config.yaml, so {given} "
                      f"would be ignored: resume without {given}, or train with other settings as a new run "
                      "(--config ... --set ... with another --run-dir)")
+    import time
     from pathlib import Path
 
     from retinanet.config import ConfigError, load_config
@@ -42,12 +43,18 @@ def run(args, parser) -> int:
         # Each worker would name its own directory after the time it started.
         raise ConfigError("training.strategy: multi_worker needs --run-dir (the same on every worker)")
 
-    from retinanet.train.runs import (BEST_WEIGHTS, CONFIG_FILE, TENSORBOARD, VALIDATION_PICTURE, load_run_config,
-                                      read_best_record, read_threshold)
+    from retinanet.run_directory import (BEST_WEIGHTS, CONFIG_FILE, TENSORBOARD, VALIDATION_PICTURE, load_run_config,
+                                         read_best_record, read_threshold)
     from retinanet.train.trainer import default_run_dir, train
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config, args.config)
-    results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    started = time.monotonic()  # the time budget counts the data's generation too
+    if config is not None:
+        from retinanet.synthetic.rsna_layout import ensure_synthetic_data
+
+        ensure_synthetic_data(config, progress=not args.no_progress)  # the demo's data, on its first run
+    results = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                    started=started)
     if not results["scalars"]:
         print(f"Worker finished at step {results['step']}; the chief wrote the run directory {run_dir}")
         return 0

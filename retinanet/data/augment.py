@@ -11,19 +11,34 @@ CPU and release the GIL, so `tf.numpy_function` calls still run in parallel in t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from retinanet.config import AugmentationConfig
+
+@dataclass(frozen=True)
+class AugmentationRanges:
+    """The random ranges of the augmentation (their meaning and defaults: the config's `augmentation`
+    section, `retinanet/config/schema.py`)."""
+
+    horizontal_flip: float  # probability
+    scale_range: tuple[float, float]  # factors
+    translate_fraction: float  # of the image side, either way
+    rotation_degrees: float  # either way
+    brightness: float  # +- fraction of the intensity range
+    contrast_range: tuple[float, float]  # factors about the image mean
+    gamma_range: tuple[float, float]
+    noise_std: float  # of the full intensity range
+    min_visible_fraction: float  # of a box's area that must stay inside the image for it to be kept
 
 
-def affine_matrix(config: AugmentationConfig, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def affine_matrix(ranges: AugmentationRanges, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Random 3x3 map from input to output coordinates (x, y, 1), pixel i spanning [i, i + 1]."""
-    mirror = -1.0 if rng.uniform() < config.horizontal_flip else 1.0
-    scale = rng.uniform(*config.scale_range)
-    angle = rng.uniform(-1.0, 1.0) * math.radians(config.rotation_degrees)
-    shift_x, shift_y = rng.uniform(-1.0, 1.0, size=2) * config.translate_fraction
+    mirror = -1.0 if rng.uniform() < ranges.horizontal_flip else 1.0
+    scale = rng.uniform(*ranges.scale_range)
+    angle = rng.uniform(-1.0, 1.0) * math.radians(ranges.rotation_degrees)
+    shift_x, shift_y = rng.uniform(-1.0, 1.0, size=2) * ranges.translate_fraction
     center_x, center_y = width / 2.0, height / 2.0
     cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
     # p_out = R * S * diag(mirror, 1) * (p_in - c) + c + shift
@@ -50,17 +65,17 @@ def transform_boxes(boxes, matrix: np.ndarray, height: float, width: float, min_
     return clipped[keep].astype(np.float32), keep
 
 
-def augment_geometry(image: np.ndarray, boxes, config: AugmentationConfig, rng: np.random.Generator):
+def augment_geometry(image: np.ndarray, boxes, ranges: AugmentationRanges, rng: np.random.Generator):
     """image [H, W] or [H, W, 1] (uint8 or float32), boxes [N, 4] -> (warped image, boxes [K, 4])."""
     height, width = image.shape[:2]
-    matrix = affine_matrix(config, height, width, rng)
+    matrix = affine_matrix(ranges, height, width, rng)
     # OpenCV puts pixel centres on integers; the boxes put pixel i on [i, i + 1].
     to_centers = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
     from_centers = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
     pixel_matrix = (to_centers @ matrix @ from_centers)[:2]
     warped = cv2.warpAffine(image, pixel_matrix, (width, height), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    new_boxes, _ = transform_boxes(boxes, matrix, height, width, config.min_visible_fraction)
+    new_boxes, _ = transform_boxes(boxes, matrix, height, width, ranges.min_visible_fraction)
     return warped.reshape(image.shape), new_boxes
 
 
@@ -73,44 +88,51 @@ def make_noise_bank(image_size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((2 * image_size[0], 2 * image_size[1]), np.float32)
 
 
-def augment_intensity(image: np.ndarray, config: AugmentationConfig, rng: np.random.Generator,
+def augment_intensity(image: np.ndarray, ranges: AugmentationRanges, rng: np.random.Generator,
                       noise_bank: np.ndarray) -> np.ndarray:
     """uint8 [H, W] or [H, W, 1] -> same, with random gamma, contrast (about the image mean),
     brightness and Gaussian noise of standard deviation `noise_std` (fractions of 255)."""
     levels = np.arange(256) / 255.0
-    gamma = rng.uniform(*config.gamma_range)
-    contrast = rng.uniform(*config.contrast_range)
-    brightness = rng.uniform(-config.brightness, config.brightness) if config.brightness else 0.0
+    gamma = rng.uniform(*ranges.gamma_range)
+    contrast = rng.uniform(*ranges.contrast_range)
+    brightness = rng.uniform(-ranges.brightness, ranges.brightness) if ranges.brightness else 0.0
     histogram = np.bincount(image.ravel(), minlength=256)
     mean = float(histogram @ levels**gamma) / max(1, image.size)
     table = np.clip(((levels**gamma - mean) * contrast + mean + brightness) * 255.0, 0, 255)
     result = cv2.LUT(image, np.round(table).astype(np.uint8)).reshape(image.shape)
-    if config.noise_std:
+    if ranges.noise_std:
         height, width = image.shape[:2]
         top = rng.integers(0, noise_bank.shape[0] - height + 1)
         left = rng.integers(0, noise_bank.shape[1] - width + 1)
-        scale = config.noise_std * 255.0 * (1.0 if rng.uniform() < 0.5 else -1.0)
+        scale = ranges.noise_std * 255.0 * (1.0 if rng.uniform() < 0.5 else -1.0)
         noise = noise_bank[top:top + height, left:left + width].reshape(image.shape)
         result = np.clip(result + noise * scale, 0, 255).round().astype(np.uint8)
     return result
 
 
-def augment(image: np.ndarray, boxes, config: AugmentationConfig, seed, noise_bank: np.ndarray):
+def augment(image: np.ndarray, boxes, ranges: AugmentationRanges, seed, noise_bank: np.ndarray):
     """One training example: uint8 image [H, W] or [H, W, 1], boxes [N, 4], a seed (int or
     sequence of ints) -> (uint8 image, float32 boxes [K, 4]). Same seed, same result."""
     rng = np.random.default_rng(seed)
-    image, boxes = augment_geometry(image, boxes, config, rng)
-    return augment_intensity(image, config, rng, noise_bank), boxes
+    image, boxes = augment_geometry(image, boxes, ranges, rng)
+    return augment_intensity(image, ranges, rng, noise_bank), boxes
 
 
 class Augmenter:
-    """`augment` bound to a config and a noise bank: `(image, boxes, seed) -> (image, boxes)`,
-    ready for `tf.numpy_function`."""
+    """`augment` bound to its ranges and a noise bank: `(image, boxes, seed) -> (image, boxes)`, ready for
+    `tf.numpy_function`.
 
-    def __init__(self, config: AugmentationConfig, image_size: tuple[int, int], seed: int = 0):
-        self.config = config
-        self.noise_bank = make_noise_bank(image_size, seed)
+    Args:
+        image_size: (height, width) of the network input, pixels: the images it augments.
+        seed: seed of the noise bank (`make_noise_bank`).
+        **ranges: the fields of `AugmentationRanges`, as keywords.
+    """
+
+    def __init__(self, image_size: tuple[int, int], seed: int, **ranges):
+        self.image_size = tuple(image_size)
+        self.ranges = AugmentationRanges(**ranges)
+        self.noise_bank = make_noise_bank(self.image_size, seed)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, seed: np.ndarray):
         # tf.data's random stream yields signed int64; NumPy seeds must be non-negative.
-        return augment(image, boxes, self.config, np.asarray(seed, np.int64).view(np.uint64), self.noise_bank)
+        return augment(image, boxes, self.ranges, np.asarray(seed, np.int64).view(np.uint64), self.noise_bank)

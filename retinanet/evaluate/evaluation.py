@@ -26,7 +26,7 @@ cached, preprocessed images. The output directory receives:
     predictions_csv, overlays, source (config, weights, split_file or data, validation_fold):
         the files written and used (config and weights: lists, one per model, for an ensemble).
   Non-finite values (e.g. AUC with one class only) are written as null. Its paths (RECORD_PATHS)
-  are written by `runs.record_path`: relative to the output directory for the files inside it
+  are written by `run_directory.record_path`: relative to the output directory for the files inside it
   or beside it (`--output <run>/evaluation` gives `../config.yaml`), absolute for the others;
   `read_metrics` reads them back as absolute paths.
 - `predictions.csv`: Kaggle format, the boxes kept at the run's threshold (the one
@@ -41,14 +41,14 @@ cached, preprocessed images. The output directory receives:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from retinanet.errors import UserError
-from retinanet.train import runs
-from retinanet.data.pipeline import build_dataset_and_records, default_split_file, prepare_split, read_data_set
+from retinanet import run_directory
+from retinanet.builders import build_dataset_and_records
+from retinanet.data.split import default_split_file, read_data_set
 from retinanet.data.rsna import Record
 from retinanet.detection.detections import keep_above, predict_dataset
 from retinanet.serve.ensembles import check_held_out, resolve_ensemble
@@ -56,7 +56,7 @@ from retinanet.evaluate.plots import plot_froc, plot_image_roc, plot_precision_r
 from retinanet.serve.inference import Detector
 from retinanet.detection.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
                                          sweep_thresholds, threshold_sweep)
-from retinanet.runtime.safe_writes import make_directory
+from retinanet.runtime.safe_writes import json_ready, make_directory
 from retinanet.data.submission import write_submission
 
 
@@ -68,18 +68,6 @@ SOURCE_PATHS = ("config", "weights", "split_file", "data")
 
 class EvaluationError(UserError, ValueError):
     """Evaluation cannot run (missing split file, nothing to evaluate)."""
-
-
-def held_out_records(config, split_file=None, progress: bool = True) -> tuple[list[Record], Path]:
-    """The validation-fold records of `split_file` (default: the config's, i.e. the run's split)."""
-    split_file = Path(split_file) if split_file is not None else default_split_file(config)
-    if not split_file.is_file():
-        # prepare_split would create a new split, which may overlap the run's training patients.
-        raise EvaluationError(f"split file not found: {split_file}")
-    records = prepare_split(config, split_file, progress=progress).validation
-    if not records:
-        raise EvaluationError(f"{split_file}: no patients in validation fold {config.data.validation_fold}")
-    return records, split_file
 
 
 def labelled_set_records(config, data_root, output_dir) -> list[Record]:
@@ -143,19 +131,6 @@ def compute_metrics(records: list[Record], detections: dict, probabilities, *, t
         "sweep": [{"score_threshold": item["score_threshold"], "rsna_metric": item["score"],
                    "num_images": item["num_images"]} for item in swept],
     }
-
-
-def _json_ready(value):
-    """Nested metrics -> JSON-ready: NaN/inf become None, dict keys strings, numpy scalars Python."""
-    if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def gating_effect(records: list[Record], detections: dict, probabilities, *, threshold: float,
@@ -229,17 +204,18 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     ensemble = resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
     if write_threshold and ensemble.threshold_dir is None:
         raise EvaluationError("--write-threshold with several runs: they have no common directory for "
-                              f"{runs.THRESHOLD_FILE}; pass --threshold to infer and export instead")
+                              f"{run_directory.THRESHOLD_FILE}; pass --threshold to infer and export instead")
     config = ensemble.config
     if data_root is not None:
         records = labelled_set_records(config, data_root, output_dir)
         evaluated = {"data": str(data_root)}
     else:
-        records, used_split = held_out_records(config, split_file, progress)
+        used_split = Path(split_file) if split_file is not None else default_split_file(config)
+        records = run_directory.held_out_records(config, used_split, progress)
         evaluated = {"split_file": str(used_split), "validation_fold": config.data.validation_fold}
     unchecked = check_held_out(ensemble, [record.patient_id for record in records])
     if unchecked:
-        print(f"note: no {runs.SPLIT_FILE} in {', '.join(unchecked)}: not checked for training on the "
+        print(f"note: no {run_directory.SPLIT_FILE} in {', '.join(unchecked)}: not checked for training on the "
               "evaluated patients")
     detector = Detector.from_ensemble(ensemble, threshold, threshold_origin="--threshold")
     metrics = evaluate(detector, records, output_dir, progress=progress)
@@ -248,11 +224,11 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     # One run: paths; an ensemble: a list of them, one per model.
     metrics["source"] = {"config": configs[0] if len(configs) == 1 else configs,
                          "weights": weights[0] if len(weights) == 1 else weights, **evaluated}
-    metrics = _json_ready(metrics)
+    metrics = json_ready(metrics)
     metrics_file = write_metrics(metrics, output_dir)
     if write_threshold:
-        path = runs.write_threshold(ensemble.threshold_dir, metrics["best_threshold"], metrics["best_rsna_metric"],
-                                    "evaluation", metrics_file=metrics_file)
+        path = run_directory.write_threshold(ensemble.threshold_dir, metrics["best_threshold"],
+                                             metrics["best_rsna_metric"], "evaluation", metrics_file=metrics_file)
         metrics["threshold_file"] = str(path)
     return metrics
 
@@ -271,18 +247,18 @@ def _map_record_paths(metrics: dict, change) -> dict:
 
 
 def write_metrics(metrics: dict, output_dir) -> Path:
-    """`<output_dir>/metrics.json` with its paths as `runs.record_path` writes them; returns its path."""
+    """`<output_dir>/metrics.json` with its paths as `run_directory.record_path` writes them; returns its path."""
     path = Path(output_dir) / METRICS_FILE
-    stored = _map_record_paths(metrics, lambda value: runs.record_path(value, output_dir))
-    runs.write_json_atomically(path, stored)
+    stored = _map_record_paths(metrics, lambda value: run_directory.record_path(value, output_dir))
+    run_directory.write_json_atomically(path, stored)
     return path
 
 
 def read_metrics(output_dir) -> dict:
     """`<output_dir>/metrics.json` with its paths absolute (older files' paths too, see
-    `runs.resolve_record_path`)."""
+    `run_directory.resolve_record_path`)."""
     metrics = json.loads((Path(output_dir) / METRICS_FILE).read_text())
-    return _map_record_paths(metrics, lambda value: runs.resolve_record_path(value, output_dir))
+    return _map_record_paths(metrics, lambda value: run_directory.resolve_record_path(value, output_dir))
 
 
 def format_report(metrics: dict) -> str:
@@ -291,7 +267,7 @@ def format_report(metrics: dict) -> str:
     def number(value) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
-    lines = [runs.threshold_line(metrics["threshold"], metrics["threshold_source"]), "",
+    lines = [run_directory.threshold_line(metrics["threshold"], metrics["threshold_source"]), "",
              "                 threshold  RSNA metric",
              f"used             {metrics['threshold']:9.3f}  {number(metrics['rsna_metric'])}",
              f"best of sweep    {metrics['best_threshold']:9.3f}  {number(metrics['best_rsna_metric'])}",

@@ -18,6 +18,9 @@ write once TensorFlow is loaded.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import numbers
 import os
 import re
 import shutil
@@ -199,3 +202,24 @@ def save_checkpoint(manager, step: int) -> str:
                 else "no earlier checkpoint exists")
         raise FileWriteError(f"cannot write {prefix}: {_reason(error)}; {kept}. Free some "
                              "disk space or make the directory writable, then continue with --resume") from error
+
+
+def json_ready(value):
+    """Nested results -> what JSON holds: NaN and infinities become null, dict keys strings, numpy
+    scalars and tuples Python numbers and lists."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's scalars are Real too
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if math.isfinite(value) else None
+
+
+def write_json_atomically(path: Path, document: dict) -> None:
+    """Write JSON to a temporary file beside `path`, then rename: a kill never leaves half a file,
+    a full disk never leaves a broken one (FileWriteError). Values are written as they are (NaN as
+    `NaN`, which Python reads back): pass `json_ready(document)` for strict JSON."""
+    write_text_atomically(path, json.dumps(document, indent=2))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from retinanet.config import Config, to_dict
 from retinanet.data.rsna import read_split_file
-from retinanet.train.runs import (BEST_WEIGHTS, CONFIG_FILE, FOLD_DIRECTORY, SPLIT_FILE, ModelLoadError, ModelSource,
-                                  load_run_config, resolve_source, source_from_run_dir)
+from retinanet.run_directory import (BEST_WEIGHTS, CONFIG_FILE, FOLD_DIRECTORY, SPLIT_FILE, ModelLoadError, ModelSource,
+                                     load_run_config, resolve_source, source_from_run_dir)
 
 # What every model of an ensemble must share: they see one preprocessed image and their
 # predictions are decoded on one set of anchors into one set of classes.

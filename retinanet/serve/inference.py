@@ -39,7 +39,8 @@ from retinanet.serve.ensembles import EnsembleSource, resolve_ensemble
 from retinanet.runtime.hardware import (available_cores, configure_threads, dtype_policy, inference_precision,
                                         resolve_threads, workers)
 from retinanet.runtime.ordered_map import ordered_map
-from retinanet.train.runs import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold, write_json_atomically
+from retinanet.run_directory import WEIGHTS_SUFFIX, ModelLoadError, ModelSource, read_threshold
+from retinanet.runtime.safe_writes import write_json_atomically
 from retinanet.runtime.safe_writes import make_directory
 
 
@@ -295,7 +296,7 @@ def infer_directory(detector: Detector, directory: Path, output_dir: Path, progr
     empty, and the files and reasons are listed in `<output_dir>/skipped_images.csv` and counted.
     `batch_size` defaults to evaluation.batch_size.
     """
-    from retinanet.data.pipeline import report_skips
+    from retinanet.data.split import report_skips
     from retinanet.data.submission import write_submission
     from retinanet.detection.detections import above
     from retinanet.serve import journal

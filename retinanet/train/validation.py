@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 
 from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
-from retinanet.data.pipeline import build_dataset_and_records
 from retinanet.data.preprocess import denormalize
 from retinanet.data.rsna import Record
 from retinanet.detection.detections import above, forward_function, keep_above, predict_dataset
@@ -49,19 +48,30 @@ def overlays_first(records: list[Record], count: int) -> list[Record]:
 
 class Validator:
     """Evaluates a model on fixed held-out records; `run()` -> {"scalars" (rsna_metric at
-    evaluation.score_threshold, best_rsna_metric at best_threshold, the best of the sweep...),
-    "overlays", "overlay_threshold" and its "overlay_threshold_origin", "detections", "probabilities"}."""
+    `score_threshold`, best_rsna_metric at best_threshold, the best of the sweep...), "overlays",
+    "overlay_threshold" and its "overlay_threshold_origin", "detections", "probabilities"}.
 
-    def __init__(self, config, model, postprocessor, loss, records: list[Record], progress: bool = True,
-                 anchor_set=None):
-        self.config = config
+    Args:
+        model: the Keras model, called on the dataset's images.
+        postprocessor: the `Postprocessor` that turns its outputs into boxes in original pixels.
+        loss: the `RetinaNetLoss` whose components are reported on the held-out images.
+        dataset: evaluation batches of `records`, in their order (`retinanet.data.pipeline.batches`).
+        records: the held-out records, the first `num_overlays` of them drawn (see `overlays_first`).
+        score_threshold: the configured score threshold (fraction) of `rsna_metric`.
+        sweep: (start, stop, step) of the thresholds whose best gives `best_rsna_metric`.
+        num_overlays: how many of the first images are drawn with their boxes.
+        channels: the network input's channels (1 or 3), to turn the images back into pictures.
+        progress: a progress bar while predicting.
+    """
+
+    def __init__(self, model, postprocessor, loss, dataset, records: list[Record], *, score_threshold: float,
+                 sweep: tuple[float, float, float], num_overlays: int, channels: int, progress: bool = True):
         self.model = model
         self.postprocessor = postprocessor
         self.loss = loss
-        records = overlays_first(records, config.training.num_summary_images)
-        self.dataset, self.records = build_dataset_and_records(config, "validation", records=records,
-                                                               training=False, progress=progress,
-                                                               anchor_set=anchor_set)
+        self.dataset, self.records = dataset, records
+        self.score_threshold, self.sweep = score_threshold, sweep
+        self.num_overlays, self.channels = num_overlays, channels
         self.progress = progress
         self.forward = forward_function([model], postprocessor, loss)
 
@@ -72,16 +82,16 @@ class Validator:
     def run(self) -> dict:
         predicted = predict_dataset(self.forward, self.dataset, self.progress, "validating")
         detections, probabilities, sums = predicted.detections, predicted.probabilities, predicted.sums
-        first_images = denormalize(predicted.first_batch["images"], self.config.preprocessing.channels)
+        first_images = denormalize(predicted.first_batch["images"], self.channels)
         first_scales = predicted.first_batch["scales"]
         check_finite_outputs(self.records, detections, probabilities)
         ground_truth = {r.patient_id: r.boxes for r in self.records}
         by_patient = {r.patient_id: d for r, d in zip(self.records, detections)}
-        threshold = self.config.evaluation.score_threshold
+        threshold = self.score_threshold
         metric = rsna_metric(ground_truth, keep_above(by_patient, threshold))
         normalizer = max(1.0, sums["num_positive"])
         best_metric, best_threshold = best_of_sweep(ground_truth, by_patient,
-                                                    sweep_thresholds(self.config.evaluation.sweep))
+                                                    sweep_thresholds(self.sweep))
         scalars = {"rsna_metric": metric["score"], "best_rsna_metric": best_metric, "best_threshold": best_threshold,
                    "ap50": average_precision(ground_truth, by_patient, 0.5),
                    "loss/classification": sums["classification"] / normalizer, "loss/box": sums["box"] / normalizer}
@@ -103,7 +113,7 @@ class Validator:
             overlays.append(draw_boxes(image, record.boxes * scale * zoom, boxes * scale * zoom, scores,
                                        title=f"{record.patient_id[:8]} (network input, {zoom}x)",
                                        threshold=drawn_at, image_probability=_probability(probabilities, index)))
-            if len(overlays) == self.config.training.num_summary_images:
+            if len(overlays) == self.num_overlays:
                 break
         return {"scalars": scalars, "overlays": overlays, "overlay_threshold": drawn_at,
                 "overlay_threshold_origin": drawn_origin, "detections": by_patient, "probabilities": probabilities}

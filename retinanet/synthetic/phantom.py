@@ -2,7 +2,7 @@
 
 `render_chest_radiograph` draws body, two dark lungs with vessel texture, ribs, heart, spine
 and noise for a patient of a given view (AP/PA) and age, around a given box set (real
-patients' boxes: `retinanet.data.geometry`). Each box holds a faint, patchy, soft-edged
+patients' boxes: `retinanet.synthetic.geometry`). Each box holds a faint, patchy, soft-edged
 consolidation over the annotated extent, mostly in the lung but crossing its outline; its
 contrast is drawn relative to the lung's own texture (`OPACITY_CONTRAST`), so that it is found by
 looking, not by a threshold. AP films have a larger cardiac shadow, more noise, lower contrast

@@ -1,7 +1,7 @@
 """A synthetic data set in the exact RSNA Kaggle layout, for tests, demos and smoke training.
 
 `generate_synthetic_rsna` writes the stage 2 CSVs and JPEG Baseline DICOMs (DESIGN.md §1) of
-the phantom radiographs of `retinanet.data.phantom`, with RSNA-like headers. Everything
+the phantom radiographs of `retinanet.synthetic.phantom`, with RSNA-like headers. Everything
 derives from one seed, so the same arguments give the same bytes.
 """
 
@@ -24,14 +24,15 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 from tqdm import tqdm
 
-from retinanet.data.geometry import REAL_SIZE, sample_patients
+from retinanet.config import Config
 from retinanet.data.patient_ids import check_patient_id
-from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
 from retinanet.data.submission import HEADER as SUBMISSION_COLUMNS
 from retinanet.errors import UserError
 from retinanet.runtime.hardware import available_cores
-from retinanet.runtime.safe_writes import make_directory, replace_atomically
+from retinanet.runtime.safe_writes import FileWriteError, make_directory, replace_atomically
+from retinanet.synthetic.geometry import REAL_SIZE, sample_patients
+from retinanet.synthetic.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
 
 # Fractions of all images in the stage 2 train set: 6,012 / 11,821 / 8,851 of 26,684.
 CLASS_FRACTIONS = {LUNG_OPACITY: 0.225, NOT_NORMAL: 0.443}
@@ -72,7 +73,7 @@ def _class_counts(num_images: int) -> dict[str, int]:
 
 def _plan_split(rng: np.random.Generator, num_images: int, used_ids: set[str]) -> list[_PlannedImage]:
     """Classes (exact proportions, shuffled), patient ids, per-image seeds, and each patient's view,
-    age, sex, pixel spacing and boxes from a real patient of that class (`retinanet.data.geometry`)."""
+    age, sex, pixel spacing and boxes from a real patient of that class (`retinanet.synthetic.geometry`)."""
     counts = _class_counts(num_images)
     positives = sample_patients(rng, counts[LUNG_OPACITY], positive=True)
     negatives = sample_patients(rng, num_images - counts[LUNG_OPACITY], positive=False)
@@ -260,3 +261,23 @@ def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int
     _write_csv(out_dir / "stage_2_sample_submission.csv", SUBMISSION_COLUMNS,
                [[item.patient_id, SAMPLE_PREDICTION] for item in splits["test"][0]])
     return out_dir
+
+
+def ensure_synthetic_data(config: Config, progress: bool = True) -> bool:
+    """Generate the synthetic data set of `data.synthetic` into `data.root` when the config asks for
+    one and its label file is missing (the demo's first run); True if it did. The commands that read
+    the data call it first: nothing on the training path generates data."""
+    root, synthetic = Path(config.data.root), config.data.synthetic
+    if synthetic is None or (root / config.data.labels_csv).is_file():
+        return False
+    print(f"Generating the synthetic RSNA-format data set in {root} (first run only)")
+    try:
+        generate_synthetic_rsna(root, num_train=synthetic.num_train, num_test=synthetic.num_test,
+                                size=synthetic.size, seed=synthetic.seed, progress=progress)
+    except FileWriteError as error:  # a read-only or full disk, a path through a file
+        raise FileWriteError(f"{error} (generating the synthetic data set of data.synthetic in data.root "
+                             f"{root})") from error
+    except OSError as error:  # foreign files in data.root
+        raise FileWriteError(f"could not generate the synthetic data set (data.synthetic) in data.root {root}: "
+                             f"{error.strerror or error} ({error.filename or root})") from error
+    return True

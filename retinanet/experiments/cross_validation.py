@@ -29,15 +29,15 @@ from pathlib import Path
 import tensorflow as tf
 
 from retinanet.config import Config, ConfigError, load_config, save_config, to_dict
-from retinanet.data.pipeline import prepare_split
+from retinanet.data.split import prepare_split
 from retinanet.detection.detections import keep_above
 from retinanet.detection.metrics import sweep_thresholds
 from retinanet.errors import UserError
 from retinanet.evaluate.out_of_fold import analyse, read_predictions, summary_rows, write_predictions, write_summary
-from retinanet.train.runs import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
-                                  fold_dir, read_best_record, record_path, run_entries, write_json_atomically,
-                                  write_threshold)
-from retinanet.runtime.safe_writes import make_directory, write_bytes_atomically
+from retinanet.run_directory import (BEST_WEIGHTS, CHECKPOINTS, CONFIG_FILE, FINAL_WEIGHTS, SPLIT_FILE, THRESHOLD_FILE,
+                                     HeldOutError, fold_dir, held_out_records, load_run_config, read_best_record,
+                                     record_path, run_entries, write_threshold)
+from retinanet.runtime.safe_writes import json_ready, make_directory, write_bytes_atomically, write_json_atomically
 
 FINISHED_FILE = FINAL_WEIGHTS  # training writes it last: the run is complete
 PREDICTIONS_FILE = "oof_predictions.csv"
@@ -155,14 +155,14 @@ def train_fold(base: Config, parent: Path, fold: int, position: str, progress: b
     return state
 
 
-def held_out_records(parent: Path, folds: list[int]) -> dict:
+def folds_held_out_records(parent: Path, folds: list[int]) -> dict:
     """{fold: its held-out records, from the split file saved with its run}; the folds must not overlap."""
-    from retinanet.train.trainer import split_records_of_run
-
     records_of, fold_of = {}, {}
     for fold in folds:
+        run_dir = fold_dir(parent, fold)
         with _naming_fold(fold, parent):
-            _, records_of[fold] = split_records_of_run(fold_dir(parent, fold))
+            config = load_run_config(run_dir / CONFIG_FILE)
+            records_of[fold] = held_out_records(config, run_dir / SPLIT_FILE, progress=False)
         for record in records_of[fold]:
             if record.patient_id in fold_of:
                 raise CrossValidationError(f"fold {fold}: patient {record.patient_id} is held out by fold "
@@ -224,7 +224,7 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     from retinanet.evaluate.plots import plot_fold_sweeps
     from retinanet.data.submission import write_submission
 
-    records_of = held_out_records(parent, folds)
+    records_of = folds_held_out_records(parent, folds)
     stamp = write_out_of_fold_predictions(parent, records_of, progress)
     # The measures come from the file as written (coordinates rounded to 0.1 px), so that
     # anyone scoring the file finds the same numbers.
@@ -241,7 +241,7 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     analysis["files"] = {name: str(parent / name) for name in written}
     analysis["weights"] = stamp
     # Its files lie beside it: stored as their names (see `record_path`).
-    write_json_atomically(parent / METRICS_FILE, _json_ready(
+    write_json_atomically(parent / METRICS_FILE, json_ready(
         {**analysis, "files": {name: record_path(path, parent) for name, path in analysis["files"].items()}}))
     # The format of a run's threshold.json; ensembles of the folds read this one, not the folds' own.
     write_threshold(parent, threshold, analysis["rsna_metric"], "out-of-fold predictions",
@@ -256,17 +256,6 @@ def out_of_fold(base: Config, parent: Path, folds: list[int], progress: bool = T
     return analysis
 
 
-def _json_ready(value):
-    """NaN becomes null (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
 @contextmanager
 def _naming_fold(fold: int, parent: Path):
     """The errors of training and prediction name the problem: add which fold and directory."""
@@ -279,7 +268,7 @@ def _naming_fold(fold: int, parent: Path):
 
     try:
         yield
-    except (TrainingError, ConfigError, LabelError, DicomReadError, WeightsError, ModelLoadError,
+    except (TrainingError, ConfigError, LabelError, DicomReadError, WeightsError, ModelLoadError, HeldOutError,
             InputError, FileWriteError) as error:
         raise CrossValidationError(f"fold {fold} ({fold_dir(parent, fold)}): {error}") from None
 

@@ -26,7 +26,7 @@ import yaml
 from retinanet.config import AnchorConfig, Config
 from retinanet.data.preprocess import letterbox_scale
 from retinanet.data.rsna import Record
-from retinanet.data.statistics import anchor_coverage, coverage_summary
+from retinanet.analysis.statistics import anchor_coverage, coverage_summary
 
 DECIMALS = 4  # of the ratios and scales written
 

@@ -8,7 +8,7 @@ smaller set is a subset of a larger one) and writes the RSNA layout:
 - stage_2_detailed_class_info.csv: one row per label row; positives "Lung Opacity", negatives
   "No Lung Opacity / Not Normal" or "Normal", drawn in the real proportion (11,821 : 8,851);
 - stage_2_train_images/<patientId>.dcm: a 1024 px JPEG DICOM per patient, the phantom of
-  `retinanet.data.phantom` drawn around the patient's real boxes, with its view, age, sex and
+  `retinanet.synthetic.phantom` drawn around the patient's real boxes, with its view, age, sex and
   pixel spacing from the header table.
 
 Each patient's class, picture and UIDs derive from the seed and its id alone: the same patient is
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from retinanet.data.geometry import REAL_SIZE
+from retinanet.synthetic.geometry import REAL_SIZE
 from retinanet.data.patient_ids import check_patient_id
-from retinanet.data.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
+from retinanet.synthetic.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
-from retinanet.data.synthetic import (SyntheticDataError, _check_no_stale_images, _PlannedImage, _random_uid,
+from retinanet.synthetic.rsna_layout import (SyntheticDataError, _check_no_stale_images, _PlannedImage, _random_uid,
                                       _write_csv, _write_images, image_file)
 from retinanet.runtime.safe_writes import make_directory, write_text_atomically
 
