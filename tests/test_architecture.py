@@ -20,7 +20,7 @@ LAYERS = {
     "data": 3,
     "train": 4,
     "evaluate": 5, "serve": 5,
-    "commands": 6, "bench": 6, "cli": 6, "__main__": 7,
+    "commands": 6, "cli": 6, "__main__": 7,
 }
 TOP_LEVEL_ALLOWANCE = 6  # modules at the top of retinanet/ besides __init__, __main__ and cli
 
@@ -120,3 +120,21 @@ def test_components_do_not_read_the_config():
 def test_few_modules_at_the_top_of_the_package():
     top = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in ("__init__", "__main__", "cli"))
     assert len(top) <= TOP_LEVEL_ALLOWANCE, top
+
+
+def test_no_module_of_the_package_is_benchmark_code():
+    # Benchmarks live in benchmarks/ at the repository root and import each other by plain names
+    # (`import peer`): the package has no bench subpackage and imports none of them.
+    assert [module for module in GRAPH if module.startswith("retinanet.bench")] == []
+    benchmark_names = {"benchmarks", *(path.stem for path in (PACKAGE.parent / "benchmarks").glob("*.py"))}
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module]
+            else:
+                continue
+            importers += [f"{module_name(path)} -> {name}" for name in names if name.split(".")[0] in benchmark_names]
+    assert importers == []

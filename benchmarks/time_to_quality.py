@@ -1,4 +1,8 @@
-"""Time to quality: minutes from a training command's start until its validation metric first
+"""Minutes to reach each validation metric target, per run, as a Markdown table.
+
+    python benchmarks/time_to_quality.py runs/demo-a runs/demo-b [--evaluation holdout] [--targets 0.2 0.3]
+
+Time to quality: minutes from a training command's start until its validation metric first
 reaches each target, read from the runs' `log.jsonl` (`elapsed_seconds` on every line).
 
 The metric is `best_rsna_metric`: the RSNA metric at the score threshold best on that
@@ -8,7 +12,9 @@ validation, the one by which training keeps its best weights. An independent hel
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from retinanet.errors import UserError
@@ -67,3 +73,23 @@ def format_table(summaries: list[dict], targets=TARGETS) -> str:
             cells.append("-" if summary["held_out"] is None else f"{summary['held_out']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", help="run directories written by `retinanet train`")
+    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), help="metric targets")
+    parser.add_argument("--evaluation", help="a folder in each run holding `retinanet evaluate`'s metrics.json, "
+                                             "shown as the held-out column")
+    args = parser.parse_args(argv)
+    try:
+        summaries = [summarize(run_dir, args.targets, args.evaluation) for run_dir in args.run_dirs]
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(summaries, args.targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
