@@ -267,6 +267,21 @@ def write_threshold(run_dir: Path, threshold: float, rsna_metric, chosen_on: str
     return path
 
 
+def read_log(run_dir: Path) -> list[dict]:
+    """The entries of a run's log.jsonl ({"split", "step", "elapsed_seconds", scalars...}), without a
+    last line cut short by a kill."""
+    path = Path(run_dir) / LOG
+    entries = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
 def read_best_record(run_dir: Path) -> dict:
     """`best.json`: the step and validation scalars of `best.weights.h5`."""
     return json.loads((Path(run_dir) / BEST_RECORD).read_text())

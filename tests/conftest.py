@@ -23,6 +23,11 @@ import pytest
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPOSITORY_ROOT / "scripts"
+BENCHMARKS = REPOSITORY_ROOT / "benchmarks"
+# The benchmarks' modules import each other by plain names (`import peer`), as running
+# `python benchmarks/<name>` allows; the tests import them the same way. Last on the path: they
+# shadow nothing.
+sys.path.append(str(BENCHMARKS))
 SYNTHETIC_SIZE = 256
 
 TINY_OVERRIDES = (
@@ -136,20 +141,31 @@ def run_in_process(arguments, run, cwd=REPOSITORY_ROOT) -> subprocess.CompletedP
     return subprocess.CompletedProcess(arguments, code or 0, stdout.getvalue(), stderr.getvalue())
 
 
-def run_script(name: str, *arguments) -> subprocess.CompletedProcess:
-    """Run scripts/<name> as `python scripts/<name> ARGUMENTS` would, from the repository root
-    (in this process: see `run_in_process`)."""
-    path, argv = str(SCRIPTS / name), list(map(str, arguments))
+def run_file(path: Path, *arguments) -> subprocess.CompletedProcess:
+    """Run the Python file `path` as `python PATH ARGUMENTS` would, from the repository root, its
+    folder first on sys.path (in this process: see `run_in_process`)."""
+    path, argv = str(path), list(map(str, arguments))
 
     def run():
-        saved = sys.argv
+        saved_argv, saved_path = sys.argv, list(sys.path)
         sys.argv = [path, *argv]
+        sys.path.insert(0, str(Path(path).parent))
         try:
             runpy.run_path(path, run_name="__main__")
         finally:
-            sys.argv = saved
+            sys.argv, sys.path[:] = saved_argv, saved_path
 
     return run_in_process([sys.executable, path, *argv], run)
+
+
+def run_script(name: str, *arguments) -> subprocess.CompletedProcess:
+    """Run scripts/<name> as `python scripts/<name> ARGUMENTS` would (see `run_file`)."""
+    return run_file(SCRIPTS / name, *arguments)
+
+
+def run_benchmark(name: str, *arguments) -> subprocess.CompletedProcess:
+    """Run benchmarks/<name> as `python benchmarks/<name> ARGUMENTS` would (see `run_file`)."""
+    return run_file(BENCHMARKS / name, *arguments)
 
 
 def assert_clean_error(completed: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -22,7 +22,7 @@ LAYERS = {
     "builders": 4, "train": 4,  # the one mapping of the config onto components, training's among them
     "analysis": 5, "evaluate": 5, "serve": 5,
     "experiments": 6,  # what trains and evaluates: cross-validation
-    "commands": 7, "bench": 7, "cli": 7, "__main__": 8,
+    "commands": 7, "cli": 7, "__main__": 8,
 }
 TOP_LEVEL_ALLOWANCE = 6  # modules at the top of retinanet/ besides __init__, __main__ and cli
 
@@ -143,3 +143,20 @@ def test_nothing_on_the_training_path_generates_data():
     training_path = ("data", "builders", "run_directory", "train", "evaluate", "serve", "experiments", "analysis")
     assert imports_from("synthetic", training_path) == []
 
+
+def test_no_module_of_the_package_is_benchmark_code():
+    # Benchmarks live in benchmarks/ at the repository root and import each other by plain names
+    # (`import peer`): the package has no bench subpackage and imports none of them.
+    assert [module for module in GRAPH if module.startswith("retinanet.bench")] == []
+    benchmark_names = {"benchmarks", *(path.stem for path in (PACKAGE.parent / "benchmarks").glob("*.py"))}
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module]
+            else:
+                continue
+            importers += [f"{module_name(path)} -> {name}" for name in names if name.split(".")[0] in benchmark_names]
+    assert importers == []

@@ -1,4 +1,4 @@
-"""scripts/benchmark_scale.py and retinanet/bench/scale.py on a tiny set (64 px, a tiny network)."""
+"""benchmarks/scale.py on a tiny set (64 px, a tiny network)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPOSITORY_ROOT, TINY_OVERRIDES
-from retinanet.bench.scale import LABELS, measure_size, subset_root
+from scale import LABELS, measure_size, subset_root
 
 SIZE = 64
 
@@ -45,7 +45,7 @@ def test_a_size_is_measured_in_fresh_processes(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_the_script_prints_the_table(data_dir, tmp_path):
-    command = [sys.executable, str(REPOSITORY_ROOT / "scripts" / "benchmark_scale.py"), "--data", str(data_dir),
+    command = [sys.executable, str(REPOSITORY_ROOT / "benchmarks" / "scale.py"), "--data", str(data_dir),
                "--sizes", "12", "--work", str(tmp_path), "--steps", "1", "--warmup", "1",
                *(f"--set={override}" for override in [f"data.original_size={SIZE}", *TINY_OVERRIDES])]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)

@@ -5,9 +5,10 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import run_benchmark
+from peer import build_peer_model, peer_loss, peer_train_step
 from retinanet.detection.anchors import num_anchors
 from retinanet.model.retinanet import build_retinanet
-from retinanet.bench.peer import build_peer_model, peer_loss, peer_train_step
 
 
 def test_the_peer_network_has_the_projects_size_and_outputs():
@@ -63,7 +64,7 @@ def test_the_peer_builds_under_mixed_precision_and_restores_the_policy(precision
 
 
 def test_implementations_take_turns_and_report_their_median_step():
-    from retinanet.bench import training as benchmark_training
+    import training as benchmark_training
 
     calls = []
     runners = {"fast": lambda: calls.append("fast"), "slow": lambda: calls.append("slow")}
@@ -74,9 +75,9 @@ def test_implementations_take_turns_and_report_their_median_step():
 
 
 @pytest.mark.slow
-def test_benchmark_script_prints_the_project_beside_the_peer(script):
-    completed = script("benchmark_train.py", "--size", "64", "--batch", "2", "--rounds", "1", "--steps", "1",
-                       "--precisions", "float32")
+def test_benchmark_script_prints_the_project_beside_the_peer():
+    completed = run_benchmark("train_step.py", "--size", "64", "--batch", "2", "--rounds", "1", "--steps", "1",
+                              "--precisions", "float32")
     assert completed.returncode == 0, completed.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in completed.stdout.splitlines() if line.startswith("| float32 |")]
     by_name = {cells[1].strip(): cells for cells in rows}

@@ -1,4 +1,4 @@
-"""Tests for retinanet.bench.time_to_quality: minutes to each validation target from log.jsonl."""
+"""Tests for benchmarks/time_to_quality.py: minutes to each validation target from log.jsonl."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retinanet.bench.time_to_quality import TimeToQualityError, format_table, summarize
+from time_to_quality import TimeToQualityError, format_table, summarize
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -53,11 +53,11 @@ def test_a_log_that_cannot_answer_is_a_named_error(tmp_path):
 def test_command_line(tmp_path):
     first = _run(tmp_path, "first", [(50, 90.0, 0.25)])
     second = _run(tmp_path, "second", [(50, 30.0, 0.1), (100, 60.0, 0.22)])
-    completed = subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "time_to_quality.py"), str(first),
+    completed = subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / "time_to_quality.py"), str(first),
                                 str(second), "--targets", "0.2"], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[2:] == ["| first | 1.5 | 0.250 (50, 1.5) |",
                                                  "| second | 1.0 | 0.220 (100, 1.0) |"]
-    missing = subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "time_to_quality.py"), str(tmp_path / "x")],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / "time_to_quality.py"),
+                              str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr

@@ -4,7 +4,7 @@ Keras 3 normalises with separate element-wise ops (moments, then the affine tran
 under mixed precision, casts every activation to float32 and back. TensorFlow's
 `FusedBatchNormV3` does the same maths in one kernel (oneDNN's on x86, cuDNN's on GPUs) and
 takes bfloat16/float16 activations with float32 statistics directly: on a 2-core CPU it makes
-a 512 px ResNet50-FPN training step 1.3-1.6x faster (`scripts/benchmark_train.py`).
+a 512 px ResNet50-FPN training step 1.3-1.6x faster (`benchmarks/train_step.py`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The real RSNA patients' geometry, for the synthetic generator.
 
-`rsna_geometry.csv.gz` (made by scripts/make_geometry_table.py from the challenge's real label
+`rsna_geometry.csv.gz` (made by tools/make_geometry_table.py from the challenge's real label
 file and DICOM-header table) holds one row per real training patient, without ids: view
 position, age, sex, pixel spacing and the patient's boxes (x y width height at 1024 px). The
 generator samples whole rows, so every synthetic patient carries a real patient's box set

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from retinanet.run_directory import (CHECKPOINTS, LOG, TENSORBOARD, THRESHOLD_FILE, VALIDATION_STATE, WEIGHTS_SUFFIX,
-                                     run_entries, write_threshold)
+                                     read_log, run_entries, write_threshold)
 from retinanet.runtime.safe_writes import FileWriteError, write_json_atomically, write_text_atomically
 
 
@@ -75,7 +75,7 @@ def last_validated_step(run_dir: Path) -> int:
     state = _validation_state(run_dir)
     if state is not None:
         return int(state["last_validated_step"])
-    return max((entry["step"] for entry in _log_entries(run_dir) if entry["split"] == "validation"), default=0)
+    return max((entry["step"] for entry in read_log(run_dir) if entry["split"] == "validation"), default=0)
 
 
 def validation_due_step(run_dir: Path) -> int | None:
@@ -88,20 +88,6 @@ def record_validation_due(run_dir: Path, step: int) -> None:
     """Before writing the checkpoint of `step`: a validation of that step follows it."""
     write_json_atomically(Path(run_dir) / VALIDATION_STATE, {"last_validated_step": last_validated_step(run_dir),
                                                              "validation_due_step": int(step)})
-
-
-def _log_entries(run_dir: Path) -> list[dict]:
-    """The log's entries, without a last line cut short by a kill."""
-    path = Path(run_dir) / LOG
-    entries = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
 
 
 def record_validated_step(run_dir: Path, step: int) -> None:
@@ -122,7 +108,7 @@ def trim_log(run_dir: Path, step: int, validated_step: int) -> int:
         return 0
     limits = {"train": step, "validation": min(step, validated_step)}
     num_lines = sum(1 for line in path.read_text().splitlines() if line.strip())
-    kept = [entry for entry in _log_entries(run_dir) if entry["step"] <= limits.get(entry["split"], step)]
+    kept = [entry for entry in read_log(run_dir) if entry["step"] <= limits.get(entry["split"], step)]
     if len(kept) != num_lines:
         write_text_atomically(path, "".join(json.dumps(entry) + "\n" for entry in kept))
     return num_lines - len(kept)

@@ -1,19 +1,25 @@
-"""Caching and feeding at scale (`scripts/benchmark_scale.py`): for the first N patients of an
-RSNA-layout set, `retinanet prepare`'s wall time, peak memory and cache size, the re-run with the
-cache in place, the training pipeline's speed and peak memory over one pass of all N images, and
-a few real training steps with the wait for input timed apart.
+"""Caching and feeding at scale: `retinanet prepare` and the training pipeline on the first N
+patients of an RSNA-layout set, for several N, and a few real training steps.
 
-Every measurement runs in a fresh process (`python -m retinanet.bench.scale <mode> <json>` for the
-pipeline and the steps), so that its peak resident memory is its own (`os.wait4`'s ru_maxrss).
+python benchmarks/scale.py --data /work/scale_data/full --sizes 2000,8000,26684
+
+Per N: prepare's wall time, images/s and peak resident memory (fresh cache), the cache's size on
+disk, a re-run with the cache in place, the pipeline's images/s from the cache and its peak memory
+over one pass of all N images. Then training steps at the config's settings (the first N's
+cache), the share of the step spent waiting for input, and what an assumed GPU step needs.
+Each cache is removed after its N is measured unless --keep-caches.
+
+Every measurement runs in a fresh process (`python benchmarks/scale_child.py <mode> <json>` for
+the pipeline and the steps), so that its peak resident memory is its own (`os.wait4`'s ru_maxrss).
 The set of the first N patients is a directory holding their label and class rows, its image
 folder a link to the full set's.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import shutil
@@ -27,6 +33,8 @@ import pandas as pd
 
 from retinanet.runtime.safe_writes import make_directory, replace_atomically
 
+REPO = Path(__file__).resolve().parent.parent
+CHILD = Path(__file__).resolve().with_name("scale_child.py")
 LABELS, CLASSES, IMAGES = "stage_2_train_labels.csv", "stage_2_detailed_class_info.csv", "stage_2_train_images"
 
 
@@ -85,7 +93,7 @@ def prepare_command(config_path, overrides: list[str]) -> list[str]:
 
 
 def child_command(mode: str, config_path, overrides: list[str], **options) -> list[str]:
-    return [sys.executable, "-m", "retinanet.bench.scale", mode,
+    return [sys.executable, str(CHILD), mode,
             json.dumps({"config": str(config_path), "overrides": overrides, **options})]
 
 
@@ -111,62 +119,6 @@ def measure_size(full_root: Path, work_dir: Path, size: int, config_path, extra=
 def measure_steps(config_path, overrides: list[str], steps: int, warmup: int) -> dict:
     measured = run_measured(child_command("steps", config_path, overrides, steps=steps, warmup=warmup))
     return {**json.loads(measured.stdout.strip().splitlines()[-1]), "rss": measured.peak_rss_bytes}
-
-
-def _load(options: dict):
-    from retinanet.config import load_config
-    from retinanet.data.pipeline import build_dataset, prepare_split
-    from retinanet.runtime import hardware
-
-    hardware.configure_threads(*hardware.resolve_threads(0, 0, hardware.available_cores()))
-    config = load_config(options["config"], options["overrides"])
-    prepared = prepare_split(config, progress=False)
-    return config, prepared, build_dataset
-
-
-def pipeline_pass(options: dict) -> dict:
-    """The training pipeline (augmentation, targets, batches) over all images once, from the cache."""
-    config, prepared, build_dataset = _load(options)
-    records = prepared.train + prepared.validation
-    batch_size = config.training.batch_size
-    iterator = iter(build_dataset(config, "train", records=records, progress=False))
-    next(iterator)  # tracing, the first reads
-    batches = max(1, math.ceil(len(records) / batch_size) - 1)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return {"rate": batches * batch_size / (time.perf_counter() - start), "images": (batches + 1) * batch_size}
-
-
-def training_steps(options: dict) -> dict:
-    """Real training steps fed by the pipeline; the wait in next() and the step timed apart."""
-    import tensorflow as tf
-
-    from retinanet.builders import build_anchor_set, build_loss, build_model
-    from retinanet.runtime.hardware import dtype_policy, prepare_runtime
-    from retinanet.train.trainer import build_optimizer, build_train_step
-
-    config, prepared, build_dataset = _load(options)
-    runtime = config.runtime  # `auto` resolved for this device, as training does
-    precision, _ = prepare_runtime(runtime.mixed_precision, runtime.intra_op_threads, runtime.inter_op_threads)
-    config = dataclasses.replace(config, runtime=dataclasses.replace(runtime, mixed_precision=precision.policy))
-    with dtype_policy(config.runtime.mixed_precision):
-        model = build_model(config)
-    optimizer = build_optimizer(config.training, precision=config.runtime.mixed_precision)
-    step = build_train_step(config, tf.distribute.get_strategy(), model, optimizer,
-                            build_loss(config, build_anchor_set(config)))
-    iterator = iter(build_dataset(config, "train", records=prepared.train, progress=False))
-    waits, totals = [], []
-    for index in range(options["warmup"] + options["steps"]):
-        start = time.perf_counter()
-        batch = next(iterator)
-        fed = time.perf_counter()
-        step(batch)["loss/total"].numpy()
-        if index >= options["warmup"]:
-            waits.append(fed - start)
-            totals.append(time.perf_counter() - start)
-    return {"step_seconds": sum(totals) / len(totals), "wait_seconds": sum(waits) / len(waits),
-            "batch_size": config.training.batch_size, "precision": config.runtime.mixed_precision}
 
 
 def format_report(rows: list[dict], steps: dict | None, *, cpu: str, gpu_step_seconds: float) -> str:
@@ -195,12 +147,39 @@ def format_report(rows: list[dict], steps: dict | None, *, cpu: str, gpu_step_se
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    mode, options = (argv or sys.argv[1:])
-    result = {"pipeline": pipeline_pass, "steps": training_steps}[mode](json.loads(options))
-    print(json.dumps(result))
-    return 0
+def cpu_kind() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = set(re.findall(r"\b(amx_bf16|avx512_bf16|avx2)\b", text))
+    strongest = next((flag for flag in ("amx_bf16", "avx512_bf16", "avx2") if flag in flags), "no avx2")
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return f"{model.group(1) if model else 'unknown CPU'} ({strongest})"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="an RSNA-layout set (e.g. made by retinanet synth --from-labels)")
+    parser.add_argument("--sizes", default="2000,8000,26684", help="comma-separated patient counts, ascending")
+    parser.add_argument("--work", help="directory for the subsets and caches (default: a temporary one)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "rsna.yaml"))
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (0: none)")
+    parser.add_argument("--warmup", type=int, default=1, help="training steps before timing (the first traces)")
+    parser.add_argument("--gpu-step", type=float, default=0.25, help="assumed GPU seconds per batch (default 0.25)")
+    parser.add_argument("--keep-caches", action="store_true")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="benchmark_scale_") as scratch:
+        work = Path(args.work) if args.work else Path(scratch)
+        rows, steps = [], None
+        for size in (int(text) for text in args.sizes.split(",")):
+            row = measure_size(Path(args.data), work, size, args.config, args.set)
+            if steps is None and args.steps:
+                steps = measure_steps(args.config, row["overrides"], args.steps, args.warmup)
+            if not args.keep_caches:
+                shutil.rmtree(row["cache_dir"])
+            rows.append(row)
+            # The table so far after each N: a long run interrupted keeps what it measured.
+            print(format_report(rows, steps, cpu=cpu_kind(), gpu_step_seconds=args.gpu_step) + "\n", flush=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,4 +1,4 @@
-"""The peer that `scripts/benchmark_train.py` measures the training step against: the keras-io
+"""The peer that `benchmarks/train_step.py` measures the training step against: the keras-io
 RetinaNet example ("Object Detection with RetinaNet", keras.io), rebuilt from its published
 description for a like-for-like comparison.
 

@@ -1,7 +1,7 @@
 """Peak memory of `retinanet infer --skip-unreadable` over good films, then over the same films mixed
 with hostile files of every kind (tests/hostile_files.py's fuzz campaign, and full-size bombs).
 
-    python scripts/benchmark_hostile.py --run-dir runs/demo-... --films data/rsna_synthetic/stage_2_test_images \
+    python benchmarks/infer_hostile.py --run-dir runs/demo-... --films data/rsna_synthetic/stage_2_test_images \
         --work /tmp/hostile
 
 Each infer runs in a process of its own; its peak resident size is the kernel's (ru_maxrss of the

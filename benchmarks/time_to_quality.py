@@ -1,4 +1,8 @@
-"""Time to quality: minutes from a training command's start until its validation metric first
+"""Minutes to reach each validation metric target, per run, as a Markdown table.
+
+    python benchmarks/time_to_quality.py runs/demo-a runs/demo-b [--evaluation holdout] [--targets 0.2 0.3]
+
+Time to quality: minutes from a training command's start until its validation metric first
 reaches each target, read from the runs' `log.jsonl` (`elapsed_seconds` on every line).
 
 The metric is `best_rsna_metric`: the RSNA metric at the score threshold best on that
@@ -8,11 +12,13 @@ validation, the one by which training keeps its best weights. An independent hel
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from retinanet.errors import UserError
-from retinanet.train import runs
+from retinanet import run_directory
 
 TARGETS = (0.2, 0.3, 0.4, 0.5)
 METRIC = "best_rsna_metric"
@@ -25,12 +31,13 @@ class TimeToQualityError(UserError, ValueError):
 def validation_curve(run_dir) -> list[tuple[int, float, float]]:
     """[(step, minutes since the command started, best_rsna_metric)] of the run's validations."""
     run_dir = Path(run_dir)
-    entries = [entry for entry in runs._log_entries(run_dir) if entry.get("split") == "validation"]
+    log = run_dir / run_directory.LOG
+    entries = [entry for entry in run_directory.read_log(run_dir) if entry.get("split") == "validation"]
     if not entries:
-        raise TimeToQualityError(f"{run_dir / runs.LOG}: no validation logged (is {run_dir} a run directory?)")
+        raise TimeToQualityError(f"{log}: no validation logged (is {run_dir} a run directory?)")
     if any("elapsed_seconds" not in entry for entry in entries):
-        raise TimeToQualityError(f"{run_dir / runs.LOG}: validations without elapsed_seconds (a run logged before "
-                                 "training recorded its elapsed time)")
+        raise TimeToQualityError(f"{log}: validations without elapsed_seconds (a run logged before training "
+                                 "recorded its elapsed time)")
     return [(int(entry["step"]), entry["elapsed_seconds"] / 60, float(entry[METRIC])) for entry in entries]
 
 
@@ -67,3 +74,23 @@ def format_table(summaries: list[dict], targets=TARGETS) -> str:
             cells.append("-" if summary["held_out"] is None else f"{summary['held_out']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", help="run directories written by `retinanet train`")
+    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), help="metric targets")
+    parser.add_argument("--evaluation", help="a folder in each run holding `retinanet evaluate`'s metrics.json, "
+                                             "shown as the held-out column")
+    args = parser.parse_args(argv)
+    try:
+        summaries = [summarize(run_dir, args.targets, args.evaluation) for run_dir in args.run_dirs]
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(summaries, args.targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

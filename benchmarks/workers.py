@@ -1,6 +1,6 @@
 """Training throughput with 1 and with N workers on this machine (scripts/launch_workers.py).
 
-python scripts/benchmark_workers.py --config configs/demo.yaml --workers 2 --steps 30
+python benchmarks/workers.py --config configs/demo.yaml --workers 2 --steps 30
 
 Each run trains `--steps` steps of the config (global batch `training.batch_size`, validation
 only at the end) into a temporary run directory; the figure is the median of the logged

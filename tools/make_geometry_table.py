@@ -1,6 +1,6 @@
 """Derive the synthetic generator's geometry table from the challenge's real tables.
 
-    python scripts/make_geometry_table.py --labels stage_2_train_labels.csv \
+    python tools/make_geometry_table.py --labels stage_2_train_labels.csv \
         --headers stage_2_train_images_dicom_headers.csv.gz
 
 Writes retinanet/synthetic/rsna_geometry.csv.gz: one row per real patient, shuffled, without ids:

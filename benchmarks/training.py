@@ -17,9 +17,11 @@ import tensorflow as tf
 from retinanet.config import Config
 from retinanet.runtime.hardware import dtype_policy
 from retinanet.builders import build_anchor_set, build_loss, build_model
-from retinanet.bench.peer import peer_train_step
 from retinanet.detection.targets import LabelEncoder
-from retinanet.train.trainer import build_optimizer, build_train_step
+from retinanet.builders import build_optimizer
+from retinanet.train.step import build_train_step
+
+from peer import peer_train_step
 
 
 def fixed_batch(config: Config, rng: np.random.Generator) -> dict:
@@ -47,7 +49,7 @@ def project_runner(config: Config, batch: dict):
 
 
 def peer_runner(config: Config, batch: dict, keras_module):
-    """A function running one training step of the keras-io example (`retinanet.bench.peer`) on `batch`."""
+    """A function running one training step of the keras-io example (benchmarks/peer.py) on `batch`."""
     height, width = config.preprocessing.image_size
     step = peer_train_step(keras_module, (height, width, config.preprocessing.channels),
                            precision=config.runtime.mixed_precision)

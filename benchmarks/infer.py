@@ -1,5 +1,13 @@
-"""Inference latency from a DICOM file to boxes, split by stage, and the throughput of `infer`
-on a directory (`scripts/benchmark_infer.py`).
+"""Time inference from a 1024 px DICOM file to boxes, by stage, for the Keras model and the SavedModel.
+
+    python benchmarks/infer.py                      # configs/rsna.yaml, random weights
+    python benchmarks/infer.py --run-dir runs/x     # a trained run
+    python benchmarks/infer.py --dicom some.dcm --repeats 20
+    python benchmarks/infer.py --run-dir runs/x --directory dicoms/ [--batch-size 8]
+    python benchmarks/infer.py --images 64          # `infer` on 64 synthetic 1024 px DICOMs
+
+Prints the median over warm runs of reading, preprocessing, network and post-processing; with
+--directory or --images, the images per second of `retinanet infer` on a directory instead.
 
 Two paths are timed on the same file, each stage as the median over repeated warm runs:
 - Keras: read_image | preprocess (CLAHE + letterbox, OpenCV) | network | post-processing;
@@ -11,17 +19,21 @@ batches, the journal and the submission), after one untimed batch has traced the
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import tensorflow as tf
 
-from retinanet.config import load_config
-from retinanet.data.dicom import read_image
+from retinanet.config import ConfigError, load_config
+from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import apply_clahe, normalize
-from retinanet.serve.inference import Detector, build_untrained_model, dicom_files, infer_directory
+from retinanet.serve.inference import (Detector, InputError, ModelLoadError, build_untrained_model, dicom_files,
+                                       infer_directory)
+from retinanet.serve.journal import JournalError
 from retinanet.detection.postprocess import network_pass
 
 STAGES = ("read", "preprocess", "network", "postprocess")
@@ -160,3 +172,44 @@ def run_benchmark(*, config_path="configs/rsna.yaml", run_dir=None, checkpoint=N
               f"{config.postprocessing.flip_tta}, {repeats} warm runs (median), "
               f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")
     return header + "\n" + format_table(keras_times, saved_model_times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", default="configs/rsna.yaml", help="config of a randomly initialised model")
+    source.add_argument("--run-dir", help="a trained run directory")
+    source.add_argument("--checkpoint", help="a .weights.h5 file of a run")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a --config value (repeatable)")
+    parser.add_argument("--dicom", help="DICOM file to time (default: a synthetic 1024 px one)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per path (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    parser.add_argument("--directory", help="time `infer` on this directory of DICOMs")
+    parser.add_argument("--images", type=int,
+                        help="time `infer` on this many synthetic 1024 px DICOMs (without --directory)")
+    parser.add_argument("--batch-size", type=int, help="with --directory or --images: images per batch "
+                        "(default: evaluation.batch_size)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 1:
+        parser.error("--repeats and --warmup must be at least 1")
+    if (args.images is not None and args.images < 1) or (args.batch_size is not None and args.batch_size < 1):
+        parser.error("--images and --batch-size must be at least 1")
+    try:
+        if args.directory is not None or args.images is not None:
+            report = run_directory_benchmark(config_path=args.config, run_dir=args.run_dir,
+                                             checkpoint=args.checkpoint, directory=args.directory,
+                                             num_images=args.images or 32, batch_size=args.batch_size,
+                                             overrides=args.set)
+        else:
+            report = run_benchmark(config_path=args.config, run_dir=args.run_dir, checkpoint=args.checkpoint,
+                                   dicom=args.dicom, repeats=args.repeats, warmup=args.warmup, overrides=args.set)
+    except (ConfigError, DicomReadError, InputError, JournalError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

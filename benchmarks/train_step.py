@@ -1,8 +1,8 @@
 """Training-step speed: the project beside the keras-io RetinaNet example (Keras 3, and Keras 2
 through tf_keras when the `peers` extra is installed), same network size, batch and precision.
 
-python scripts/benchmark_train.py [--size 512 --batch 2] [--rounds 3 --steps 2] [--precisions float32,auto]
-python scripts/benchmark_train.py --threads      # the project's step under several thread settings
+python benchmarks/train_step.py [--size 512 --batch 2] [--rounds 3 --steps 2] [--precisions float32,auto]
+python benchmarks/train_step.py --threads      # the project's step under several thread settings
 
 Models have random weights (`configs/rsna.yaml` model). Precisions default to float32 plus the one
 `auto` picks on this machine; bfloat16 on a CPU without it is emulated and left out unless asked.
@@ -58,7 +58,7 @@ def peers() -> dict:
 def measure(args) -> list[dict]:
     import numpy as np
 
-    from retinanet.bench.training import fixed_batch, peer_runner, project_runner, time_in_turns
+    from training import fixed_batch, peer_runner, project_runner, time_in_turns
     from retinanet.config import load_config
 
     rows = []

@@ -1,7 +1,7 @@
 """Input-pipeline throughput at 512 px: DICOM reading alone vs the full pipeline, from
 DICOMs and from the preprocessed cache.
 
-python scripts/benchmark_data.py [--data DIR] [--images N] [--workers N]
+python benchmarks/data.py [--data DIR] [--images N] [--workers N]
 
 Without --data it generates a synthetic RSNA-format set (1024 px JPEG DICOMs) in a
 temporary directory. Prints images/s and the ratios; the targets are (b)/(a) >= 0.7 and
@@ -19,7 +19,8 @@ from pathlib import Path
 from retinanet.runtime import hardware
 from retinanet.config import load_config
 from retinanet.data.dicom import read_dicom
-from retinanet.data.pipeline import build_dataset, prepare_split
+from retinanet.builders import build_dataset
+from retinanet.data.split import prepare_split
 from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
 REPO = Path(__file__).resolve().parent.parent
