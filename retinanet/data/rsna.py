@@ -108,6 +108,28 @@ def _parse_row(row, image_size: float) -> tuple[np.ndarray | None, int]:
     return np.array([x, y, x + width, y + height], np.float32), target
 
 
+@dataclass
+class _Problems:
+    """What read_labels does with a problem: raise it (policy "error"), or record it and leave the
+    patient out (policy "skip")."""
+
+    policy: str
+    report: SkipReport = field(default_factory=SkipReport)
+    bad_patients: set[str] = field(default_factory=set)
+
+    def __call__(self, where: str, patient_id: str, reason: str) -> None:
+        if self.policy == "error":
+            raise LabelError(f"{where}: {reason}")
+        self.report.add(where, reason)
+        self.bad_patients.add(patient_id)
+
+    def repeat(self, where: str, message: str) -> None:
+        """A repeated row: only the repeat is left out under "skip"."""
+        if self.policy == "error":
+            raise LabelError(f"{where}: {message}")
+        self.report.add(where, f"{message}; the repeat is left out")
+
+
 def read_labels(
     labels_csv: str | Path,
     images_dir: str | Path | None = None,
@@ -130,42 +152,49 @@ def read_labels(
     """
     if policy not in BAD_FILE_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(BAD_FILE_POLICIES)}, got {policy!r}")
-    labels_csv = Path(labels_csv)
+    problems = _Problems(policy)
+    boxes, targets = _read_label_rows(Path(labels_csv), image_size, problems)
+    classes = {} if class_info_csv is None else _read_classes(Path(class_info_csv), targets, problems)
+    records = []
+    for patient_id in boxes:
+        if patient_id in problems.bad_patients:
+            continue
+        image_path = Path(images_dir) / f"{patient_id}.dcm" if images_dir is not None else Path(f"{patient_id}.dcm")
+        if images_dir is not None and require_images and not image_path.is_file():
+            problems(str(image_path), patient_id, f"image of patient {patient_id} not found")
+            continue
+        patient_boxes = np.stack(boxes[patient_id]) if boxes[patient_id] else np.zeros((0, 4), np.float32)
+        target = max(targets[patient_id])
+        class_name = classes.get(patient_id, LUNG_OPACITY if class_info_csv is None and target == 1 else "")
+        records.append(Record(patient_id, str(image_path), patient_boxes, target, class_name))
+    return records, problems.report
+
+
+def _read_label_rows(labels_csv: Path, image_size: float,
+                     problems: _Problems) -> tuple[dict[str, list[np.ndarray]], dict[str, set[int]]]:
+    """The label file's rows -> ({patient: its boxes [4]}, {patient: the Targets of its rows}), in the
+    file's order; every problem goes to `problems` with its line."""
     frame = read_table(labels_csv, LABEL_COLUMNS)
-    report = SkipReport()
-    bad_patients: set[str] = set()
-
-    def problem(where: str, patient_id: str, reason: str) -> None:
-        if policy == "error":
-            raise LabelError(f"{where}: {reason}")
-        report.add(where, reason)
-        bad_patients.add(patient_id)
-
     boxes: dict[str, list[np.ndarray]] = {}
     targets: dict[str, set[int]] = {}
     first_line: dict[tuple, int] = {}  # (patient, target, box values) -> the line that gave it first
     for index, row in enumerate(frame.to_dict("records")):
         where = f"{labels_csv}:{index + 2}"
         patient_id = row["patientId"].strip()
-        if not patient_id:
-            problem(where, patient_id, "empty patientId")
-            continue
-        bad_id = describe_problem(patient_id)  # the id becomes the image's and the cached file's name
+        # The id becomes the image's and the cached file's name.
+        bad_id = "empty patientId" if not patient_id else describe_problem(patient_id)
         if bad_id is not None:
-            problem(where, patient_id, bad_id)
+            problems(where, patient_id, bad_id)
             continue
         try:
             box, target = _parse_row(row, image_size)
         except ValueError as error:
-            problem(where, patient_id, str(error))
+            problems(where, patient_id, str(error))
             continue
         # A repeated row would count its box twice: the metric then wants two predictions for it.
         key = (patient_id, target, None if box is None else tuple(box.tolist()))
         if key in first_line:
-            message = f"duplicate of line {first_line[key]} (patient {patient_id})"
-            if policy == "error":
-                raise LabelError(f"{where}: {message}")
-            report.add(where, f"{message}; the repeat is left out")
+            problems.repeat(where, f"duplicate of line {first_line[key]} (patient {patient_id})")
             continue
         first_line[key] = index + 2
         boxes.setdefault(patient_id, [])
@@ -174,40 +203,28 @@ def read_labels(
             boxes[patient_id].append(box)
     for patient_id, seen in targets.items():
         if len(seen) > 1:
-            problem(f"{labels_csv}", patient_id, f"patient {patient_id} has rows with Target 0 and Target 1")
+            problems(f"{labels_csv}", patient_id, f"patient {patient_id} has rows with Target 0 and Target 1")
+    return boxes, targets
 
+
+def _read_classes(class_info_csv: Path, targets: dict[str, set[int]], problems: _Problems) -> dict[str, str]:
+    """{patient: class} of the class file, checked against the labels' Targets."""
     classes: dict[str, str] = {}
-    if class_info_csv is not None:
-        class_info_csv = Path(class_info_csv)
-        class_frame = read_table(class_info_csv, CLASS_COLUMNS)
-        for index, row in enumerate(class_frame.to_dict("records")):
-            where = f"{class_info_csv}:{index + 2}"
-            patient_id, name = row["patientId"].strip(), row["class"].strip()
-            bad_id = describe_problem(patient_id)
-            if bad_id is not None:
-                problem(where, patient_id, bad_id)
-            elif name not in CLASS_NAMES:
-                problem(where, patient_id, f"unknown class {name!r} (expected one of {', '.join(CLASS_NAMES)})")
-            elif classes.setdefault(patient_id, name) != name:
-                problem(where, patient_id, f"patient {patient_id} has classes {classes[patient_id]!r} and {name!r}")
-        for patient_id, name in classes.items():
-            if patient_id in targets and (name == "Lung Opacity") != (1 in targets[patient_id]):
-                problem(str(class_info_csv), patient_id,
-                        f"class {name!r} of {patient_id} contradicts its Target {max(targets[patient_id])}")
-
-    records = []
-    for patient_id in boxes:
-        if patient_id in bad_patients:
-            continue
-        image_path = Path(images_dir) / f"{patient_id}.dcm" if images_dir is not None else Path(f"{patient_id}.dcm")
-        if images_dir is not None and require_images and not image_path.is_file():
-            problem(str(image_path), patient_id, f"image of patient {patient_id} not found")
-            continue
-        patient_boxes = np.stack(boxes[patient_id]) if boxes[patient_id] else np.zeros((0, 4), np.float32)
-        target = max(targets[patient_id])
-        class_name = classes.get(patient_id, LUNG_OPACITY if class_info_csv is None and target == 1 else "")
-        records.append(Record(patient_id, str(image_path), patient_boxes, target, class_name))
-    return records, report
+    for index, row in enumerate(read_table(class_info_csv, CLASS_COLUMNS).to_dict("records")):
+        where = f"{class_info_csv}:{index + 2}"
+        patient_id, name = row["patientId"].strip(), row["class"].strip()
+        bad_id = describe_problem(patient_id)
+        if bad_id is not None:
+            problems(where, patient_id, bad_id)
+        elif name not in CLASS_NAMES:
+            problems(where, patient_id, f"unknown class {name!r} (expected one of {', '.join(CLASS_NAMES)})")
+        elif classes.setdefault(patient_id, name) != name:
+            problems(where, patient_id, f"patient {patient_id} has classes {classes[patient_id]!r} and {name!r}")
+    for patient_id, name in classes.items():
+        if patient_id in targets and (name == "Lung Opacity") != (1 in targets[patient_id]):
+            problems(str(class_info_csv), patient_id,
+                     f"class {name!r} of {patient_id} contradicts its Target {max(targets[patient_id])}")
+    return classes
 
 
 def make_folds(records: list[Record], num_folds: int, seed: int,
