@@ -12,10 +12,11 @@ import math
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
+from retinanet.detection import defaults
 from retinanet.detection.targets import NEGATIVE
 
 
-def focal_loss(labels, logits, *, alpha: float = 0.25, gamma: float = 2.0):
+def focal_loss(labels, logits, *, alpha: float = defaults.FOCAL_ALPHA, gamma: float = defaults.FOCAL_GAMMA):
     """Elementwise sigmoid focal loss; labels in [0, 1] (smoothed labels allowed), same shape as logits.
 
     FL = alpha_t * (1 - p_t)^gamma * CE, with CE from logits (stable for any logit).
@@ -29,7 +30,7 @@ def focal_loss(labels, logits, *, alpha: float = 0.25, gamma: float = 2.0):
     return alpha_t * tf.pow(1.0 - p_t, gamma) * cross_entropy
 
 
-def smooth_l1(targets, predictions, delta: float = 1.0 / 9.0):
+def smooth_l1(targets, predictions, delta: float = defaults.SMOOTH_L1_DELTA):
     """Smooth L1 summed over the last axis: 0.5 x^2 / delta for |x| < delta, |x| - 0.5 delta beyond."""
     difference = tf.abs(tf.cast(targets, tf.float32) - tf.cast(predictions, tf.float32))
     elementwise = tf.where(difference < delta, 0.5 * tf.square(difference) / delta, difference - 0.5 * delta)
@@ -84,9 +85,10 @@ class RetinaNetLoss:
     the positive count, so that a distributed step can normalise by the global count.
     """
 
-    def __init__(self, num_classes: int = 1, *, alpha: float = 0.25, gamma: float = 2.0,
-                 smooth_l1_delta: float = 1.0 / 9.0, box_loss: str = "smooth_l1", box_weight: float = 1.0,
-                 label_smoothing: float = 0.0, anchors=None):
+    def __init__(self, num_classes: int = defaults.NUM_CLASSES, *, alpha: float = defaults.FOCAL_ALPHA,
+                 gamma: float = defaults.FOCAL_GAMMA, smooth_l1_delta: float = defaults.SMOOTH_L1_DELTA,
+                 box_loss: str = defaults.BOX_LOSS, box_weight: float = defaults.BOX_WEIGHT,
+                 label_smoothing: float = defaults.LABEL_SMOOTHING, anchors=None):
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
         if BOX_LOSSES[box_loss] is not smooth_l1_box_loss and anchors is None:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
+from retinanet.detection import defaults
 
 # Boxes of the two TTA passes join one cluster above this IoU (the ensemble-boxes default).
 FUSION_IOU = 0.55
@@ -152,10 +153,13 @@ class Postprocessor:
     of models and post-processes all their passes together.
     """
 
-    def __init__(self, anchors, level_sizes: list[int], image_size: tuple[int, int], *, num_classes: int = 1,
-                 candidate_score_threshold: float = 0.05, pre_nms_top_k: int = 1000, nms_iou: float = 0.5,
-                 max_detections: int = 100, box_shrink: float = 1.0, flip_tta: bool = False,
-                 image_gating: str = "none", image_gate_threshold: float = 0.5, fusion_iou: float = FUSION_IOU):
+    def __init__(self, anchors, level_sizes: list[int], image_size: tuple[int, int], *,
+                 num_classes: int = defaults.NUM_CLASSES,
+                 candidate_score_threshold: float = defaults.CANDIDATE_SCORE_THRESHOLD,
+                 pre_nms_top_k: int = defaults.PRE_NMS_TOP_K, nms_iou: float = defaults.NMS_IOU,
+                 max_detections: int = defaults.MAX_DETECTIONS, box_shrink: float = defaults.BOX_SHRINK,
+                 flip_tta: bool = defaults.FLIP_TTA, image_gating: str = defaults.IMAGE_GATING,
+                 image_gate_threshold: float = defaults.IMAGE_GATE_THRESHOLD, fusion_iou: float = FUSION_IOU):
         if image_gating not in IMAGE_GATINGS:
             raise ValueError(f"image_gating must be one of {', '.join(IMAGE_GATINGS)}, got {image_gating!r}")
         self.anchors = tf.convert_to_tensor(anchors, tf.float32)

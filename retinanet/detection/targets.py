@@ -9,6 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
+from retinanet.detection import defaults
 
 NEGATIVE = -1.0  # background: trains the classifier towards 0 for every class
 IGNORE = -2.0  # between the IoU thresholds: contributes to no loss
@@ -30,8 +31,9 @@ class LabelEncoder:
     would tie for it.
     """
 
-    def __init__(self, anchors, *, positive_iou: float = 0.5, negative_iou: float = 0.4,
-                 allow_low_quality_matches: bool = False):
+    def __init__(self, anchors, *, positive_iou: float = defaults.POSITIVE_IOU,
+                 negative_iou: float = defaults.NEGATIVE_IOU,
+                 allow_low_quality_matches: bool = defaults.ALLOW_LOW_QUALITY_MATCHES):
         if not 0 < negative_iou <= positive_iou <= 1:
             raise ValueError(f"need 0 < negative_iou ({negative_iou}) <= positive_iou ({positive_iou}) <= 1")
         self.anchors = tf.convert_to_tensor(anchors, tf.float32)

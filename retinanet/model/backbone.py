@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from retinanet.detection import defaults
 from retinanet.errors import UserError
 from retinanet.model.batch_norm import fuse_batch_norms
 
@@ -61,7 +62,7 @@ def _resnet50(input_shape, weights: str) -> keras.Model:
     return trunk
 
 
-def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> keras.Model:
+def build_backbone(input_shape: tuple[int, int, int], weights: str = defaults.WEIGHTS) -> keras.Model:
     """ResNet50 without its top -> model with outputs [C3, C4, C5] (strides 8, 16, 32), its
     batch normalisation on the fused kernel (`retinanet.model.batch_norm`).
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from keras import layers
 
+from retinanet.detection import defaults
+from retinanet.detection.anchors import LEVELS
 
-def build_fpn(features, channels: int = 256, levels: tuple[int, ...] = (3, 4, 5, 6, 7)):
+
+def build_fpn(features, channels: int = defaults.FPN_CHANNELS, levels: tuple[int, ...] = LEVELS):
     """[C3, C4, C5] tensors -> list of pyramid tensors for `levels` (a subset of 3..7).
 
     P5..P3 come top-down (1x1 laterals, nearest upsampling, 3x3 smoothing); P6 is a 3x3/2

@@ -7,9 +7,11 @@ import math
 import keras
 from keras import layers
 
+from retinanet.detection import defaults
 
-def build_head(output_channels: int, *, channels: int = 256, num_convs: int = 4, group_norm: bool = False,
-               bias_init: float = 0.0, name: str) -> keras.Sequential:
+
+def build_head(output_channels: int, *, channels: int = defaults.FPN_CHANNELS, num_convs: int = defaults.HEAD_CONVS,
+               group_norm: bool = defaults.HEAD_GROUP_NORM, bias_init: float = 0.0, name: str) -> keras.Sequential:
     """num_convs x (3x3 conv + [GroupNorm] + ReLU), then a 3x3 conv to `output_channels`.
 
     Kernels start from N(0, 0.01), biases from 0 except the last one (`bias_init`).

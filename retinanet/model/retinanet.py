@@ -9,18 +9,23 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from retinanet.detection import defaults
 from retinanet.detection.anchors import ASPECT_RATIOS, LEVELS, SCALES
 from retinanet.model.backbone import build_backbone, configure_layers
 from retinanet.model.fpn import build_fpn
 from retinanet.model.heads import build_head, prior_bias
 
 
-def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = 1, weights: str = "none",
-                    levels: tuple[int, ...] = LEVELS, anchors_per_location: int = len(ASPECT_RATIOS) * len(SCALES),
-                    fpn_channels: int = 256, head_convs: int = 4,
-                    head_group_norm: bool = False, prior_probability: float = 0.01,
-                    freeze_batch_norm: bool = False, freeze_backbone_stages: int = 0,
-                    batch_norm_momentum: float = 0.99, image_head: bool = True) -> keras.Model:
+def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = defaults.NUM_CLASSES,
+                    weights: str = defaults.WEIGHTS, levels: tuple[int, ...] = LEVELS,
+                    anchors_per_location: int = len(ASPECT_RATIOS) * len(SCALES),
+                    fpn_channels: int = defaults.FPN_CHANNELS, head_convs: int = defaults.HEAD_CONVS,
+                    head_group_norm: bool = defaults.HEAD_GROUP_NORM,
+                    prior_probability: float = defaults.PRIOR_PROBABILITY,
+                    freeze_batch_norm: bool = defaults.FREEZE_BATCH_NORM,
+                    freeze_backbone_stages: int = defaults.FREEZE_BACKBONE_STAGES,
+                    batch_norm_momentum: float = defaults.BATCH_NORM_MOMENTUM,
+                    image_head: bool = defaults.IMAGE_HEAD) -> keras.Model:
     """A Keras model mapping images [B, H, W, C] to a dict:
 
     - "predictions": float32 [B, A, 4 + num_classes], A = `num_anchors(H, W)`, level-major
