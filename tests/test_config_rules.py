@@ -292,11 +292,12 @@ def test_a_name_added_to_a_component_table_is_a_config_choice(monkeypatch):
 
 
 def test_importing_the_config_loads_no_tensorflow():
-    """The components' tables are read when a value is checked: `retinanet score` and the data
-    readers import the config without paying for TensorFlow."""
-    import subprocess
-    import sys
-
-    probe = "import sys, retinanet.config, retinanet.data.rsna; print('tensorflow' in sys.modules)"
-    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert completed.stdout.strip() == "False", completed.stderr
+    """The components' tables are read when a value is checked, and the defaults the schema shares
+    with the components live in modules without TensorFlow (`retinanet.detection.defaults`,
+    `retinanet.detection.anchors`): `retinanet score` and the data readers import the config
+    without paying for TensorFlow."""
+    probe = ("import sys, retinanet.config, retinanet.data.rsna; "
+             "print('tensorflow' in sys.modules, 'retinanet.detection.defaults' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                               cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert completed.stdout.strip() == "False True", completed.stderr

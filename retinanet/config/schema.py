@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from retinanet.detection import anchors as anchor_defaults
+from retinanet.detection import defaults
 from retinanet.config.paths import absolute_path, is_path, map_paths, portable_path
 from retinanet.config.rules import (CrossFieldRule, Rule, TableChoice, at_least, each, increasing, not_empty, one_of,
                                     ordered_pair, positive, setting, violations, within)
@@ -164,36 +165,37 @@ class AnchorConfig:
     sizes: tuple[float, ...] = setting(anchor_defaults.SIZES, each(positive()))  # one per level
     aspect_ratios: tuple[float, ...] = setting(anchor_defaults.ASPECT_RATIOS, each(positive()))  # height / width
     scales: tuple[float, ...] = setting(anchor_defaults.SCALES, each(positive()))
-    positive_iou: float = setting(0.5, within(0, 1, low_open=True))
-    negative_iou: float = setting(0.4, within(0, 1, low_open=True))  # and at most positive_iou
+    positive_iou: float = setting(defaults.POSITIVE_IOU, within(0, 1, low_open=True))
+    negative_iou: float = setting(defaults.NEGATIVE_IOU, within(0, 1, low_open=True))  # and at most positive_iou
     # Each box's best anchors become positive even below positive_iou (retinanet/detection/targets.py).
-    allow_low_quality_matches: bool = False
+    allow_low_quality_matches: bool = defaults.ALLOW_LOW_QUALITY_MATCHES
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    num_classes: int = setting(1, at_least(1))
-    weights: str = setting("none", not_empty())  # "none", "imagenet" or a path to a weights file
-    fpn_channels: int = setting(256, positive())
-    head_convs: int = setting(4, at_least(0))
-    head_group_norm: bool = False
-    prior_probability: float = setting(0.01, within(0, 1, low_open=True, high_open=True))
-    freeze_batch_norm: bool = False
+    num_classes: int = setting(defaults.NUM_CLASSES, at_least(1))
+    weights: str = setting(defaults.WEIGHTS, not_empty())  # "none", "imagenet" or a path to a weights file
+    fpn_channels: int = setting(defaults.FPN_CHANNELS, positive())
+    head_convs: int = setting(defaults.HEAD_CONVS, at_least(0))
+    head_group_norm: bool = defaults.HEAD_GROUP_NORM
+    prior_probability: float = setting(defaults.PRIOR_PROBABILITY, within(0, 1, low_open=True, high_open=True))
+    freeze_batch_norm: bool = defaults.FREEZE_BATCH_NORM
     # Keras' ResNet50 uses 0.99; from scratch the weights move fast and 0.99 leaves the
     # inference-mode statistics far behind them for hundreds of steps.
-    batch_norm_momentum: float = setting(0.99, within(0, 1, high_open=True))
-    freeze_backbone_stages: int = setting(0, within(0, 5))  # 0 = train all; 1..5 freezes conv1..conv<N>
-    image_head: bool = True  # global "pneumonia present" logit on C5
+    batch_norm_momentum: float = setting(defaults.BATCH_NORM_MOMENTUM, within(0, 1, high_open=True))
+    # 0 = train all; 1..5 freezes conv1..conv<N>
+    freeze_backbone_stages: int = setting(defaults.FREEZE_BACKBONE_STAGES, within(0, 5))
+    image_head: bool = defaults.IMAGE_HEAD  # global "pneumonia present" logit on C5
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    alpha: float = setting(0.25, within(0, 1))
-    gamma: float = setting(2.0, at_least(0))
-    smooth_l1_delta: float = setting(1.0 / 9.0, positive())
-    box_loss: str = setting("smooth_l1", BOX_LOSSES)
-    box_weight: float = setting(1.0, at_least(0))
-    label_smoothing: float = setting(0.0, within(0, 1, high_open=True))
+    alpha: float = setting(defaults.FOCAL_ALPHA, within(0, 1))
+    gamma: float = setting(defaults.FOCAL_GAMMA, at_least(0))
+    smooth_l1_delta: float = setting(defaults.SMOOTH_L1_DELTA, positive())
+    box_loss: str = setting(defaults.BOX_LOSS, BOX_LOSSES)
+    box_weight: float = setting(defaults.BOX_WEIGHT, at_least(0))
+    label_smoothing: float = setting(defaults.LABEL_SMOOTHING, within(0, 1, high_open=True))
     image_weight: float = setting(0.1, at_least(0))
 
 
@@ -250,14 +252,15 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class PostprocessingConfig:
     # The in-graph candidate filter before NMS; evaluation.score_threshold decides what is kept.
-    candidate_score_threshold: float = setting(0.05, within(0, 1))
-    pre_nms_top_k: int = setting(1000, at_least(1))  # per pyramid level
-    nms_iou: float = setting(0.5, within(0, 1))
-    max_detections: int = setting(100, at_least(1))
-    box_shrink: float = setting(1.0, within(0, 1, low_open=True))  # 0.83-0.875 helped in the competition
-    flip_tta: bool = False
-    image_gating: str = setting("none", IMAGE_GATINGS)  # other than "none" needs model.image_head
-    image_gate_threshold: float = setting(0.5, within(0, 1))
+    candidate_score_threshold: float = setting(defaults.CANDIDATE_SCORE_THRESHOLD, within(0, 1))
+    pre_nms_top_k: int = setting(defaults.PRE_NMS_TOP_K, at_least(1))  # per pyramid level
+    nms_iou: float = setting(defaults.NMS_IOU, within(0, 1))
+    max_detections: int = setting(defaults.MAX_DETECTIONS, at_least(1))
+    # 0.83-0.875 helped in the competition
+    box_shrink: float = setting(defaults.BOX_SHRINK, within(0, 1, low_open=True))
+    flip_tta: bool = defaults.FLIP_TTA
+    image_gating: str = setting(defaults.IMAGE_GATING, IMAGE_GATINGS)  # other than "none" needs model.image_head
+    image_gate_threshold: float = setting(defaults.IMAGE_GATE_THRESHOLD, within(0, 1))
 
 
 @dataclass(frozen=True)

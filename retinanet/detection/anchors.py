@@ -27,14 +27,17 @@ def feature_map_size(image_size: tuple[int, int], level: int) -> tuple[int, int]
     return math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
 
 
-def anchors_per_location(aspect_ratios=ASPECT_RATIOS, scales=SCALES) -> int:
+def anchors_per_location(aspect_ratios: tuple[float, ...] = ASPECT_RATIOS, scales: tuple[float, ...] = SCALES) -> int:
+    """Anchor shapes per feature-map cell: one per (aspect ratio, scale) pair."""
     return len(aspect_ratios) * len(scales)
 
 
-def generate_anchors_numpy(image_size: tuple[int, int], levels=LEVELS, sizes=SIZES, aspect_ratios=ASPECT_RATIOS,
-                           scales=SCALES) -> np.ndarray:
+def generate_anchors_numpy(image_size: tuple[int, int], levels: tuple[int, ...] = LEVELS,
+                           sizes: tuple[float, ...] = SIZES, aspect_ratios: tuple[float, ...] = ASPECT_RATIOS,
+                           scales: tuple[float, ...] = SCALES) -> np.ndarray:
     """[A, 4] float32 anchors `x1, y1, x2, y2` in input pixels for `image_size` (height, width);
-    A = 99,765 for (640, 832) and 49,104 for (512, 512) with the default shapes."""
+    A = 99,765 for (640, 832) and 49,104 for (512, 512) with the default shapes. The arguments
+    are those of `make_anchor_set`."""
     per_level = []
     for level, size in zip(levels, sizes):
         stride = 2**level
@@ -51,23 +54,30 @@ def generate_anchors_numpy(image_size: tuple[int, int], levels=LEVELS, sizes=SIZ
     return np.concatenate(per_level, axis=0).astype(np.float32)
 
 
-def level_sizes(image_size: tuple[int, int], levels=LEVELS, aspect_ratios=ASPECT_RATIOS, scales=SCALES) -> list[int]:
+def level_sizes(image_size: tuple[int, int], levels: tuple[int, ...] = LEVELS,
+                aspect_ratios: tuple[float, ...] = ASPECT_RATIOS, scales: tuple[float, ...] = SCALES) -> list[int]:
     """Number of anchors on each level, in order."""
     return [int(np.prod(feature_map_size(image_size, level))) * anchors_per_location(aspect_ratios, scales)
             for level in levels]
 
 
-def num_anchors(image_size: tuple[int, int], levels=LEVELS, aspect_ratios=ASPECT_RATIOS, scales=SCALES) -> int:
+def num_anchors(image_size: tuple[int, int], levels: tuple[int, ...] = LEVELS,
+                aspect_ratios: tuple[float, ...] = ASPECT_RATIOS, scales: tuple[float, ...] = SCALES) -> int:
+    """A, the number of anchors of an input (height, width): the sum of `level_sizes`."""
     return sum(level_sizes(image_size, levels, aspect_ratios, scales))
 
 
 @dataclass(frozen=True, eq=False)
 class AnchorSet:
-    """The anchors of one input size.
+    """The anchors of one input size; made by `make_anchor_set`.
 
-    boxes [A, 4] float32 (`generate_anchors_numpy`), level_sizes: anchors per level (summing to
-    A), levels: the pyramid levels, per_location: anchor shapes per feature-map cell,
-    image_size: the input (height, width).
+    Args:
+        boxes: [A, 4] float32 anchors `x1, y1, x2, y2` in network-input pixels, level-major
+            (`generate_anchors_numpy`); read-only.
+        level_sizes: Anchors on each pyramid level, in order, counts summing to A.
+        levels: The pyramid levels, increasing (level l has stride 2**l input pixels).
+        per_location: Anchor shapes per feature-map cell, a count (aspect ratios x scales).
+        image_size: The network input (height, width) in pixels.
     """
 
     boxes: np.ndarray
@@ -77,9 +87,21 @@ class AnchorSet:
     image_size: tuple[int, int]
 
 
-def make_anchor_set(image_size: tuple[int, int], levels=LEVELS, sizes=SIZES, aspect_ratios=ASPECT_RATIOS,
-                    scales=SCALES) -> AnchorSet:
-    """The `AnchorSet` of `image_size` (height, width) with these anchor shapes."""
+def make_anchor_set(image_size: tuple[int, int], levels: tuple[int, ...] = LEVELS, sizes: tuple[float, ...] = SIZES,
+                    aspect_ratios: tuple[float, ...] = ASPECT_RATIOS,
+                    scales: tuple[float, ...] = SCALES) -> AnchorSet:
+    """The `AnchorSet` of `image_size` with these anchor shapes.
+
+    Args:
+        image_size: The network input (height, width) in pixels.
+        levels: Pyramid levels, a subset of 3..7, increasing; level l has stride 2**l input
+            pixels. Default `LEVELS` (3, 4, 5, 6, 7).
+        sizes: One base size per level, in input pixels: the side of the level's square anchor
+            at scale 1. Default `SIZES` (32, 64, 128, 256, 512).
+        aspect_ratios: Anchor height / width ratios; each shape keeps the area of its square.
+            Default `ASPECT_RATIOS` (0.5, 1, 2).
+        scales: Factors on each level's size. Default `SCALES` (1, 2^(1/3), 2^(2/3)).
+    """
     image_size = (int(image_size[0]), int(image_size[1]))
     boxes = generate_anchors_numpy(image_size, levels, sizes, aspect_ratios, scales)
     boxes.setflags(write=False)

@@ -1,7 +1,8 @@
 """Pure box math on `x1, y1, x2, y2` boxes in absolute pixels (TensorFlow ops).
 
-Every function takes and returns float tensors; shapes are in the docstrings. Encode and
-decode are one inverse pair sharing `BOX_VARIANCE`.
+Every function takes float tensors (or anything `tf.convert_to_tensor` accepts, such as numpy
+arrays) and returns float32 tensors; shapes are in the docstrings, `...` for any leading
+dimensions. Encode and decode are one inverse pair sharing `BOX_VARIANCE`.
 """
 
 from __future__ import annotations
@@ -14,39 +15,39 @@ BOX_VARIANCE = (0.1, 0.1, 0.2, 0.2)
 MAX_LOG_SIZE_DELTA = 4.135
 
 
-def xywh_to_xyxy(boxes):
+def xywh_to_xyxy(boxes: tf.Tensor) -> tf.Tensor:
     """[..., 4] `x, y, width, height` (top-left corner) -> [..., 4] `x1, y1, x2, y2`."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     return tf.concat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], axis=-1)
 
 
-def xyxy_to_xywh(boxes):
+def xyxy_to_xywh(boxes: tf.Tensor) -> tf.Tensor:
     """[..., 4] `x1, y1, x2, y2` -> [..., 4] `x, y, width, height` (top-left corner)."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     return tf.concat([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], axis=-1)
 
 
-def xyxy_to_center(boxes):
+def xyxy_to_center(boxes: tf.Tensor) -> tf.Tensor:
     """[..., 4] `x1, y1, x2, y2` -> [..., 4] `cx, cy, width, height`."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     return tf.concat([(boxes[..., :2] + boxes[..., 2:]) / 2.0, boxes[..., 2:] - boxes[..., :2]], axis=-1)
 
 
-def center_to_xyxy(boxes):
+def center_to_xyxy(boxes: tf.Tensor) -> tf.Tensor:
     """[..., 4] `cx, cy, width, height` -> [..., 4] `x1, y1, x2, y2`."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     half = boxes[..., 2:] / 2.0
     return tf.concat([boxes[..., :2] - half, boxes[..., :2] + half], axis=-1)
 
 
-def area(boxes):
+def area(boxes: tf.Tensor) -> tf.Tensor:
     """[..., 4] -> [...]; degenerate boxes have area 0."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     sizes = tf.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
     return sizes[..., 0] * sizes[..., 1]
 
 
-def intersection_and_union(boxes_a, boxes_b):
+def intersection_and_union(boxes_a: tf.Tensor, boxes_b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """[..., 4] and [..., 4] (broadcast against each other) -> (intersection [...], union [...]) areas.
 
     The one overlap primitive behind IoU, GIoU/CIoU and fusion; `retinanet.detection.metrics` has its
@@ -61,20 +62,20 @@ def intersection_and_union(boxes_a, boxes_b):
     return intersection, area(boxes_a) + area(boxes_b) - intersection
 
 
-def iou(boxes_a, boxes_b):
+def iou(boxes_a: tf.Tensor, boxes_b: tf.Tensor) -> tf.Tensor:
     """[..., 4] and [..., 4] (broadcast) -> [...] intersection over union (0 where the union is empty)."""
     return tf.math.divide_no_nan(*intersection_and_union(boxes_a, boxes_b))
 
 
-def pairwise_iou(boxes_a, boxes_b):
+def pairwise_iou(boxes_a: tf.Tensor, boxes_b: tf.Tensor) -> tf.Tensor:
     """[N, 4], [M, 4] -> [N, M] intersection over union (0 where the union is empty)."""
     boxes_a = tf.convert_to_tensor(boxes_a, tf.float32)
     boxes_b = tf.convert_to_tensor(boxes_b, tf.float32)
     return iou(boxes_a[:, None, :], boxes_b[None, :, :])
 
 
-def clip(boxes, height, width):
-    """[..., 4] -> [..., 4] clipped to the image `[0, width] x [0, height]`."""
+def clip(boxes: tf.Tensor, height: float | tf.Tensor, width: float | tf.Tensor) -> tf.Tensor:
+    """[..., 4] -> [..., 4] clipped to the image `[0, width] x [0, height]` (scalars [], pixels)."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     height = tf.cast(height, tf.float32)
     width = tf.cast(width, tf.float32)
@@ -83,7 +84,7 @@ def clip(boxes, height, width):
                      tf.clip_by_value(x2, 0.0, width), tf.clip_by_value(y2, 0.0, height)], axis=-1)
 
 
-def encode(boxes, anchors):
+def encode(boxes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
     """Ground-truth boxes [..., 4] against anchors [..., 4] -> scaled deltas [..., 4].
 
     deltas = [(gx - ax) / aw, (gy - ay) / ah, log(gw / aw), log(gh / ah)] / BOX_VARIANCE
@@ -95,7 +96,7 @@ def encode(boxes, anchors):
     return deltas / tf.constant(BOX_VARIANCE, tf.float32)
 
 
-def decode(deltas, anchors):
+def decode(deltas: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
     """Scaled deltas [..., 4] applied to anchors [..., 4] -> boxes [..., 4]; inverse of `encode`."""
     deltas = tf.cast(deltas, tf.float32) * tf.constant(BOX_VARIANCE, tf.float32)
     anchor = xyxy_to_center(anchors)
@@ -104,7 +105,7 @@ def decode(deltas, anchors):
     return center_to_xyxy(tf.concat([centers, sizes], axis=-1))
 
 
-def shrink(boxes, factor):
-    """[..., 4] -> [..., 4] scaled about their centres by `factor` (1 keeps them)."""
+def shrink(boxes: tf.Tensor, factor: float) -> tf.Tensor:
+    """[..., 4] -> [..., 4], width and height multiplied by `factor` about their centres (1 keeps them)."""
     center = xyxy_to_center(boxes)
     return center_to_xyxy(tf.concat([center[..., :2], center[..., 2:] * factor], axis=-1))

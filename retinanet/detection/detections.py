@@ -10,14 +10,22 @@ inference and export all get their boxes from it; here are the steps they share 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+if TYPE_CHECKING:
+    import keras
 
-def unpad(result: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A `Postprocessor` result (tensors or numpy) -> per image (boxes float64 [M, 4], scores float64 [M])."""
+    from retinanet.detection.losses import RetinaNetLoss
+    from retinanet.detection.postprocess import Postprocessor
+
+
+def unpad(result: dict[str, tf.Tensor | np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A `Postprocessor` result (tensors or numpy: "boxes" [B, D, 4], "scores" [B, D], "num_detections"
+    [B]) -> per image (boxes float64 [M, 4], scores float64 [M]), M its num_detections."""
     boxes, scores, counts = (np.asarray(result[key]) for key in ("boxes", "scores", "num_detections"))
     return [(boxes[index, :count].astype(np.float64), scores[index, :count].astype(np.float64))
             for index, count in enumerate(counts)]
@@ -29,14 +37,15 @@ def above(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[np.n
     return boxes[keep], scores[keep]
 
 
-def keep_above(detections: dict, threshold: float) -> dict:
-    """{key: (boxes, scores)} without the boxes scoring below `threshold`."""
+def keep_above(detections: dict[str, tuple[np.ndarray, np.ndarray]],
+               threshold: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{key: (boxes [M, 4], scores [M])} without the boxes scoring below `threshold`."""
     return {key: above(boxes, scores, threshold) for key, (boxes, scores) in detections.items()}
 
 
-def per_image_results(result: dict, threshold: float) -> list[dict]:
-    """A `Postprocessor` result -> per image {"boxes", "scores" (>= threshold), "image_probability"
-    (float, or None without the image head)}: what `Detector` returns."""
+def per_image_results(result: dict[str, tf.Tensor | np.ndarray], threshold: float) -> list[dict]:
+    """A `Postprocessor` result -> per image {"boxes" float64 [M, 4], "scores" float64 [M] (>= threshold),
+    "image_probability" (float, or None without the image head)}: what `Detector` returns."""
     probabilities = result.get("image_probabilities")
     documents = []
     for index, (boxes, scores) in enumerate(unpad(result)):
@@ -46,7 +55,8 @@ def per_image_results(result: dict, threshold: float) -> list[dict]:
     return documents
 
 
-def forward_function(models: list, postprocessor, loss=None):
+def forward_function(models: list[keras.Model], postprocessor: Postprocessor,
+                     loss: RetinaNetLoss | None = None) -> Callable[[dict], tuple[dict, dict]]:
     """A tf.function: batch {"images", "scales", "original_sizes"[, "targets", "image_labels"]} ->
     (the `Postprocessor` result, loss sums). Built once and reused, so that its graph is traced once.
 
@@ -76,16 +86,26 @@ def forward_function(models: list, postprocessor, loss=None):
 
 @dataclass
 class DatasetDetections:
-    """What `predict_dataset` gives: detections (boxes [M, 4] original pixels, scores [M]) per image in
-    dataset order, image probabilities [N] or None, loss sums, and the first batch (numpy) for pictures."""
+    """What `predict_dataset` gives.
 
-    detections: list
+    Args:
+        detections: Per image of the dataset, in its order, (boxes float64 [M, 4] `x1, y1, x2, y2`
+            in original pixels, scores float64 [M] probabilities).
+        probabilities: The N images' image-level probabilities [N] float32, or None without the
+            image head.
+        sums: Loss sums over the dataset by name (`forward_function`), floats; empty without a loss.
+        first_batch: The first batch's "images" [B, H, W, C] (normalised) and "scales" [B]
+            (original -> input pixels) as numpy, for pictures; None for an empty dataset.
+    """
+
+    detections: list[tuple[np.ndarray, np.ndarray]]
     probabilities: np.ndarray | None
-    sums: dict
-    first_batch: dict
+    sums: dict[str, float]
+    first_batch: dict[str, np.ndarray] | None
 
 
-def predict_dataset(forward, dataset, progress: bool = False, desc: str = "predicting") -> DatasetDetections:
+def predict_dataset(forward: Callable[[dict], tuple[dict, dict]], dataset: tf.data.Dataset, progress: bool = False,
+                    desc: str = "predicting") -> DatasetDetections:
     """Run `forward` (see `forward_function`) over an unshuffled dataset; every detection above
     postprocessing.candidate_score_threshold is kept."""
     detections, probabilities, sums, first_batch = [], [], {}, None

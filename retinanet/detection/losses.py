@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
+from retinanet.detection import defaults
 from retinanet.detection.targets import NEGATIVE
 
 
-def focal_loss(labels, logits, *, alpha: float = 0.25, gamma: float = 2.0):
-    """Elementwise sigmoid focal loss; labels in [0, 1] (smoothed labels allowed), same shape as logits.
+def focal_loss(labels: tf.Tensor, logits: tf.Tensor, *, alpha: float = defaults.FOCAL_ALPHA,
+               gamma: float = defaults.FOCAL_GAMMA) -> tf.Tensor:
+    """Elementwise sigmoid focal loss: labels [...] in [0, 1] (smoothed labels allowed) and logits
+    [...] of the same shape -> float32 [...].
 
     FL = alpha_t * (1 - p_t)^gamma * CE, with CE from logits (stable for any logit).
+
+    Args:
+        labels: Targets, fractions in [0, 1], shaped as `logits`.
+        logits: Class logits (before the sigmoid).
+        alpha: Weight of the positive term, a fraction in [0, 1]; the negative term gets
+            1 - alpha. Default `defaults.FOCAL_ALPHA` (0.25).
+        gamma: Focusing exponent, >= 0; 0 gives the weighted cross-entropy. Default
+            `defaults.FOCAL_GAMMA` (2.0).
     """
     labels = tf.cast(labels, tf.float32)
     logits = tf.cast(logits, tf.float32)
@@ -29,15 +41,22 @@ def focal_loss(labels, logits, *, alpha: float = 0.25, gamma: float = 2.0):
     return alpha_t * tf.pow(1.0 - p_t, gamma) * cross_entropy
 
 
-def smooth_l1(targets, predictions, delta: float = 1.0 / 9.0):
-    """Smooth L1 summed over the last axis: 0.5 x^2 / delta for |x| < delta, |x| - 0.5 delta beyond."""
+def smooth_l1(targets: tf.Tensor, predictions: tf.Tensor, delta: float = defaults.SMOOTH_L1_DELTA) -> tf.Tensor:
+    """Smooth L1 of targets [..., C] and predictions [..., C] (C = 4 deltas in the loss) summed over the
+    last axis -> float32 [...]:
+    0.5 x^2 / delta for |x| < delta, |x| - 0.5 delta beyond.
+
+    `delta` is in the units of the values (encoded deltas in the loss); default
+    `defaults.SMOOTH_L1_DELTA` (1/9).
+    """
     difference = tf.abs(tf.cast(targets, tf.float32) - tf.cast(predictions, tf.float32))
     elementwise = tf.where(difference < delta, 0.5 * tf.square(difference) / delta, difference - 0.5 * delta)
     return tf.reduce_sum(elementwise, axis=-1)
 
 
-def iou_loss(target_boxes, predicted_boxes, kind: str = "giou"):
-    """1 - GIoU or 1 - CIoU of matching boxes [..., 4] -> [...]."""
+def iou_loss(target_boxes: tf.Tensor, predicted_boxes: tf.Tensor, kind: str = "giou") -> tf.Tensor:
+    """1 - GIoU (`kind` "giou") or 1 - CIoU ("ciou") of matching boxes [..., 4] `x1, y1, x2, y2`
+    -> float32 [...]."""
     eps = 1e-7
     intersection, union = box_ops.intersection_and_union(target_boxes, predicted_boxes)
     iou = intersection / (union + eps)
@@ -57,15 +76,18 @@ def iou_loss(target_boxes, predicted_boxes, kind: str = "giou"):
     return 1.0 - (iou - center_distance / diagonal - trade_off * aspect)
 
 
-def smooth_l1_box_loss(target_deltas, predicted_deltas, *, anchors, smooth_l1_delta: float):
+def smooth_l1_box_loss(target_deltas: tf.Tensor, predicted_deltas: tf.Tensor, *, anchors: tf.Tensor | None,
+                       smooth_l1_delta: float) -> tf.Tensor:
     """Smooth L1 on the encoded deltas [..., 4] -> [...]; the anchors are not needed."""
     return smooth_l1(target_deltas, predicted_deltas, smooth_l1_delta)
 
 
 def decoded_iou_loss(kind: str):
-    """The box loss `iou_loss(kind)` of the boxes decoded from the deltas [A, 4] at the anchors [A, 4]."""
+    """The box loss `iou_loss(kind)` of the boxes decoded from the deltas [..., A, 4] at the anchors
+    [A, 4] -> [..., A]."""
 
-    def box_loss(target_deltas, predicted_deltas, *, anchors, smooth_l1_delta: float):
+    def box_loss(target_deltas: tf.Tensor, predicted_deltas: tf.Tensor, *, anchors: tf.Tensor,
+                 smooth_l1_delta: float) -> tf.Tensor:
         return iou_loss(box_ops.decode(target_deltas, anchors), box_ops.decode(predicted_deltas, anchors), kind)
 
     return box_loss
@@ -82,11 +104,32 @@ class RetinaNetLoss:
     `loss(y_true, y_pred)` returns the total (classification + box_weight * box) divided by
     max(1, positive anchors in the batch). `components(...)` returns the unnormalised sums and
     the positive count, so that a distributed step can normalise by the global count.
+
+    Args:
+        num_classes: K, the number of object classes (class logits per anchor), a count.
+            Default `defaults.NUM_CLASSES` (1).
+        alpha: Focal loss weight of the positive term, a fraction in [0, 1]. Default
+            `defaults.FOCAL_ALPHA` (0.25).
+        gamma: Focal loss focusing exponent, >= 0. Default `defaults.FOCAL_GAMMA` (2.0).
+        smooth_l1_delta: Where smooth L1 turns from quadratic to linear, in encoded-delta units
+            (deltas divided by `boxes.BOX_VARIANCE`); used by box_loss "smooth_l1" only. Default
+            `defaults.SMOOTH_L1_DELTA` (1/9).
+        box_loss: A name of `BOX_LOSSES`: "smooth_l1" on the deltas, or "giou" / "ciou" on the
+            decoded boxes. Default `defaults.BOX_LOSS` ("smooth_l1").
+        box_weight: Multiplier of the box term in the total, >= 0. Default `defaults.BOX_WEIGHT` (1.0).
+        label_smoothing: Fraction in [0, 1) of each one-hot label moved towards 0.5. Default
+            `defaults.LABEL_SMOOTHING` (0.0).
+        anchors: Anchor boxes [A, 4] `x1, y1, x2, y2` in network-input pixels (`AnchorSet.boxes`);
+            needed by "giou" and "ciou", which decode the deltas. Default None.
+
+    Raises:
+        ValueError: An unknown `box_loss`, or "giou" / "ciou" without `anchors`.
     """
 
-    def __init__(self, num_classes: int = 1, *, alpha: float = 0.25, gamma: float = 2.0,
-                 smooth_l1_delta: float = 1.0 / 9.0, box_loss: str = "smooth_l1", box_weight: float = 1.0,
-                 label_smoothing: float = 0.0, anchors=None):
+    def __init__(self, num_classes: int = defaults.NUM_CLASSES, *, alpha: float = defaults.FOCAL_ALPHA,
+                 gamma: float = defaults.FOCAL_GAMMA, smooth_l1_delta: float = defaults.SMOOTH_L1_DELTA,
+                 box_loss: str = defaults.BOX_LOSS, box_weight: float = defaults.BOX_WEIGHT,
+                 label_smoothing: float = defaults.LABEL_SMOOTHING, anchors: np.ndarray | tf.Tensor | None = None):
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
         if BOX_LOSSES[box_loss] is not smooth_l1_box_loss and anchors is None:
@@ -100,8 +143,9 @@ class RetinaNetLoss:
         self.label_smoothing = label_smoothing
         self.anchors = None if anchors is None else tf.convert_to_tensor(anchors, tf.float32)
 
-    def components(self, y_true, y_pred) -> dict:
-        """{"classification", "box"} sums over the batch and "num_positive" (float32 scalars)."""
+    def components(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> dict[str, tf.Tensor]:
+        """y_true [B, A, 5] (`LabelEncoder` targets), y_pred [B, A, 4 + K] -> {"classification", "box"}
+        sums over the batch and "num_positive" (float32 scalars [])."""
         y_true = tf.cast(y_true, tf.float32)
         y_pred = tf.cast(y_pred, tf.float32)
         states = y_true[..., 4]
@@ -119,19 +163,20 @@ class RetinaNetLoss:
         return {"classification": classification, "box": box,
                 "num_positive": tf.reduce_sum(tf.cast(positive_mask, tf.float32))}
 
-    def normalize(self, components: dict, num_positive) -> dict:
-        """Divide the sums by max(1, num_positive); adds the weighted "total"."""
+    def normalize(self, components: dict[str, tf.Tensor], num_positive: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Divide the sums by max(1, num_positive) (a scalar []); adds the weighted "total" (scalars [])."""
         normalizer = tf.maximum(1.0, tf.cast(num_positive, tf.float32))
         classification = components["classification"] / normalizer
         box = components["box"] / normalizer
         return {"classification": classification, "box": box, "total": classification + self.box_weight * box}
 
-    def __call__(self, y_true, y_pred):
+    def __call__(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """y_true [B, A, 5], y_pred [B, A, 4 + K] -> the normalised total, a float32 scalar []."""
         components = self.components(y_true, y_pred)
         return self.normalize(components, components["num_positive"])["total"]
 
 
-def image_loss(labels, logits):
+def image_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Binary cross-entropy per image: labels [B], logits [B, 1] or [B] -> [B]."""
     logits = tf.reshape(tf.cast(logits, tf.float32), [-1])
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32), logits=logits)

@@ -25,8 +25,12 @@ COCO_MAX_DETECTIONS = 100
 
 _NO_BOXES = np.zeros((0, 4))
 
+# The two dicts of the module docstring (array-likes of these shapes are accepted too).
+GroundTruth = dict[str, np.ndarray]  # patient_id -> boxes [N, 4]
+Predictions = dict[str, tuple[np.ndarray, np.ndarray]]  # patient_id -> (boxes [M, 4], scores [M])
 
-def intersection_and_union(boxes_a, boxes_b) -> tuple[np.ndarray, np.ndarray]:
+
+def intersection_and_union(boxes_a: np.ndarray, boxes_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[..., 4] and [..., 4] (broadcast) -> float64 (intersection [...], union [...]) areas.
 
     The numpy twin of `retinanet.detection.boxes.intersection_and_union`: sizes are `x2 - x1` with no +1,
@@ -45,7 +49,7 @@ def intersection_and_union(boxes_a, boxes_b) -> tuple[np.ndarray, np.ndarray]:
     return intersection, area(boxes_a) + area(boxes_b) - intersection
 
 
-def pairwise_iou(boxes_a, boxes_b) -> np.ndarray:
+def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """[N, 4], [M, 4] -> [N, M] float64 IoU; 0 where the union is empty."""
     boxes_a = np.asarray(boxes_a, np.float64).reshape(-1, 4)
     boxes_b = np.asarray(boxes_b, np.float64).reshape(-1, 4)
@@ -127,7 +131,7 @@ def _scores_for_kept(num_gt: int, match_rank: np.ndarray, num_kept: np.ndarray) 
     return np.divide(true_positives, denominator, out=np.full(denominator.shape, np.nan), where=denominator > 0)
 
 
-def rsna_image_scores(gt_boxes, pred_boxes, pred_scores) -> np.ndarray | None:
+def rsna_image_scores(gt_boxes: np.ndarray, pred_boxes: np.ndarray, pred_scores: np.ndarray) -> np.ndarray | None:
     """One image's competition score at each IOU_THRESHOLDS: [8], or None when the image is skipped.
 
     gt_boxes [N, 4], pred_boxes [M, 4], pred_scores [M]. Skipped means no ground truth and no
@@ -141,13 +145,13 @@ def rsna_image_scores(gt_boxes, pred_boxes, pred_scores) -> np.ndarray | None:
 
 
 def sweep_thresholds(sweep: tuple[float, float, float]) -> np.ndarray:
-    """(start, stop, step) -> thresholds start, start + step, ..., stop (inclusive), rounded to 1e-6."""
+    """(start, stop, step) -> thresholds [K] start, start + step, ..., stop (inclusive), rounded to 1e-6."""
     start, stop, step = sweep
     return np.round(np.arange(start, stop + step / 2, step), 6)
 
 
-def best_of_sweep(ground_truth: dict, predictions: dict, thresholds) -> tuple[float, float]:
-    """(best RSNA metric, its score threshold) over `thresholds`; (NaN, NaN) if nothing is scored."""
+def best_of_sweep(ground_truth: GroundTruth, predictions: Predictions, thresholds: np.ndarray) -> tuple[float, float]:
+    """(best RSNA metric, its score threshold) over `thresholds` [K]; (NaN, NaN) if nothing is scored."""
     swept = threshold_sweep(ground_truth, predictions, thresholds)
     scores = np.array([item["score"] for item in swept])
     if not np.isfinite(scores).any():
@@ -173,7 +177,7 @@ def _image_scores_per_threshold(ground_truth: dict, predictions: dict, threshold
         yield patient_id, _scores_for_kept(len(gt_boxes), match_rank, num_kept)
 
 
-def image_score_table(ground_truth: dict, predictions: dict, thresholds) -> np.ndarray:
+def image_score_table(ground_truth: GroundTruth, predictions: Predictions, thresholds: np.ndarray) -> np.ndarray:
     """Each image's competition score (mean over IOU_THRESHOLDS) at each score threshold: [N, K].
 
     Rows follow the order of `ground_truth`; NaN marks an image skipped at that threshold (no
@@ -185,8 +189,8 @@ def image_score_table(ground_truth: dict, predictions: dict, thresholds) -> np.n
     return np.array(rows).reshape(len(rows), len(thresholds))
 
 
-def threshold_sweep(ground_truth: dict, predictions: dict, thresholds) -> list[dict]:
-    """The RSNA metric after dropping predictions that score below each of `thresholds`.
+def threshold_sweep(ground_truth: GroundTruth, predictions: Predictions, thresholds: np.ndarray) -> list[dict]:
+    """The RSNA metric after dropping predictions that score below each of `thresholds` [K].
 
     Returns one dict per threshold, in the given order: {"score_threshold", and the keys of
     `rsna_metric`}. Each image is matched once; a threshold then only counts kept predictions.
@@ -214,7 +218,7 @@ def threshold_sweep(ground_truth: dict, predictions: dict, thresholds) -> list[d
     return results
 
 
-def rsna_metric(ground_truth: dict, predictions: dict) -> dict:
+def rsna_metric(ground_truth: GroundTruth, predictions: Predictions) -> dict:
     """The competition metric over a data set.
 
     Returns {"score": mean image score over counted images (NaN if none), "per_threshold":
@@ -280,7 +284,7 @@ def _interpolated_ap(is_true_positive: np.ndarray, num_gt: int) -> float:
     return float(sampled.mean())
 
 
-def average_precision(ground_truth: dict, predictions: dict, iou_threshold: float = 0.5) -> float:
+def average_precision(ground_truth: GroundTruth, predictions: Predictions, iou_threshold: float = 0.5) -> float:
     """Single-class AP over all images pooled, as pycocotools' bbox AP (area 'all', maxDets 100).
 
     NaN when there is no ground-truth box at all (pycocotools reports -1).
@@ -289,20 +293,22 @@ def average_precision(ground_truth: dict, predictions: dict, iou_threshold: floa
     return _interpolated_ap(is_true_positive[0], num_gt)
 
 
-def coco_map(ground_truth: dict, predictions: dict) -> float:
+def coco_map(ground_truth: GroundTruth, predictions: Predictions) -> float:
     """Mean AP over IoU 0.50:0.05:0.95, as pycocotools' headline AP (stats[0])."""
     _, is_true_positive, num_gt = _coco_matches(ground_truth, predictions, COCO_IOU_THRESHOLDS)
     return float(np.mean([_interpolated_ap(row, num_gt) for row in is_true_positive]))
 
 
-def detection_matches(ground_truth: dict, predictions: dict, iou_threshold: float = 0.5):
+def detection_matches(ground_truth: GroundTruth, predictions: Predictions,
+                      iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
     """Pooled detections, most confident first, matched as in `average_precision` ->
     (scores [D], is_true_positive bool [D], number of ground-truth boxes)."""
     scores, is_true_positive, num_gt = _coco_matches(ground_truth, predictions, [iou_threshold])
     return scores, is_true_positive[0], num_gt
 
 
-def precision_recall_curve(ground_truth: dict, predictions: dict, iou_threshold: float = 0.5):
+def precision_recall_curve(ground_truth: GroundTruth, predictions: Predictions,
+                           iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw (not interpolated) pooled PR curve -> (precision [D], recall [D], scores [D]).
 
     Entry k describes keeping the k + 1 most confident detections, matched as in
@@ -326,7 +332,7 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return (last_rank - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
-def roc_curve(labels, probabilities):
+def roc_curve(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC of labels [N] (0/1) and probabilities [N] -> (false positive rate [T + 1], true
     positive rate [T + 1], thresholds [T]): one point per distinct probability, descending, from
     (0, 0); its trapezoidal area is the `image_level_metrics` AUC."""
@@ -339,7 +345,7 @@ def roc_curve(labels, probabilities):
     return np.concatenate([[0.0], false_positive_rate]), np.concatenate([[0.0], true_positive_rate]), thresholds
 
 
-def image_level_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
+def image_level_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict:
     """Is-there-pneumonia measures from labels [N] (0/1) and probabilities [N].
 
     Returns {"roc_auc": Mann-Whitney AUC with ties counted half (NaN when one class is absent),

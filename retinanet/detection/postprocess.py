@@ -16,18 +16,24 @@ of the input, so the offset between the two frames is zero.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
+from retinanet.detection import defaults
+
+if TYPE_CHECKING:
+    import keras
 
 # Boxes of the two TTA passes join one cluster above this IoU (the ensemble-boxes default).
 FUSION_IOU = 0.55
 
 
-def weighted_box_fusion(boxes, scores, classes, valid, *, iou_threshold: float = FUSION_IOU,
-                        num_passes: int = 2):
+def weighted_box_fusion(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, *,
+                        iou_threshold: float = FUSION_IOU,
+                        num_passes: int = 2) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Weighted box fusion (Solovyev et al. 2021, as `ensemble_boxes`, conf_type "avg") per image.
 
     boxes [B, N, 4] `x1, y1, x2, y2`, scores [B, N], classes [B, N] int, valid [B, N] bool: the
@@ -84,18 +90,23 @@ def weighted_box_fusion(boxes, scores, classes, valid, *, iou_threshold: float =
             tf.gather(cluster_class, order, batch_dims=1), count)
 
 
-def no_gating(scores, num_detections, probabilities, threshold):
+def no_gating(scores: tf.Tensor, num_detections: tf.Tensor, probabilities: tf.Tensor,
+              threshold: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Scores [B, D] and num_detections [B] unchanged."""
     return scores, num_detections
 
 
-def gate_images(scores, num_detections, probabilities, threshold):
-    """Empty the images whose probability is below `threshold`."""
+def gate_images(scores: tf.Tensor, num_detections: tf.Tensor, probabilities: tf.Tensor,
+                threshold: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Empty the images whose probability [B] is below `threshold`: their scores [B, D] become 0
+    and their num_detections [B] 0."""
     keep = probabilities >= threshold
     return tf.where(keep[:, None], scores, 0.0), tf.where(keep, num_detections, 0)
 
 
-def multiply_scores(scores, num_detections, probabilities, threshold):
-    """Scale each image's box scores by its probability."""
+def multiply_scores(scores: tf.Tensor, num_detections: tf.Tensor, probabilities: tf.Tensor,
+                    threshold: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Scale each image's box scores [B, D] by its probability [B]; `threshold` is not used."""
     return scores * probabilities[:, None], num_detections
 
 
@@ -108,25 +119,30 @@ class NetworkPass(NamedTuple):
     """One network pass over a batch of B images, an input of `Postprocessor` (a named tuple, so
     that lists of them pass into a tf.function).
 
-    predictions [B, A, 4 + K]: box deltas and class logits, one row per anchor of the
-    postprocessor; image_probabilities [B] from the image-level head, or None without it;
-    mirrored: the pass saw the images flipped left-right (its boxes are mirrored back).
+    Args:
+        predictions: [B, A, 4 + K] box deltas (encoded as `boxes.encode`) and class logits, one
+            row per anchor of the postprocessor.
+        image_probabilities: [B] probabilities in [0, 1] from the image-level head, or None (the
+            default) for a network without it.
+        mirrored: The pass saw the images flipped left-right; its boxes are mirrored back.
+            Default False.
     """
 
-    predictions: object
-    image_probabilities: object = None
+    predictions: tf.Tensor
+    image_probabilities: tf.Tensor | None = None
     mirrored: bool = False
 
 
-def network_pass(outputs: dict, mirrored: bool = False) -> NetworkPass:
-    """A Keras RetinaNet's output dict ("predictions", optional "image_logits") -> NetworkPass."""
+def network_pass(outputs: dict[str, tf.Tensor], mirrored: bool = False) -> NetworkPass:
+    """A Keras RetinaNet's output dict ("predictions" [B, A, 4 + K], optional "image_logits" [B, 1])
+    -> NetworkPass (image probabilities [B] = sigmoid of the logits)."""
     probabilities = None
     if "image_logits" in outputs:
         probabilities = tf.sigmoid(tf.reshape(tf.cast(outputs["image_logits"], tf.float32), [-1]))
     return NetworkPass(outputs["predictions"], probabilities, mirrored)
 
 
-def keep_above_in_graph(result: dict, threshold) -> dict:
+def keep_above_in_graph(result: dict[str, tf.Tensor], threshold: float | tf.Tensor) -> dict[str, tf.Tensor]:
     """A `Postprocessor` result without the detections scoring below `threshold` (in-graph).
 
     The valid detections of an image are its first num_detections, in descending score, so the
@@ -150,12 +166,46 @@ class Postprocessor:
 
     `run_model` gives the passes of one Keras model (two with `flip_tta`); `detect` runs a list
     of models and post-processes all their passes together.
+
+    Args:
+        anchors: Anchor boxes [A, 4] `x1, y1, x2, y2` in network-input pixels (`AnchorSet.boxes`).
+        level_sizes: Anchors on each pyramid level, in order, counts summing to A
+            (`AnchorSet.level_sizes`).
+        image_size: The network input (height, width) in pixels; boxes are clipped to it before NMS.
+        num_classes: K, the number of object classes (class logits per anchor), a count. Default
+            `defaults.NUM_CLASSES` (1).
+        candidate_score_threshold: Class probability in [0, 1]; a candidate must score above it to
+            enter NMS. Default `defaults.CANDIDATE_SCORE_THRESHOLD` (0.05).
+        pre_nms_top_k: (anchor, class) candidates kept per pyramid level before NMS, a count.
+            Default `defaults.PRE_NMS_TOP_K` (1000).
+        nms_iou: IoU, a fraction in [0, 1]; NMS drops a box whose IoU with a better-scoring box of
+            its class is above it. Default `defaults.NMS_IOU` (0.5).
+        max_detections: D, detections kept per image (and per class in NMS), a count. Default
+            `defaults.MAX_DETECTIONS` (100).
+        box_shrink: Factor (a fraction, 1 keeps them) on each detection's width and height about
+            its centre, applied after fusion and gating. Default `defaults.BOX_SHRINK` (1.0).
+        flip_tta: `run_model` also runs the left-right mirrored images, and their pass is fused
+            with the plain one. Default `defaults.FLIP_TTA` (False).
+        image_gating: A name of `IMAGE_GATINGS`: "none", "gate" (empty the images whose image
+            probability is below `image_gate_threshold`) or "multiply" (scale the box scores by
+            it); other than "none" needs passes with image probabilities. Default
+            `defaults.IMAGE_GATING` ("none").
+        image_gate_threshold: Image probability in [0, 1] below which "gate" empties an image.
+            Default `defaults.IMAGE_GATE_THRESHOLD` (0.5).
+        fusion_iou: IoU, a fraction in [0, 1]; with several passes, a box joins a fused cluster
+            of its class above it (`weighted_box_fusion`). Default `FUSION_IOU` (0.55).
+
+    Raises:
+        ValueError: An unknown `image_gating`.
     """
 
-    def __init__(self, anchors, level_sizes: list[int], image_size: tuple[int, int], *, num_classes: int = 1,
-                 candidate_score_threshold: float = 0.05, pre_nms_top_k: int = 1000, nms_iou: float = 0.5,
-                 max_detections: int = 100, box_shrink: float = 1.0, flip_tta: bool = False,
-                 image_gating: str = "none", image_gate_threshold: float = 0.5, fusion_iou: float = FUSION_IOU):
+    def __init__(self, anchors: np.ndarray | tf.Tensor, level_sizes: list[int], image_size: tuple[int, int], *,
+                 num_classes: int = defaults.NUM_CLASSES,
+                 candidate_score_threshold: float = defaults.CANDIDATE_SCORE_THRESHOLD,
+                 pre_nms_top_k: int = defaults.PRE_NMS_TOP_K, nms_iou: float = defaults.NMS_IOU,
+                 max_detections: int = defaults.MAX_DETECTIONS, box_shrink: float = defaults.BOX_SHRINK,
+                 flip_tta: bool = defaults.FLIP_TTA, image_gating: str = defaults.IMAGE_GATING,
+                 image_gate_threshold: float = defaults.IMAGE_GATE_THRESHOLD, fusion_iou: float = FUSION_IOU):
         if image_gating not in IMAGE_GATINGS:
             raise ValueError(f"image_gating must be one of {', '.join(IMAGE_GATINGS)}, got {image_gating!r}")
         self.anchors = tf.convert_to_tensor(anchors, tf.float32)
@@ -172,8 +222,9 @@ class Postprocessor:
         self.image_gate_threshold = image_gate_threshold
         self.fusion_iou = fusion_iou
 
-    def candidates(self, predictions):
-        """Top-k (anchor, class) pairs per level -> boxes [B, C, 4] input pixels, scores [B, C], classes [B, C]."""
+    def candidates(self, predictions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """predictions [B, A, 4 + K] -> the top-k (anchor, class) pairs of each level: boxes [B, C, 4]
+        input pixels (decoded, not clipped), scores [B, C] probabilities, classes [B, C] int32."""
         deltas = tf.cast(predictions[..., :4], tf.float32)
         scores = tf.sigmoid(tf.cast(predictions[..., 4:], tf.float32))
         batch = tf.shape(predictions)[0]
@@ -190,7 +241,7 @@ class Postprocessor:
             offset += size
         return tf.concat(boxes_list, 1), tf.concat(scores_list, 1), tf.concat(classes_list, 1)
 
-    def suppress(self, predictions):
+    def suppress(self, predictions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """predictions [B, A, 4 + K] -> (boxes [B, D, 4] input pixels, scores [B, D], classes [B, D] int32,
         num_detections [B] int32): decoded, clipped, class-aware NMS, sorted by descending score."""
         boxes, scores, classes = self.candidates(predictions)
@@ -203,15 +254,16 @@ class Postprocessor:
             score_threshold=self.candidate_score_threshold, clip_boxes=False)
         return nms.nmsed_boxes, nms.nmsed_scores, tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections
 
-    def unmirror(self, boxes):
+    def unmirror(self, boxes: tf.Tensor) -> tf.Tensor:
         """Boxes [..., 4] found on the mirrored input -> the same boxes on the input (x -> width - x)."""
         width = float(self.image_size[1])
         x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
         return tf.stack([width - x2, y1, width - x1, y2], axis=-1)
 
-    def fuse(self, detections):
+    def fuse(self, detections: list[tuple[tf.Tensor, ...]]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """Several `suppress` results over the same images, boxes in the same frame -> one, by weighted
-        box fusion (one pass per result); cut to the D most confident, in the `suppress` layout."""
+        box fusion (one pass per result); cut to the D most confident, in the `suppress` layout:
+        (boxes [B, D, 4], scores [B, D], classes [B, D] int32, num_detections [B] int32)."""
         valid = tf.concat([tf.sequence_mask(count, self.max_detections) for *_, count in detections], axis=1)
         fused_boxes, fused_scores, fused_classes, fused_count = weighted_box_fusion(
             *(tf.concat([item[part] for item in detections], axis=1) for part in range(3)), valid,
@@ -220,13 +272,14 @@ class Postprocessor:
         return (fused_boxes[:, :keep], fused_scores[:, :keep], fused_classes[:, :keep],
                 tf.minimum(fused_count, keep))
 
-    def gate(self, scores, num_detections, image_probabilities):
+    def gate(self, scores: tf.Tensor, num_detections: tf.Tensor,
+             image_probabilities: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Apply `image_gating` (IMAGE_GATINGS) with probabilities [B]: "gate" empties images below the
         threshold, "multiply" scales their scores by the probability. -> (scores [B, D], num_detections [B])."""
         probabilities = tf.reshape(tf.cast(image_probabilities, tf.float32), [-1])
         return IMAGE_GATINGS[self.image_gating](scores, num_detections, probabilities, self.image_gate_threshold)
 
-    def image_probabilities(self, passes):
+    def image_probabilities(self, passes: list[NetworkPass]) -> tf.Tensor | None:
         """The mean image probability [B] over the passes, or None when no pass has one."""
         with_head = [item.image_probabilities is not None for item in passes]
         if not any(with_head):
@@ -240,8 +293,10 @@ class Postprocessor:
         return tf.add_n([tf.reshape(tf.cast(item.image_probabilities, tf.float32), [-1])
                          for item in passes]) / len(passes)
 
-    def __call__(self, passes, scales, original_sizes):
-        """See the class docstring."""
+    def __call__(self, passes: list[NetworkPass], scales: tf.Tensor,
+                 original_sizes: tf.Tensor) -> dict[str, tf.Tensor]:
+        """passes, scales [B] (original -> input pixels), original_sizes [B, 2] (height, width) ->
+        the result dict of the class docstring."""
         if not passes:
             raise ValueError("no network pass to post-process")
         detections = []
@@ -262,7 +317,7 @@ class Postprocessor:
             result["image_probabilities"] = probabilities
         return result
 
-    def run_model(self, model, images) -> list[tuple[dict, bool]]:
+    def run_model(self, model: keras.Model, images: tf.Tensor) -> list[tuple[dict[str, tf.Tensor], bool]]:
         """The model's output dicts for images [B, H, W, C] (normalised) -> [(outputs, mirrored)],
         the plain pass first; with `flip_tta` the mirrored images run in the same batch."""
         if not self.flip_tta:
@@ -272,7 +327,8 @@ class Postprocessor:
         return [({key: value[:batch] for key, value in outputs.items()}, False),
                 ({key: value[batch:] for key, value in outputs.items()}, True)]
 
-    def detect(self, models, images, scales, original_sizes):
+    def detect(self, models: list[keras.Model], images: tf.Tensor, scales: tf.Tensor,
+               original_sizes: tf.Tensor) -> dict[str, tf.Tensor]:
         """Model pass(es) of every model of `models` (a list: an ensemble fuses all their passes)
         and post-processing: images [B, H, W, C] (normalised), scales [B], original_sizes [B, 2]."""
         passes = [network_pass(outputs, mirrored) for model in models
@@ -280,7 +336,7 @@ class Postprocessor:
         return self(passes, scales, original_sizes)
 
 
-def to_original_pixels(boxes, scales, original_sizes):
+def to_original_pixels(boxes: tf.Tensor, scales: tf.Tensor, original_sizes: tf.Tensor) -> tf.Tensor:
     """Boxes [B, D, 4] in letterboxed input pixels -> original pixels, clipped to each original image.
 
     scales [B]: original -> input factor; original_sizes [B, 2]: (height, width).

@@ -6,9 +6,11 @@ for a positive anchor, `NEGATIVE` or `IGNORE`. Runs inside the tf.data pipeline.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from retinanet.detection import boxes as box_ops
+from retinanet.detection import defaults
 
 NEGATIVE = -1.0  # background: trains the classifier towards 0 for every class
 IGNORE = -2.0  # between the IoU thresholds: contributes to no loss
@@ -28,10 +30,24 @@ class LabelEncoder:
     `force_match_for_each_row`); an anchor that is the best of several boxes goes to the one it
     overlaps most. A box that no anchor overlaps at all (best IoU 0) gains nothing: every anchor
     would tie for it.
+
+    Args:
+        anchors: Anchor boxes [A, 4] `x1, y1, x2, y2` in network-input pixels (`AnchorSet.boxes`).
+        positive_iou: IoU, a fraction in (0, 1]: an anchor whose best IoU with a box is at least
+            this is positive for that box. Default `defaults.POSITIVE_IOU` (0.5).
+        negative_iou: IoU, a fraction in (0, positive_iou]: an anchor whose best IoU is below this
+            is negative (background); between the two it is ignored. Default
+            `defaults.NEGATIVE_IOU` (0.4).
+        allow_low_quality_matches: Make each box's best anchors positive too, as above. Default
+            `defaults.ALLOW_LOW_QUALITY_MATCHES` (False).
+
+    Raises:
+        ValueError: The thresholds are not 0 < negative_iou <= positive_iou <= 1.
     """
 
-    def __init__(self, anchors, *, positive_iou: float = 0.5, negative_iou: float = 0.4,
-                 allow_low_quality_matches: bool = False):
+    def __init__(self, anchors: np.ndarray | tf.Tensor, *, positive_iou: float = defaults.POSITIVE_IOU,
+                 negative_iou: float = defaults.NEGATIVE_IOU,
+                 allow_low_quality_matches: bool = defaults.ALLOW_LOW_QUALITY_MATCHES):
         if not 0 < negative_iou <= positive_iou <= 1:
             raise ValueError(f"need 0 < negative_iou ({negative_iou}) <= positive_iou ({positive_iou}) <= 1")
         self.anchors = tf.convert_to_tensor(anchors, tf.float32)
@@ -39,8 +55,9 @@ class LabelEncoder:
         self.negative_iou = negative_iou
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
 
-    def __call__(self, gt_boxes, gt_classes):
-        """gt_boxes [N, 4], gt_classes [N] -> targets [A, 5] float32 (N may be 0)."""
+    def __call__(self, gt_boxes: tf.Tensor, gt_classes: tf.Tensor) -> tf.Tensor:
+        """gt_boxes [N, 4] `x1, y1, x2, y2` in network-input pixels, gt_classes [N] class ids ->
+        targets [A, 5] float32 (N may be 0): encoded deltas [A, 4], then the anchor state."""
         return self._encode(tf.reshape(tf.cast(gt_boxes, tf.float32), [-1, 4]),
                             tf.reshape(tf.cast(gt_classes, tf.float32), [-1]))
 
@@ -68,7 +85,7 @@ class LabelEncoder:
         return tf.ensure_shape(tf.reshape(targets, [num_anchors, 5]), [self.anchors.shape[0], 5])
 
 
-def best_anchors_of_boxes(iou):
+def best_anchors_of_boxes(iou: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """iou [A, N] -> (forced_mask [A] bool, box_index [A] int32).
 
     `forced_mask`: the anchor ties (within `TIE_TOLERANCE`) the highest IoU of some box, and that

@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from retinanet.detection import defaults
 from retinanet.errors import UserError
 from retinanet.model.batch_norm import fuse_batch_norms
 
@@ -61,13 +62,22 @@ def _resnet50(input_shape, weights: str) -> keras.Model:
     return trunk
 
 
-def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> keras.Model:
-    """ResNet50 without its top -> model with outputs [C3, C4, C5] (strides 8, 16, 32), its
-    batch normalisation on the fused kernel (`retinanet.model.batch_norm`).
+def build_backbone(input_shape: tuple[int, int, int], weights: str = defaults.WEIGHTS) -> keras.Model:
+    """ResNet50 without its top -> model with outputs [C3, C4, C5] (strides 8, 16, 32; 512, 1024 and
+    2048 channels), its batch normalisation on the fused kernel (`retinanet.model.batch_norm`).
 
-    `weights`: "none", "imagenet" or a path to a Keras ResNet50 (no-top) weights file. With
-    pretrained weights and one input channel, the first convolution's kernel is summed over
+    With pretrained weights and one input channel, the first convolution's kernel is summed over
     its three input channels, which gives the same response to a grey image.
+
+    Args:
+        input_shape: The network input (height, width, channels) in pixels, 1 or 3 channels.
+        weights: "none" (random initialisation), "imagenet" (Keras' ImageNet weights, downloaded)
+            or a path to a Keras ResNet50 no-top weights file (`KERAS_WEIGHTS_FILE`, .h5).
+            Default `defaults.WEIGHTS` ("none").
+
+    Raises:
+        WeightsError: The ImageNet weights cannot be downloaded, or the file is missing,
+            unreadable or holds the weights of another network.
     """
     if weights not in ("none", "imagenet"):
         _check_weights_path(weights)
@@ -88,7 +98,15 @@ def build_backbone(input_shape: tuple[int, int, int], weights: str = "none") -> 
 
 def configure_layers(backbone: keras.Model, *, freeze_batch_norm: bool, freeze_up_to_stage: int,
                      batch_norm_momentum: float) -> None:
-    """Freeze batch-norm layers and/or every layer of stages conv1..conv<N>; set the BN momentum."""
+    """Freeze batch-norm layers and/or every layer of stages conv1..conv<N>; set the BN momentum.
+
+    Args:
+        backbone: The `build_backbone` model, changed in place.
+        freeze_batch_norm: Make every batch-norm layer untrainable.
+        freeze_up_to_stage: N, 0..5: make every layer of the stages conv1..conv<N> untrainable;
+            0 freezes none.
+        batch_norm_momentum: Momentum of every batch-norm layer's moving averages, a fraction in [0, 1).
+    """
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = batch_norm_momentum

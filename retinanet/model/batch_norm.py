@@ -22,6 +22,22 @@ class BatchNormalization(keras.layers.BatchNormalization):
     The fused kernel serves 4-D channels-last inputs without mask or renorm; anything else
     falls back to the Keras implementation. In training it normalises with the batch's biased
     variance and moves the averages by `momentum`, as Keras does.
+
+    The constructor is Keras' own: it takes every argument of `keras.layers.BatchNormalization`
+    (initializers, regularizers, constraints, renorm, synchronized, name, dtype...) with the same
+    defaults. Those that matter here:
+
+    Args:
+        axis: The channels axis. The fused kernel serves 3 or -1 (channels last). Default -1.
+        momentum: Weight of the old value in each update of the moving mean and variance
+            (new = momentum * old + (1 - momentum) * batch), a fraction in [0, 1). Default 0.99
+            (Keras'); `build_retinanet` sets the backbone's layers to its `batch_norm_momentum`
+            (`backbone.configure_layers`).
+        epsilon: Added to the variance before its square root, in squared activation units.
+            Default 1e-3.
+        center: Learn the offset beta; the fused kernel needs it. Default True.
+        scale: Learn the factor gamma; the fused kernel needs it. Default True.
+        renorm: Batch renormalisation; the fused kernel serves only False. Default False.
     """
 
     def _fusable(self, inputs, mask) -> bool:

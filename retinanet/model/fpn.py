@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import keras
 from keras import layers
 
+from retinanet.detection import defaults
+from retinanet.detection.anchors import LEVELS
 
-def build_fpn(features, channels: int = 256, levels: tuple[int, ...] = (3, 4, 5, 6, 7)):
-    """[C3, C4, C5] tensors -> list of pyramid tensors for `levels` (a subset of 3..7).
+
+def build_fpn(features: list[keras.KerasTensor], channels: int = defaults.FPN_CHANNELS,
+              levels: tuple[int, ...] = LEVELS) -> list[keras.KerasTensor]:
+    """[C3, C4, C5] tensors -> list of pyramid tensors [B, ceil(H / 2**l), ceil(W / 2**l), channels]
+    (H, W: the network input) for the levels l of `levels`, in that order.
 
     P5..P3 come top-down (1x1 laterals, nearest upsampling, 3x3 smoothing); P6 is a 3x3/2
     convolution of C5 and P7 a 3x3/2 convolution of ReLU(P6), as in the RetinaNet paper.
+
+    Args:
+        features: The backbone's [C3, C4, C5] (strides 8, 16, 32 input pixels), symbolic Keras
+            tensors [B, h, w, c].
+        channels: Channels of every pyramid level, a count. Default `defaults.FPN_CHANNELS` (256).
+        levels: The levels to return, a subset of 3..7. Default `anchors.LEVELS` (3, 4, 5, 6, 7).
     """
     c3, c4, c5 = features
     lateral5 = layers.Conv2D(channels, 1, name="fpn_lateral5")(c5)

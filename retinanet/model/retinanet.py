@@ -9,24 +9,59 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from retinanet.detection import defaults
 from retinanet.detection.anchors import ASPECT_RATIOS, LEVELS, SCALES
 from retinanet.model.backbone import build_backbone, configure_layers
 from retinanet.model.fpn import build_fpn
 from retinanet.model.heads import build_head, prior_bias
 
 
-def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = 1, weights: str = "none",
-                    levels: tuple[int, ...] = LEVELS, anchors_per_location: int = len(ASPECT_RATIOS) * len(SCALES),
-                    fpn_channels: int = 256, head_convs: int = 4,
-                    head_group_norm: bool = False, prior_probability: float = 0.01,
-                    freeze_batch_norm: bool = False, freeze_backbone_stages: int = 0,
-                    batch_norm_momentum: float = 0.99, image_head: bool = True) -> keras.Model:
+def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = defaults.NUM_CLASSES,
+                    weights: str = defaults.WEIGHTS, levels: tuple[int, ...] = LEVELS,
+                    anchors_per_location: int = len(ASPECT_RATIOS) * len(SCALES),
+                    fpn_channels: int = defaults.FPN_CHANNELS, head_convs: int = defaults.HEAD_CONVS,
+                    head_group_norm: bool = defaults.HEAD_GROUP_NORM,
+                    prior_probability: float = defaults.PRIOR_PROBABILITY,
+                    freeze_batch_norm: bool = defaults.FREEZE_BATCH_NORM,
+                    freeze_backbone_stages: int = defaults.FREEZE_BACKBONE_STAGES,
+                    batch_norm_momentum: float = defaults.BATCH_NORM_MOMENTUM,
+                    image_head: bool = defaults.IMAGE_HEAD) -> keras.Model:
     """A Keras model mapping images [B, H, W, C] to a dict:
 
     - "predictions": float32 [B, A, 4 + num_classes], A = `num_anchors(H, W)`, level-major
       `levels` like `generate_anchors_numpy`, `anchors_per_location` shapes per cell (an
       `AnchorSet`'s levels and per_location);
     - "image_logits": float32 [B, 1], "pneumonia present" (only with `image_head`).
+
+    Args:
+        input_shape: The network input (height, width, channels): pixels, height and width
+            multiples of 32 (the stride of C5; otherwise the pyramid's levels may not line up),
+            1 or 3 channels.
+        num_classes: K, the number of object classes (class logits per anchor), a count. Default
+            `defaults.NUM_CLASSES` (1).
+        weights: The backbone's initial weights: "none" (random), "imagenet" (downloaded) or a
+            path to a Keras ResNet50 no-top `.h5` file (`build_backbone`). Default
+            `defaults.WEIGHTS` ("none").
+        levels: Pyramid levels to predict on, a subset of 3..7, increasing. Default
+            `anchors.LEVELS` (3, 4, 5, 6, 7).
+        anchors_per_location: Anchor shapes per feature-map cell, a count (aspect ratios x
+            scales). Default 9, `len(anchors.ASPECT_RATIOS) * len(anchors.SCALES)`.
+        fpn_channels: Channels of every pyramid level and of the heads' convolutions, a count.
+            Default `defaults.FPN_CHANNELS` (256).
+        head_convs: 3x3 convolutions in each head before its output convolution, a count.
+            Default `defaults.HEAD_CONVS` (4).
+        head_group_norm: Group normalisation (32 groups) after each head convolution. Default
+            `defaults.HEAD_GROUP_NORM` (False).
+        prior_probability: Every anchor's class probability at initialisation, in (0, 1), set
+            through the class head's output bias. Default `defaults.PRIOR_PROBABILITY` (0.01).
+        freeze_batch_norm: Make the backbone's batch-norm layers untrainable. Default
+            `defaults.FREEZE_BATCH_NORM` (False).
+        freeze_backbone_stages: Make every layer of the backbone stages conv1..conv<N>
+            untrainable, N in 0..5; 0 trains them all. Default `defaults.FREEZE_BACKBONE_STAGES` (0).
+        batch_norm_momentum: Momentum of the backbone batch-norm layers' moving averages, a
+            fraction in [0, 1). Default `defaults.BATCH_NORM_MOMENTUM` (0.99).
+        image_head: Add the "image_logits" output: global average pooling of C5 and a dense
+            layer. Default `defaults.IMAGE_HEAD` (True).
     """
     backbone = build_backbone(input_shape, weights)
     configure_layers(backbone, freeze_batch_norm=freeze_batch_norm, freeze_up_to_stage=freeze_backbone_stages,
