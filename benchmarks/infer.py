@@ -31,8 +31,8 @@ import tensorflow as tf
 from retinanet.config import ConfigError, load_config
 from retinanet.data.dicom import DicomReadError, read_image
 from retinanet.data.preprocess import apply_clahe, normalize
-from retinanet.serve.inference import (Detector, InputError, ModelLoadError, build_untrained_model, dicom_files,
-                                       infer_directory)
+from retinanet.serve.infer import dicom_files, infer_directory
+from retinanet.serve.inference import Detector, InputError, ModelLoadError, build_untrained_model
 from retinanet.serve.journal import JournalError
 from retinanet.detection.postprocess import network_pass
 

@@ -112,7 +112,7 @@ def seven_dicoms(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_run, evaluated_run, seven_dicoms, tmp_path_factory):
     """One uninterrupted run over `seven_dicoms` at threshold 0: the output directory and summary."""
-    from retinanet.serve.inference import run_inference
+    from retinanet.serve.infer import run_inference
 
     output = tmp_path_factory.mktemp("uninterrupted")
     summary = run_inference(input_path=seven_dicoms, output_dir=output, run_dir=tiny_run.run_dir, threshold=0.0,
@@ -141,7 +141,8 @@ def counted_detections(monkeypatch):
 @pytest.mark.slow
 def test_a_run_stopped_by_an_exception_resumes_to_the_same_submission(tiny_run, seven_dicoms, uninterrupted,
                                                                        counted_detections, tmp_path, monkeypatch):
-    from retinanet.serve.inference import Detector, run_inference
+    from retinanet.serve.inference import Detector
+    from retinanet.serve.infer import run_inference
 
     detect = Detector.detect_preprocessed
 
@@ -214,7 +215,7 @@ def test_a_killed_run_resumes_to_the_same_submission(tiny_run, seven_dicoms, uni
 def test_a_finished_run_again_detects_nothing_and_a_new_threshold_needs_no_detection(
         tiny_run, seven_dicoms, uninterrupted, counted_detections, tmp_path):
     from retinanet.data.submission import read_submission
-    from retinanet.serve.inference import run_inference
+    from retinanet.serve.infer import run_inference
 
     output, first = uninterrupted
     shutil.copytree(output, tmp_path / "out")

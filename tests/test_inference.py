@@ -268,7 +268,7 @@ def test_infer_on_a_directory_follows_the_run_bad_file_policy(tiny_run, director
     from dataclasses import replace
 
     from retinanet.config import load_config, save_config
-    from retinanet.serve.inference import run_inference
+    from retinanet.serve.infer import run_inference
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -391,7 +391,7 @@ def test_infer_skips_every_hostile_file_and_writes_the_whole_submission(tiny_run
 def test_without_skipping_the_first_hostile_file_stops_infer_before_more_is_read(tiny_run, hostile_directory,
                                                                                   tmp_path, monkeypatch):
     from retinanet.data.dicom import DicomReadError
-    from retinanet.serve import inference
+    from retinanet.serve import infer, inference
 
     directory, _ = hostile_directory
     first = directory / "0000-deflate-bomb.dcm"  # first in the directory's order, before the films
@@ -403,7 +403,7 @@ def test_without_skipping_the_first_hostile_file_stops_infer_before_more_is_read
     monkeypatch.setattr(inference, "read_image", lambda path, **limit: reads.append(Path(path).name)
                         or original(path, **limit))
     with pytest.raises(DicomReadError, match=f"{files[0]}: .*--skip-unreadable"):
-        inference.run_inference(input_path=directory, output_dir=tmp_path / "out", run_dir=[tiny_run.run_dir],
+        infer.run_inference(input_path=directory, output_dir=tmp_path / "out", run_dir=[tiny_run.run_dir],
                                 progress=False, skip_unreadable=False, batch_size=2)
     # The bad file and what was in flight beside it (two batches of two ahead), never the rest.
     assert len(reads) <= 1 + 2 * 2 and len(files) > 10

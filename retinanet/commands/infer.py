@@ -48,7 +48,7 @@ def run(args, parser) -> int:
     check_source_arguments(parser, args)
     import json
 
-    from retinanet.serve.inference import run_inference
+    from retinanet.serve.infer import run_inference
     from retinanet.run_directory import threshold_line
 
     summary = run_inference(input_path=args.input, output_dir=args.output, checkpoint=args.checkpoint,

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 from retinanet.commands.common import add_progress_argument
 
-DEFAULTS = {"num_train": 400, "num_test": 40, "size": 1024}
+def _defaults() -> dict:
+    """The config's `data.synthetic` defaults: one place for both."""
+    from retinanet.config import SyntheticConfig
+
+    defaults = SyntheticConfig()
+    return {"num_train": defaults.num_train, "num_test": defaults.num_test, "size": defaults.size}
 
 
 def add_arguments(parser) -> None:
+    defaults = _defaults()
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--num-train", type=int, help=f"training images (default {DEFAULTS['num_train']})")
-    parser.add_argument("--num-test", type=int, help=f"test images (default {DEFAULTS['num_test']})")
-    parser.add_argument("--size", type=int, help=f"image side in pixels (default {DEFAULTS['size']})")
+    parser.add_argument("--num-train", type=int, help=f"training images (default {defaults['num_train']})")
+    parser.add_argument("--num-test", type=int, help=f"test images (default {defaults['num_test']})")
+    parser.add_argument("--size", type=int, help=f"image side in pixels (default {defaults['size']})")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--from-labels", help="the real stage_2_train_labels.csv (.zip/.gz too): one film per patient")
     parser.add_argument("--headers", help="with --from-labels: the real DICOM header table (.csv/.csv.gz)")
@@ -35,7 +41,8 @@ def run(args, parser) -> int:
         parser.error("--headers and --limit go with --from-labels")
     from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
 
-    num_train, num_test, size = (DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+    defaults = _defaults()
+    num_train, num_test, size = (defaults[name] if getattr(args, name) is None else getattr(args, name)
                                  for name in ("num_train", "num_test", "size"))
     out_dir = generate_synthetic_rsna(args.out, num_train=num_train, num_test=num_test, size=size,
                                       seed=args.seed, progress=not args.no_progress)
