@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import needs_bf16_kernels
+from helpers import needs_bf16_kernels
 from retinanet.runtime.hardware import dtype_policy
 from retinanet.model import batch_norm
 from retinanet.model.backbone import build_backbone

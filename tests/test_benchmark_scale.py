@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import REPOSITORY_ROOT, TINY_OVERRIDES
+from helpers import REPOSITORY_ROOT, TINY_OVERRIDES
 from scale import LABELS, measure_size, subset_root
 
 SIZE = 64

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPOSITORY_ROOT, SYNTHETIC_SIZE
+from helpers import REPOSITORY_ROOT, SYNTHETIC_SIZE
 from retinanet.data.cache import read_index
 
 # prepare, with each image's reading slowed down so that the kill surely lands mid-caching.

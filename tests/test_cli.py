@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPOSITORY_ROOT, SYNTHETIC_SIZE, TINY_OVERRIDES, run_in_process
+from helpers import REPOSITORY_ROOT, SYNTHETIC_SIZE, TINY_OVERRIDES, run_in_process
 from retinanet.cli import COMMANDS, main
 
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "pydicom", "cv2", "matplotlib", "numpy")

@@ -13,7 +13,7 @@ import typing
 import pytest
 import yaml
 
-from conftest import REPOSITORY_ROOT as REPOSITORY
+from helpers import REPOSITORY_ROOT as REPOSITORY
 from retinanet.config import schema as config_module
 from retinanet.config import (CROSS_FIELD_RULES, RENAMED_KEYS, RETIRED_KEYS, Config, ConfigError, load_config,
                               save_config)

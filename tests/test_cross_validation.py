@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPOSITORY_ROOT, TINY_OVERRIDES, assert_clean_error, run_in_process, run_script
+from helpers import REPOSITORY_ROOT, TINY_OVERRIDES, assert_clean_error, run_in_process, run_script
 from retinanet.config import config_from_dict, load_config, save_config
 from retinanet.experiments.cross_validation import (CrossValidationError, fold_dir, fold_state, parse_folds,
                                                  prepare_parent, train_fold)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retinanet.config import config_from_dict, save_config
+import helpers
+from retinanet.config import save_config
 from retinanet.data.dicom import read_image
 from retinanet.data.preprocess import denormalize, normalize, preprocess_image
 from retinanet.data.rsna import Record
@@ -23,18 +24,14 @@ ORIGINAL_HEIGHT, ORIGINAL_WIDTH = 96, 128  # letterboxed at scale 0.5 into the t
 
 
 def tiny_config(root, channels: int = 1):
-    return config_from_dict({
-        "data": {"root": str(root), "cache_dir": str(root / "cache"), "split_file": str(root / "split.csv"),
-                 "num_parallel_calls": 1},
-        "preprocessing": {"image_size": [64, 64], "channels": channels},
-        "anchors": {"sizes": [8, 16, 32, 64, 128]},
-        "model": {"fpn_channels": 8, "head_convs": 1, "image_head": True},
-        "postprocessing": {"candidate_score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
-                           "image_gating": "multiply", "box_shrink": 0.9},
-        "training": {"num_summary_images": 1},
-        "runtime": {"mixed_precision": "float32"},
-        "evaluation": {"batch_size": 1, "score_threshold": 0.0},
-    })
+    """The tests' tiny config (tests/helpers.py) with flip TTA, gating and shrinking on."""
+    return helpers.tiny_config(root, root / "cache", data={"split_file": str(root / "split.csv"),
+                                                            "num_parallel_calls": 1},
+                               preprocessing={"channels": channels}, model={"image_head": True},
+                               postprocessing={"candidate_score_threshold": 0.0, "max_detections": 10,
+                                               "flip_tta": True, "image_gating": "multiply", "box_shrink": 0.9},
+                               training={"num_summary_images": 1},
+                               evaluation={"batch_size": 1, "score_threshold": 0.0})
 
 
 def chest_like_image() -> np.ndarray:

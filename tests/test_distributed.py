@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from helpers import tiny_config
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.order import record_at, worker_positions
 from retinanet.builders import build_dataset

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from helpers import tiny_config
 from retinanet.config import TrainingConfig, config_from_dict
 from retinanet.train.ema import averaged_weights, base_optimizer, uses_ema
 from retinanet.builders import build_optimizer

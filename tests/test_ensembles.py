@@ -16,6 +16,7 @@ import tensorflow as tf
 from ensemble_boxes import weighted_boxes_fusion as reference_fusion  # a test dependency
 from test_detections import ORIGINAL_HEIGHT, ORIGINAL_WIDTH, chest_like_image, write_run
 
+import helpers
 from retinanet.config import config_from_dict, save_config
 from retinanet.data.preprocess import normalize
 from retinanet.serve.ensembles import check_held_out, resolve_ensemble
@@ -24,19 +25,14 @@ from retinanet.train.run_state import write_validation_threshold
 
 
 def tiny_config(root, **sections):
-    document = {
-        "data": {"root": str(root), "cache_dir": str(root / "cache"), "num_parallel_calls": 1},
-        "preprocessing": {"image_size": [64, 64], "channels": 1},
-        "anchors": {"sizes": [8, 16, 32, 64, 128]},
-        "model": {"fpn_channels": 8, "head_convs": 1, "image_head": True},
-        "postprocessing": {"candidate_score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
-                           "image_gating": "multiply", "box_shrink": 0.9},
-        "runtime": {"mixed_precision": "float32"},
-        "evaluation": {"batch_size": 1, "score_threshold": 0.0},
-    }
+    """The tests' tiny config (tests/helpers.py), one grey channel, flip TTA, gating and shrinking on."""
+    base = {"data": {"num_parallel_calls": 1}, "preprocessing": {"channels": 1}, "model": {"image_head": True},
+            "postprocessing": {"candidate_score_threshold": 0.0, "max_detections": 10, "flip_tta": True,
+                               "image_gating": "multiply", "box_shrink": 0.9},
+            "evaluation": {"batch_size": 1, "score_threshold": 0.0}}
     for section, values in sections.items():
-        document[section] = {**document[section], **values}
-    return config_from_dict(document)
+        base[section] = {**base.get(section, {}), **values}
+    return helpers.tiny_config(root, root / "cache", **base)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from conftest import REPOSITORY_ROOT
+from helpers import REPOSITORY_ROOT
 from retinanet.synthetic.from_labels import SETTINGS_FILE, generate_from_real_labels
 from retinanet.data.rsna import read_labels
 from retinanet.synthetic.rsna_layout import SyntheticDataError

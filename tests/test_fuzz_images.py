@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import REPOSITORY_ROOT
+from helpers import REPOSITORY_ROOT
 from hostile_files import write_campaign
 
 LIMIT_MIB = 64

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from conftest import REPOSITORY_ROOT
+from helpers import REPOSITORY_ROOT
 
 
 def test_ruff_finds_nothing():

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import needs_bf16_kernels
+import helpers
+from helpers import needs_bf16_kernels
 from retinanet.builders import build_anchor_set, build_loss, build_model
-from retinanet.config import config_from_dict
 from retinanet.runtime.hardware import dtype_policy
 from retinanet.detection.targets import LabelEncoder
 from retinanet.builders import build_optimizer
@@ -26,14 +26,10 @@ IMAGE_SIZE = (64, 64)
 
 
 def tiny_config(policy: str):
-    return config_from_dict({
-        "preprocessing": {"image_size": list(IMAGE_SIZE)},
-        "anchors": {"sizes": [8.0, 16.0, 32.0, 64.0, 128.0]},
-        "model": {"fpn_channels": 16, "head_convs": 1, "image_head": True},
-        "training": {"batch_size": 2, "steps": 3, "warmup_steps": 0, "optimizer": "adamw", "learning_rate": 1e-4,
-                     "gradient_clip_norm": 10.0, "seed": 0},
-        "runtime": {"mixed_precision": policy},
-    })
+    """The tests' tiny config (tests/helpers.py) under the precision `policy`, without warm-up."""
+    return helpers.tiny_config(preprocessing={"image_size": list(IMAGE_SIZE)},
+                               training={"steps": 3, "warmup_steps": 0, "gradient_clip_norm": 10.0, "seed": 0},
+                               runtime={"mixed_precision": policy})
 
 
 def one_batch(config) -> dict:

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_benchmark
+from helpers import run_benchmark
 from peer import build_peer_model, peer_loss, peer_train_step
 from retinanet.detection.anchors import num_anchors
 from retinanet.model.retinanet import build_retinanet

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPOSITORY_ROOT
+from helpers import REPOSITORY_ROOT
 from retinanet.runtime.quiet_start import PRE_INIT_NOTICE, filtered_stderr, keep_line
 
 # Lines TensorFlow 2.21 prints at its start on a CPU-only machine (timestamps and thread ids vary).

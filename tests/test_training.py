@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from helpers import tiny_config
 from retinanet.config import AnchorConfig, config_from_dict
 from retinanet.data.rsna import Record
 from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
@@ -532,7 +532,7 @@ def test_train_script_refuses_a_second_run_into_the_same_directory(tiny_run, scr
 
 @pytest.mark.slow
 def test_train_script_names_a_data_set_without_a_readable_image(script, clean_error, tmp_path):
-    from conftest import TINY_OVERRIDES
+    from helpers import TINY_OVERRIDES
 
     data_dir = generate_synthetic_rsna(tmp_path / "data", num_train=8, num_test=0, size=128, seed=2, progress=False)
     for image in (data_dir / "stage_2_train_images").iterdir():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPOSITORY_ROOT, TINY_OVERRIDES
+from helpers import REPOSITORY_ROOT, TINY_OVERRIDES
 from retinanet.runtime import safe_writes
 from retinanet.cli import main
 from retinanet.commands.common import run_module
