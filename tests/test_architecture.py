@@ -7,6 +7,7 @@ counts, also those inside functions.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "retinanet"
@@ -160,3 +161,27 @@ def test_no_module_of_the_package_is_benchmark_code():
                 continue
             importers += [f"{module_name(path)} -> {name}" for name in names if name.split(".")[0] in benchmark_names]
     assert importers == []
+
+
+def documented_modules() -> set[str]:
+    """The modules docs/architecture.md's package map names, as paths under retinanet/ ("data/dicom.py"):
+    the file names that begin an entry, under the folder heading above them."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    block = text.split("## Package map", 1)[1].split("```")[1]
+    named, folder = set(), ""
+    for line in block.splitlines():
+        entry = re.match(r"^( {2}| {4})((?:\w+\.py,? ?)+|\w+/)", line)
+        if entry is None:
+            continue  # a description's next line
+        indent, names = len(entry.group(1)), entry.group(2)
+        if indent == 2:
+            folder = names if names.endswith("/") else ""
+        named |= {folder + name for name in re.findall(r"\w+\.py", names)}
+    return named
+
+
+def test_the_docs_map_names_every_module():
+    modules = {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
+               if path.name != "__init__.py" or path.parent == PACKAGE}
+    documented = documented_modules()
+    assert sorted(modules - documented) == [] and sorted(documented - modules) == []

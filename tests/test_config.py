@@ -56,7 +56,7 @@ def test_shipped_config_loads(path):
     assert isinstance(config, Config)
     assert all(isinstance(side, int) for side in config.preprocessing.image_size)
     assert all(side % 32 == 0 for side in config.preprocessing.image_size)
-    # Every hyperparameter is spelled out (DESIGN.md: configs/).
+    # Every hyperparameter is spelled out in the shipped configs.
     mapping = yaml.safe_load(path.read_text())
     for section, values in to_dict(config).items():
         assert section in mapping, f"{path.name} does not spell out section {section}"
@@ -373,7 +373,7 @@ def test_config_is_frozen():
         config.training.steps = 3  # type: ignore[misc]
 
 
-# --- documented defaults (DESIGN.md section 2) --------------------------------------------------
+# --- documented defaults (docs/architecture.md: the paper's values) --------------------------------------------------
 
 
 def test_anchor_defaults_match_design():

@@ -1,6 +1,7 @@
-"""retinanet.train.runs: the run-directory rules behind recoverable training (one run per directory,
-finite checkpoints, the validation record, the log trimmed on resume, stale temporaries
-removed), locating a run's config, weights and threshold, and its file names."""
+"""retinanet.run_directory and retinanet.train.run_state: the run-directory rules behind recoverable
+training (one run per directory, finite checkpoints, the validation record, the log trimmed on
+resume, stale temporaries removed), locating a run's config, weights and threshold, and its file
+names."""
 
 import json
 from pathlib import Path

@@ -64,7 +64,7 @@ def test_iou_between_thresholds_is_ignored():
 
 @pytest.mark.parametrize("height, expected_state", [(5.0, 0.0), (4.0, IGNORE), (3.9, NEGATIVE), (6.0, 0.0)])
 def test_threshold_boundaries(height, expected_state):
-    """IoU >= 0.5 positive, < 0.4 negative (DESIGN.md section 2): IoU = height / 10 here."""
+    """IoU >= 0.5 positive, < 0.4 negative (the paper's matching): IoU = height / 10 here."""
     anchors = np.array([[0, 0, 10, 10]], np.float32)
     targets = LabelEncoder(anchors)(np.array([[0, 0, 10, height]], np.float32), np.array([0.0])).numpy()
     assert targets[0, 4] == expected_state

@@ -1,6 +1,6 @@
 """A synthetic data set in the exact RSNA Kaggle layout, for tests, demos and smoke training.
 
-`generate_synthetic_rsna` writes the stage 2 CSVs and JPEG Baseline DICOMs (DESIGN.md §1) of
+`generate_synthetic_rsna` writes the stage 2 CSVs and JPEG Baseline DICOMs (the layout of docs/data.md) of
 the phantom radiographs of `retinanet.synthetic.phantom`, with RSNA-like headers. Everything
 derives from one seed, so the same arguments give the same bytes.
 """
