@@ -27,7 +27,7 @@ def tiny_config(root, channels: int = 1):
     """The tests' tiny config (tests/helpers.py) with flip TTA, gating and shrinking on."""
     return helpers.tiny_config(root, root / "cache", data={"split_file": str(root / "split.csv"),
                                                             "num_parallel_calls": 1},
-                               preprocessing={"channels": channels}, model={"image_head": True},
+                               preprocessing={"channels": channels}, model={"image_head": True, "fpn_channels": 8},
                                postprocessing={"candidate_score_threshold": 0.0, "max_detections": 10,
                                                "flip_tta": True, "image_gating": "multiply", "box_shrink": 0.9},
                                training={"num_summary_images": 1},
@@ -77,12 +77,12 @@ def tiny_detector_run(tmp_path_factory):
 
 
 def validation_detections(detector, record):
-    from retinanet.builders import build_loss
-    from retinanet.train.validation import Validator
+    from retinanet.builders import build_loss, build_validator
 
     config = detector.config
     loss = build_loss(config, detector.anchor_set)
-    validator = Validator(config, detector.model, detector.postprocessor, loss, [record], progress=False)
+    validator = build_validator(config, detector.model, detector.postprocessor, loss, [record], detector.anchor_set,
+                                progress=False)
     return validator.run()
 
 

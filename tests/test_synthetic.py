@@ -263,3 +263,15 @@ def test_an_unwritable_output_is_a_named_error(blocked, tmp_path, script, clean_
     completed = script("make_synthetic.py", "--out", out, "--num-train", "2", "--num-test", "0", "--size", "64",
                        "--no-progress")
     clean_error(completed, f"cannot write {named_path}")
+
+
+def test_synth_help_states_the_config_defaults():
+    from retinanet.commands import synth
+    from retinanet.commands.common import build_parser
+    from retinanet.config import SyntheticConfig
+
+    text = " ".join(build_parser(synth).format_help().split())
+    defaults = SyntheticConfig()
+    for name in ("num_train", "num_test", "size"):
+        assert f"data.synthetic's {name}, {getattr(defaults, name)})" in text
+

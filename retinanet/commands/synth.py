@@ -22,11 +22,12 @@ def _defaults() -> dict:
 
 
 def add_arguments(parser) -> None:
-    defaults = _defaults()
+    # The defaults are the config's data.synthetic ones, read when the command runs (importing the
+    # config here would slow every command's --help).
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--num-train", type=int, help=f"training images (default {defaults['num_train']})")
-    parser.add_argument("--num-test", type=int, help=f"test images (default {defaults['num_test']})")
-    parser.add_argument("--size", type=int, help=f"image side in pixels (default {defaults['size']})")
+    parser.add_argument("--num-train", type=int, help="training images (default: data.synthetic's num_train, 400)")
+    parser.add_argument("--num-test", type=int, help="test images (default: data.synthetic's num_test, 40)")
+    parser.add_argument("--size", type=int, help="image side in pixels (default: data.synthetic's size, 1024)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--from-labels", help="the real stage_2_train_labels.csv (.zip/.gz too): one film per patient")
     parser.add_argument("--headers", help="with --from-labels: the real DICOM header table (.csv/.csv.gz)")
