@@ -21,6 +21,7 @@ from retinanet.data.augment import Augmenter
 from retinanet.data.order import worker_positions
 from retinanet.data.rsna import Record
 from retinanet.data.split import prepare_split
+from retinanet.data.views import view_positions_from_images
 from retinanet.detection.anchors import AnchorSet, make_anchor_set
 from retinanet.detection.losses import RetinaNetLoss
 from retinanet.detection.postprocess import Postprocessor
@@ -79,6 +80,7 @@ def build_postprocessor(config: Config, anchor_set: AnchorSet) -> Postprocessor:
                          candidate_score_threshold=post.candidate_score_threshold,
                          pre_nms_top_k=post.pre_nms_top_k, nms_iou=post.nms_iou,
                          max_detections=post.max_detections, box_shrink=post.box_shrink,
+                         box_voting_iou=post.box_voting_iou,
                          flip_tta=post.flip_tta, image_gating=post.image_gating,
                          image_gate_threshold=post.image_gate_threshold)
 
@@ -201,6 +203,7 @@ def build_validator(config: Config, model: keras.Model, postprocessor: Postproce
     records = overlays_first(records, config.training.num_summary_images)
     dataset, records = build_dataset_and_records(config, "validation", records=records, training=False,
                                                  progress=progress, anchor_set=anchor_set)
+    views, _ = view_positions_from_images(records)  # a header that gives none: the "unknown" group
     return Validator(model, postprocessor, loss, dataset, records, score_threshold=config.evaluation.score_threshold,
                      sweep=config.evaluation.sweep, num_overlays=config.training.num_summary_images,
-                     channels=config.preprocessing.channels, progress=progress)
+                     channels=config.preprocessing.channels, views=views, progress=progress)

@@ -38,6 +38,7 @@ MAPPED = {
                     "candidate_score_threshold": "postprocessing.candidate_score_threshold",
                     "pre_nms_top_k": "postprocessing.pre_nms_top_k", "nms_iou": "postprocessing.nms_iou",
                     "max_detections": "postprocessing.max_detections", "box_shrink": "postprocessing.box_shrink",
+                    "box_voting_iou": "postprocessing.box_voting_iou",
                     "flip_tta": "postprocessing.flip_tta", "image_gating": "postprocessing.image_gating",
                     "image_gate_threshold": "postprocessing.image_gate_threshold"},
     build_retinanet: {"num_classes": "model.num_classes", "weights": "model.weights", "levels": "anchors.levels",

@@ -52,6 +52,14 @@ def test_outputs_exist_and_are_well_formed(tiny_run, evaluated_run):
     assert "RSNA metric" in evaluated_run["stdout"] and "best of sweep" in evaluated_run["stdout"]
     assert "score threshold 0 (--threshold)\n" in evaluated_run["stdout"]
     assert metrics["source"]["split_file"] == str(tiny_run.run_dir.resolve() / "split.csv")
+    localization = metrics["localization"]
+    assert [row["iou"] for row in localization["per_iou_threshold"]] == list(IOU_THRESHOLDS)
+    assert all(row["false_positives"] + row["true_positives"] == counts["predicted_boxes"]
+               for row in localization["per_iou_threshold"])
+    assert localization["true_boxes"] == counts["ground_truth_boxes"] >= localization["matched_boxes"]
+    assert sum(group["images"] for group in localization["by_view"].values()) == counts["images"]
+    assert set(localization["by_view"]) <= {"AP", "PA", "unknown"}
+    assert "Localization of the boxes kept at the used threshold 0.000:" in evaluated_run["stdout"]
 
 
 @pytest.mark.slow
@@ -295,3 +303,22 @@ def test_an_older_metrics_json_with_absolute_paths_still_reads(tmp_path):
                       "split_file": "/somewhere/runs/demo/split.csv", "validation_fold": 0}}
     (tmp_path / "metrics.json").write_text(json.dumps(old))
     assert read_metrics(tmp_path) == old
+
+
+@pytest.mark.slow
+def test_set_tries_another_post_processing_and_refuses_what_the_weights_fix(tiny_run, evaluated_run, tmp_path,
+                                                                          script, clean_error):
+    output = tmp_path / "voted"
+    completed = script("evaluate.py", "--run-dir", tiny_run.run_dir, "--output", output, "--threshold", "0",
+                       "--set", "postprocessing.box_voting_iou=0.5", "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    voted = read_metrics(output)
+    plain = evaluated_run["metrics"]
+    assert voted["counts"]["predicted_boxes"] == plain["counts"]["predicted_boxes"]  # the same boxes, moved
+    assert voted["localization"]["matched_iou"] != plain["localization"]["matched_iou"]
+    clean_error(script("evaluate.py", "--run-dir", tiny_run.run_dir, "--output", tmp_path / "refused",
+                       "--set", "model.fpn_channels=8", "--no-progress"),
+                "--set model.fpn_channels=8: only postprocessing.* and evaluation.* can change after training")
+    refused = script("evaluate.py", "--run-dir", tiny_run.run_dir, "--output", tmp_path / "refused",
+                     "--set", "postprocessing.nms_iou=0.4", "--write-threshold", "--no-progress")
+    assert refused.returncode == 2 and "--write-threshold goes without --set" in refused.stderr

@@ -232,3 +232,33 @@ def test_single_detection_score_is_sigmoid(scale):
                                   np.array([scale], np.float32))
     assert float(result["scores"][0, 0]) == pytest.approx(sigmoid(0.3), rel=1e-5)
     np.testing.assert_allclose(result["boxes"].numpy()[0, 0], np.array(box) / scale, rtol=1e-4, atol=0.05)
+
+
+def test_box_voting_averages_the_overlapping_candidates_by_score():
+    # Three candidates of one opacity and one elsewhere. NMS keeps the best of the three; voting
+    # replaces it with the score-weighted mean of those overlapping it at IoU >= 0.5 (the second:
+    # IoU 30 / 50 = 0.6, counted; the third: IoU 20 / 60 = 0.33, not), leaving the far box alone.
+    box, shifted, far_off = [20.0, 20.0, 60.0, 84.0], [30.0, 20.0, 70.0, 84.0], [40.0, 20.0, 80.0, 84.0]
+    separate = [90.0, 10.0, 120.0, 50.0]
+    anchors = []
+    for candidate in (box, shifted, far_off, separate):
+        anchors.append(best_anchor(candidate, exclude=anchors))
+    logits = [3.0, 1.0, 2.0, 0.5]
+    entries = [(anchor, candidate, logit, 0)
+               for anchor, candidate, logit in zip(anchors, (box, shifted, far_off, separate), logits)]
+    predictions = make_predictions([entries])
+    voted = make_postprocessor(nms_iou=0.5, box_voting_iou=0.5)(predictions, np.array([1.0], np.float32))
+    plain = make_postprocessor(nms_iou=0.5)(predictions, np.array([1.0], np.float32))
+    weights = np.array([sigmoid(3.0), sigmoid(1.0)])
+    expected = (weights[:, None] * np.array([box, shifted])).sum(axis=0) / weights.sum()
+    # NMS keeps `box` (and `far_off`, IoU 0.33 with it; `separate`): the same boxes and scores, voted.
+    assert int(voted["num_detections"][0]) == int(plain["num_detections"][0]) == 3
+    np.testing.assert_allclose(voted["scores"].numpy(), plain["scores"].numpy())
+    np.testing.assert_allclose(plain["boxes"].numpy()[0, 0], box, atol=0.05)
+    np.testing.assert_allclose(voted["boxes"].numpy()[0, 0], expected, atol=0.05)
+    # `far_off` is voted with the shifted box (IoU 30 / 50 = 0.6) and itself; `separate` alone.
+    far_weights = np.array([sigmoid(2.0), sigmoid(1.0)])
+    np.testing.assert_allclose(voted["boxes"].numpy()[0, 1],
+                               (far_weights[:, None] * np.array([far_off, shifted])).sum(axis=0) / far_weights.sum(),
+                               atol=0.05)
+    np.testing.assert_allclose(voted["boxes"].numpy()[0, 2], separate, atol=0.05)

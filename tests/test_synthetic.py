@@ -7,7 +7,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -15,7 +14,8 @@ from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
 from retinanet.data.dicom import read_dicom
 from retinanet.synthetic.geometry import geometry_table, sample_patients
-from retinanet.synthetic.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
+from retinanet.synthetic.phantom import DIFFICULTIES, LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
+from retinanet.synthetic.visibility import lung_rise_and_auc
 from retinanet.synthetic.rsna_layout import SyntheticDataError, _class_counts, _plan_split, generate_synthetic_rsna
 
 NUM_TRAIN, NUM_TEST, SIZE, SEED = 20, 4, 256, 3
@@ -129,21 +129,6 @@ def test_boxes_are_the_planned_real_boxes_scaled_and_inside_the_image(generated)
             assert 0 <= x and 0 <= y and width > 0 and height > 0 and x + width <= SIZE and y + height <= SIZE
 
 
-def _lung_z_and_auc(radiograph, probe_boxes):
-    """(mean rise of the probe boxes' lung part over the rest of the lung, in lung standard
-    deviations; ROC AUC of a pixel threshold separating the two)."""
-    size = radiograph.image.shape[0]
-    in_box = np.zeros((size, size), bool)
-    for x, y, width, height in np.round(probe_boxes * size / 1024).astype(int):
-        in_box[y:y + height, x:x + width] = True
-    image = cv2.GaussianBlur(radiograph.image.astype(np.float32), (0, 0), 1.0)  # the pixel noise aside
-    inside, outside = image[in_box & radiograph.lung_mask], image[~in_box & radiograph.lung_mask]
-    z = (inside.mean() - outside.mean()) / image[radiograph.lung_mask].std()
-    ranks = np.argsort(np.argsort(np.concatenate([inside, outside]))) + 1.0
-    auc = (ranks[:len(inside)].sum() - len(inside) * (len(inside) + 1) / 2) / (len(inside) * len(outside))
-    return z, auc
-
-
 def test_opacities_are_faint_but_raise_the_lung_where_the_boxes_are():
     """Real box sets drawn on positives and used as probes on negatives of the same patients:
     the positives' box regions are brighter than the rest of the lung, the negatives' are not,
@@ -154,12 +139,12 @@ def test_opacities_are_faint_but_raise_the_lung_where_the_boxes_are():
         settings = dict(size=128, view=patient.view, age=patient.age)
         radiograph = render_chest_radiograph(np.random.default_rng(index), class_name=LUNG_OPACITY,
                                              boxes=patient.boxes, **settings)
-        z, auc = _lung_z_and_auc(radiograph, patient.boxes)
+        z, auc = lung_rise_and_auc(radiograph, patient.boxes)
         positive.append(z)
         aucs.append(auc)
         assert np.all((0.2 < radiograph.contrast) & (radiograph.contrast < 2.0)), radiograph.contrast
         blank = render_chest_radiograph(np.random.default_rng(index), class_name=NORMAL, **settings)
-        negative.append(_lung_z_and_auc(blank, patient.boxes)[0])
+        negative.append(lung_rise_and_auc(blank, patient.boxes)[0])
     assert np.mean(positive) - np.mean(negative) > 0.4, (np.mean(positive), np.mean(negative))
     assert abs(np.mean(negative)) < 0.25, negative
     assert 0.55 < np.median(aucs) < 0.85, np.median(aucs)
@@ -275,3 +260,40 @@ def test_synth_help_states_the_config_defaults():
     for name in ("num_train", "num_test", "size"):
         assert f"data.synthetic's {name}, {getattr(defaults, name)})" in text
 
+
+
+def test_difficulty_levels_are_ordered_and_faint_is_below_the_default_tenth_percentile():
+    from retinanet.synthetic.visibility import measure_visibility
+
+    measured = {level: measure_visibility(level, patients=30, size=128) for level in DIFFICULTIES}
+    contrast = {level: values["contrast"] for level, values in measured.items()}  # p10, p50, p90
+    auc = {level: values["pixel_auc"][1] for level, values in measured.items()}
+    assert contrast["default"][1] > contrast["faint"][1] > contrast["very_faint"][1] > 0
+    assert contrast["faint"][1] < contrast["default"][0]  # the faint median below the default 10th percentile
+    assert auc["default"] > auc["faint"] > auc["very_faint"]
+    assert 0.6 < auc["default"] < 0.8  # docs/data.md: 0.69 at the median
+
+
+def test_a_difficulty_changes_the_opacities_only(tmp_path):
+    from retinanet.synthetic.rsna_layout import generate_synthetic_rsna
+
+    default = generate_synthetic_rsna(tmp_path / "default", num_train=12, num_test=0, size=128, seed=3,
+                                      progress=False, workers=1)
+    faint = generate_synthetic_rsna(tmp_path / "faint", num_train=12, num_test=0, size=128, seed=3,
+                                    difficulty="faint", progress=False, workers=1)
+    assert (default / "stage_2_train_labels.csv").read_bytes() == (faint / "stage_2_train_labels.csv").read_bytes()
+    labels = (default / "stage_2_train_labels.csv").read_text().splitlines()[1:]
+    positive = {line.split(",")[0] for line in labels if line.endswith(",1")}
+    for path in sorted((default / "stage_2_train_images").glob("*.dcm")):
+        same = pydicom.dcmread(path).pixel_array.tobytes() == pydicom.dcmread(
+            faint / "stage_2_train_images" / path.name).pixel_array.tobytes()
+        assert same == (path.stem not in positive), path.stem  # only films with opacities differ
+    with pytest.raises(SyntheticDataError, match="difficulty must be one of default, faint, very_faint"):
+        generate_synthetic_rsna(tmp_path / "bad", num_train=2, num_test=0, size=128, difficulty="blurry",
+                                progress=False)
+
+
+def test_the_config_names_the_generators_difficulty_levels():
+    from retinanet.config.schema import DIFFICULTIES as CONFIG_LEVELS
+
+    assert tuple(DIFFICULTIES) == CONFIG_LEVELS

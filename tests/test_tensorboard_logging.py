@@ -78,6 +78,7 @@ def test_run_has_config_text_hparams_and_pr_curves(tiny_run):
     validation = tags_with_plugins(root / "validation")
     assert validation[BOX_PR_CURVE] == validation[IMAGE_PR_CURVE] == "pr_curves"
     assert {tag for tag, _ in HPARAM_METRICS} <= set(validation)  # the HParams metrics exist as scalars
+    assert {f"localization/hit_rate_iou_{iou:.2f}" for iou in (0.4, 0.5, 0.75)} <= set(validation)
     assert not any(tag.startswith("weights/") for tag in validation)  # histograms are off by default
 
 

@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-test", type=int, help="test images (default: data.synthetic's num_test, 40)")
     parser.add_argument("--size", type=int, help="image side in pixels (default: data.synthetic's size, 1024)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    parser.add_argument("--difficulty", default="default",
+                        help="how faint and vague the opacities are: default, faint or very_faint (default: "
+                             "default; docs/data.md); the same patients, boxes and anatomy at every level")
     parser.add_argument("--from-labels", help="the real stage_2_train_labels.csv (.zip/.gz too): one film per patient")
     parser.add_argument("--headers", help="with --from-labels: the real DICOM header table (.csv/.csv.gz)")
     parser.add_argument("--limit", type=int, default=0, help="with --from-labels: the first N patients (default all)")
@@ -46,7 +49,7 @@ def run(args, parser) -> int:
     num_train, num_test, size = (defaults[name] if getattr(args, name) is None else getattr(args, name)
                                  for name in ("num_train", "num_test", "size"))
     out_dir = generate_synthetic_rsna(args.out, num_train=num_train, num_test=num_test, size=size,
-                                      seed=args.seed, progress=not args.no_progress)
+                                      seed=args.seed, difficulty=args.difficulty, progress=not args.no_progress)
     print(f"Wrote {num_train} training and {num_test} test images ({size} px) to {out_dir}")
     return 0
 
@@ -62,7 +65,7 @@ def _run_from_labels(args, parser) -> int:
 
     out_dir, patients, written = generate_from_real_labels(
         args.out, labels_csv=args.from_labels, headers_csv=args.headers, limit=args.limit, seed=args.seed,
-        progress=not args.no_progress)
+        difficulty=args.difficulty, progress=not args.no_progress)
     print(f"Wrote {written} of {patients} patients' images (1024 px; {patients - written} were already there) "
           f"and their labels to {out_dir}")
     return 0

@@ -73,6 +73,9 @@ def _parse_yaml(text: str):
 BAD_FILE_POLICIES = ("error", "skip")
 BOX_LOSSES = TableChoice("retinanet.detection.losses", "BOX_LOSSES")
 IMAGE_GATINGS = TableChoice("retinanet.detection.postprocess", "IMAGE_GATINGS")
+# The synthetic opacities' levels; retinanet.synthetic.phantom.DIFFICULTIES defines each (a test keeps
+# the two equal: the config must not import the generator).
+DIFFICULTIES = ("default", "faint", "very_faint")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -103,6 +106,8 @@ class SyntheticConfig:
     num_test: int = setting(40, at_least(0))
     size: int = setting(1024, at_least(64))
     seed: int = setting(0, at_least(0))
+    # How faint and vague the opacities are: default, faint or very_faint (docs/data.md).
+    difficulty: str = setting("default", one_of(DIFFICULTIES))
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,8 @@ class PostprocessingConfig:
     max_detections: int = setting(defaults.MAX_DETECTIONS, at_least(1))
     # 0.83-0.875 helped in the competition
     box_shrink: float = setting(defaults.BOX_SHRINK, within(0, 1, low_open=True))
+    # > 0: each kept box is the score-weighted mean of the candidates overlapping it this much (box voting).
+    box_voting_iou: float = setting(defaults.BOX_VOTING_IOU, within(0, 1))
     flip_tta: bool = defaults.FLIP_TTA
     image_gating: str = setting(defaults.IMAGE_GATING, IMAGE_GATINGS)  # other than "none" needs model.image_head
     image_gate_threshold: float = setting(defaults.IMAGE_GATE_THRESHOLD, within(0, 1))

@@ -35,6 +35,7 @@ PRE_NMS_TOP_K = 1000  # candidates kept per pyramid level before NMS
 NMS_IOU = 0.5  # NMS suppresses a box overlapping a better one of its class above this IoU
 MAX_DETECTIONS = 100  # detections kept per image
 BOX_SHRINK = 1.0  # factor on each detection's width and height about its centre; 1 keeps them
+BOX_VOTING_IOU = 0.0  # > 0: each kept box becomes the score-weighted mean of the candidates above this IoU
 FLIP_TTA = False  # also run the left-right mirrored image and fuse the two passes
 IMAGE_GATING = "none"  # a name of `retinanet.detection.postprocess.IMAGE_GATINGS`
 IMAGE_GATE_THRESHOLD = 0.5  # image probability below which IMAGE_GATING "gate" empties an image

@@ -144,6 +144,16 @@ def rsna_image_scores(gt_boxes: np.ndarray, pred_boxes: np.ndarray, pred_scores:
     return None if np.isnan(scores[0]) else scores
 
 
+def rsna_true_positives(gt_boxes: np.ndarray, pred_boxes: np.ndarray, pred_scores: np.ndarray) -> np.ndarray:
+    """One image's true positives [T] at each IOU_THRESHOLDS under the competition's matching
+    (gt_boxes [N, 4], pred_boxes [M, 4], pred_scores [M]); its false positives are M minus them,
+    its false negatives N minus them."""
+    gt_boxes = _checked_boxes(gt_boxes, "ground truth")
+    pred_boxes, pred_scores = _checked_prediction((pred_boxes, pred_scores), "prediction")
+    _, match_rank = _rsna_match(gt_boxes, pred_boxes, pred_scores)
+    return (match_rank < len(pred_boxes)).sum(axis=1)
+
+
 def sweep_thresholds(sweep: tuple[float, float, float]) -> np.ndarray:
     """(start, stop, step) -> thresholds [K] start, start + step, ..., stop (inclusive), rounded to 1e-6."""
     start, stop, step = sweep

@@ -184,6 +184,10 @@ class Postprocessor:
             `defaults.MAX_DETECTIONS` (100).
         box_shrink: Factor (a fraction, 1 keeps them) on each detection's width and height about
             its centre, applied after fusion and gating. Default `defaults.BOX_SHRINK` (1.0).
+        box_voting_iou: IoU, a fraction in [0, 1]; above 0, box voting: each box NMS keeps becomes
+            the score-weighted mean of the candidates of its class (itself among them) that overlap
+            it with at least this IoU, so that the many anchors that found one opacity outline it
+            together. 0 keeps NMS's boxes. Default `defaults.BOX_VOTING_IOU` (0.0).
         flip_tta: `run_model` also runs the left-right mirrored images, and their pass is fused
             with the plain one. Default `defaults.FLIP_TTA` (False).
         image_gating: A name of `IMAGE_GATINGS`: "none", "gate" (empty the images whose image
@@ -204,7 +208,8 @@ class Postprocessor:
                  candidate_score_threshold: float = defaults.CANDIDATE_SCORE_THRESHOLD,
                  pre_nms_top_k: int = defaults.PRE_NMS_TOP_K, nms_iou: float = defaults.NMS_IOU,
                  max_detections: int = defaults.MAX_DETECTIONS, box_shrink: float = defaults.BOX_SHRINK,
-                 flip_tta: bool = defaults.FLIP_TTA, image_gating: str = defaults.IMAGE_GATING,
+                 box_voting_iou: float = defaults.BOX_VOTING_IOU, flip_tta: bool = defaults.FLIP_TTA,
+                 image_gating: str = defaults.IMAGE_GATING,
                  image_gate_threshold: float = defaults.IMAGE_GATE_THRESHOLD, fusion_iou: float = FUSION_IOU):
         if image_gating not in IMAGE_GATINGS:
             raise ValueError(f"image_gating must be one of {', '.join(IMAGE_GATINGS)}, got {image_gating!r}")
@@ -217,6 +222,7 @@ class Postprocessor:
         self.nms_iou = nms_iou
         self.max_detections = max_detections
         self.box_shrink = box_shrink
+        self.box_voting_iou = box_voting_iou
         self.flip_tta = flip_tta
         self.image_gating = image_gating
         self.image_gate_threshold = image_gate_threshold
@@ -252,7 +258,26 @@ class Postprocessor:
             boxes[:, :, None, :], class_scores, max_output_size_per_class=self.max_detections,
             max_total_size=self.max_detections, iou_threshold=self.nms_iou,
             score_threshold=self.candidate_score_threshold, clip_boxes=False)
-        return nms.nmsed_boxes, nms.nmsed_scores, tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections
+        kept_classes = tf.cast(nms.nmsed_classes, tf.int32)
+        kept = nms.nmsed_boxes
+        if self.box_voting_iou > 0:
+            kept = self.vote(kept, kept_classes, boxes, scores, classes)
+        return kept, nms.nmsed_scores, kept_classes, nms.valid_detections
+
+    def vote(self, kept: tf.Tensor, kept_classes: tf.Tensor, candidates: tf.Tensor, candidate_scores: tf.Tensor,
+             candidate_classes: tf.Tensor) -> tf.Tensor:
+        """Box voting: kept boxes [B, D, 4] (classes [B, D]) -> each the score-weighted mean of the
+        candidates [B, C, 4] (scores [B, C], classes [B, C]) of its class scoring above
+        candidate_score_threshold whose IoU with it is at least box_voting_iou. A kept box is one
+        of its own candidates; padding rows keep their zeros."""
+        overlap = box_ops.iou(kept[:, :, None, :], candidates[:, None, :, :])  # [B, D, C]
+        voters = ((overlap >= self.box_voting_iou)
+                  & tf.equal(kept_classes[:, :, None], candidate_classes[:, None, :])
+                  & (candidate_scores > self.candidate_score_threshold)[:, None, :])
+        weights = tf.where(voters, candidate_scores[:, None, :], 0.0)
+        total = tf.reduce_sum(weights, axis=-1, keepdims=True)
+        voted = tf.einsum("bdc,bck->bdk", weights, candidates) / tf.maximum(total, 1e-12)
+        return tf.where(total > 0, voted, kept)
 
     def unmirror(self, boxes: tf.Tensor) -> tf.Tensor:
         """Boxes [..., 4] found on the mirrored input -> the same boxes on the input (x -> width - x)."""

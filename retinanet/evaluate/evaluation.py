@@ -18,6 +18,11 @@ cached, preprocessed images. The output directory receives:
     counts: images, positive_images, ground_truth_boxes, predicted_boxes (at the run's
         threshold), predicted_boxes_best, scored_images, skipped_images;
     sweep: [{score_threshold, rsna_metric, num_images}];
+    localization: where the metric is lost, for the boxes kept at the run's threshold
+        (`retinanet.detection.localization`): per_iou_threshold [{iou, true_positives,
+        false_positives, false_negatives, hit_rate}], true_boxes, matched_boxes, the quartiles of
+        matched_iou, width_ratio, height_ratio, centre_offset_x, centre_offset_y, and the RSNA
+        metric by_true_boxes ("0", "1", "2", "3+") and by_view (from the DICOM headers);
     image_gating: what gating boxes by the image-level probability (p < postprocessing.
         image_gate_threshold empties an image) would do at the best threshold, when the model
         has the image head and postprocessing.image_gating is "none" (else null):
@@ -50,8 +55,10 @@ from retinanet import run_directory
 from retinanet.builders import build_dataset_and_records
 from retinanet.data.split import default_split_file, read_data_set
 from retinanet.data.rsna import Record
+from retinanet.data.views import view_positions_from_images
 from retinanet.detection.detections import keep_above, predict_dataset
-from retinanet.serve.ensembles import check_held_out, resolve_ensemble
+from retinanet.detection.localization import format_localization, localization_report
+from retinanet.serve.ensembles import check_held_out, resolve_ensemble, with_overrides
 from retinanet.evaluate.plots import plot_froc, plot_image_roc, plot_precision_recall, plot_sweep, write_overlays
 from retinanet.serve.inference import Detector
 from retinanet.detection.metrics import (IOU_THRESHOLDS, average_precision, coco_map, image_level_metrics, rsna_metric,
@@ -97,9 +104,10 @@ def predict_records(detector: Detector, records: list[Record], progress: bool = 
 
 
 def compute_metrics(records: list[Record], detections: dict, probabilities, *, threshold: float, sweep,
-                    image_threshold: float) -> dict:
+                    image_threshold: float, views: dict | None = None) -> dict:
     """All measures of the module docstring's metrics.json except "threshold_source", "predictions_csv"
-    and "source"; `threshold` is the operating point."""
+    and "source"; `threshold` is the operating point, at which the localization report
+    (`retinanet.detection.localization`) looks at the kept boxes, by the `views` ({patient: view}) given."""
     ground_truth = {record.patient_id: record.boxes for record in records}
     thresholds = sweep_thresholds(sweep)
     results = threshold_sweep(ground_truth, detections, list(thresholds) + [threshold])
@@ -130,6 +138,7 @@ def compute_metrics(records: list[Record], detections: dict, probabilities, *, t
                    "scored_images": operating["num_images"], "skipped_images": operating["num_skipped"]},
         "sweep": [{"score_threshold": item["score_threshold"], "rsna_metric": item["score"],
                    "num_images": item["num_images"]} for item in swept],
+        "localization": localization_report(ground_truth, keep_above(detections, threshold), views),
     }
 
 
@@ -158,9 +167,10 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
     output_dir = make_directory(output_dir)
     config = detector.config
     records, detections, probabilities = predict_records(detector, records, progress)
+    views, _ = view_positions_from_images(records)  # a header that gives none: the "unknown" group
     metrics = compute_metrics(records, detections, probabilities, threshold=detector.threshold,
                               sweep=config.evaluation.sweep,
-                              image_threshold=config.postprocessing.image_gate_threshold)
+                              image_threshold=config.postprocessing.image_gate_threshold, views=views)
     metrics["threshold_source"] = detector.threshold_origin
     kept = keep_above(detections, detector.threshold)
     write_submission(output_dir / "predictions.csv", kept, [record.patient_id for record in records])
@@ -186,7 +196,8 @@ def evaluate(detector: Detector, records: list[Record], output_dir, *, progress:
 
 
 def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None, split_file=None, data_root=None,
-                 threshold: float | None = None, write_threshold: bool = False, progress: bool = True) -> dict:
+                 threshold: float | None = None, write_threshold: bool = False, progress: bool = True,
+                 overrides=()) -> dict:
     """`retinanet evaluate`: load the run, evaluate its held-out split, write metrics.json; returns
     the metrics with their paths as given (not as metrics.json stores them, see `read_metrics`).
 
@@ -199,9 +210,11 @@ def evaluate_run(*, output_dir, run_dir=None, checkpoint=None, config_path=None,
     must hold no patient any of its runs trained on; its threshold goes to the
     cross-validation directory given. With `data_root`, every patient of that labelled data set
     is evaluated instead (`labelled_set_records`). Evaluating patients a model trained on is
-    refused whenever its run's split.csv tells.
+    refused whenever its run's split.csv tells. `overrides` (`section.key=value`) change the
+    post-processing and evaluation settings of the runs' configs for this evaluation.
     """
-    ensemble = resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
+    ensemble = with_overrides(resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path),
+                              overrides)
     if write_threshold and ensemble.threshold_dir is None:
         raise EvaluationError("--write-threshold with several runs: they have no common directory for "
                               f"{run_directory.THRESHOLD_FILE}; pass --threshold to infer and export instead")
@@ -287,6 +300,9 @@ def format_report(metrics: dict) -> str:
                      f"without pneumonia and {gating['removed_boxes_positive_images']} box(es) from images with it; "
                      f"RSNA metric at threshold {gating['threshold']:.2f}: {number(gating['rsna_metric'])} -> "
                      f"{number(gating['rsna_metric_gated'])}")
+    if metrics.get("localization"):  # metrics.json of earlier versions has none
+        lines += ["", f"Localization of the boxes kept at the used threshold {metrics['threshold']:.3f}:",
+                  *format_localization(metrics["localization"])]
     counts = metrics["counts"]
     lines += ["", ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items())]
     lines.append(f"predictions: {metrics['predictions_csv']}")

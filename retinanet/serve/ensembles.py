@@ -15,6 +15,7 @@ evaluation.score_threshold.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,27 @@ class EnsembleSource:
     def config(self) -> Config:
         """The first run's config: its preprocessing, post-processing and evaluation settings apply."""
         return self.sources[0].config
+
+
+# What may change after training: the weights fix the rest (input, anchors, model, loss).
+AFTER_TRAINING_SECTIONS = ("postprocessing", "evaluation")
+
+
+def with_overrides(ensemble: EnsembleSource, overrides) -> EnsembleSource:
+    """`ensemble` with `section.key=value` overrides of AFTER_TRAINING_SECTIONS applied to every
+    model's config (ConfigError naming an override of another section)."""
+    overrides = list(overrides)
+    if not overrides:
+        return ensemble
+    from retinanet.config import ConfigError, load_config
+
+    for override in overrides:
+        if override.split(".", 1)[0].strip() not in AFTER_TRAINING_SECTIONS:
+            raise ConfigError(f"--set {override}: only {' and '.join(f'{name}.*' for name in AFTER_TRAINING_SECTIONS)} "
+                              "can change after training (the weights fix the rest)")
+    sources = tuple(dataclasses.replace(source, config=load_config(source.config_path, overrides))
+                    for source in ensemble.sources)
+    return dataclasses.replace(ensemble, sources=sources)
 
 
 def fold_run_dirs(directory: str | Path) -> list[Path]:

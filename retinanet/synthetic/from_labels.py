@@ -28,7 +28,7 @@ import pandas as pd
 
 from retinanet.synthetic.geometry import REAL_SIZE
 from retinanet.data.patient_ids import check_patient_id
-from retinanet.synthetic.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL
+from retinanet.synthetic.phantom import DIFFICULTIES, LUNG_OPACITY, NORMAL, NOT_NORMAL
 from retinanet.data.rsna import CLASS_COLUMNS, LABEL_COLUMNS
 from retinanet.synthetic.rsna_layout import (SyntheticDataError, _check_no_stale_images, _PlannedImage, _random_uid,
                                       _write_csv, _write_images, image_file)
@@ -106,14 +106,18 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
 
 
 def generate_from_real_labels(out_dir, *, labels_csv, headers_csv, limit: int = 0, seed: int = 0,
-                              progress: bool = True, workers: int = 0) -> tuple[Path, int, int]:
-    """Write the set of the first `limit` patients (0: all) of the real label file into `out_dir`.
+                              difficulty: str = "default", progress: bool = True,
+                              workers: int = 0) -> tuple[Path, int, int]:
+    """Write the set of the first `limit` patients (0: all) of the real label file into `out_dir`,
+    their opacities drawn at `difficulty` (`retinanet.synthetic.phantom.DIFFICULTIES`).
 
     Returns (out_dir, patients, images written now); images already present from an interrupted
     run of the same settings are kept. Images are written by `workers` processes (0: one per core).
     """
     if limit < 0:
         raise SyntheticDataError(f"limit must be >= 0 (0: all patients), got {limit}")
+    if difficulty not in DIFFICULTIES:
+        raise SyntheticDataError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     labels_csv, headers_csv, out_dir = Path(labels_csv), Path(headers_csv), Path(out_dir)
     labels = _read_table(labels_csv, LABEL_COLUMNS, "label file")
     _check_ids(labels, "patientId", labels_csv)
@@ -133,11 +137,14 @@ def generate_from_real_labels(out_dir, *, labels_csv, headers_csv, limit: int = 
     planned = [_plan_patient(seed, patient_id, _boxes(groups.get_group(patient_id), labels_csv),
                              headers.loc[patient_id]) for patient_id in patients]
     folder = make_directory(out_dir / "stage_2_train_images")
-    _check_settings(out_dir, {"seed": seed, "size": REAL_SIZE, "labels": labels_csv.name})
+    settings = {"seed": seed, "size": REAL_SIZE, "labels": labels_csv.name}
+    if difficulty != "default":  # a set made before the levels existed records no difficulty
+        settings["difficulty"] = difficulty
+    _check_settings(out_dir, settings)
     for stale in folder.glob("*.tmp.dcm"):  # safe_writes.temporary_path's names, left by a kill mid-write
         stale.unlink()
     _check_no_stale_images(folder, planned)
-    tasks = [(item, image_file(folder, item.patient_id), REAL_SIZE) for item in planned]
+    tasks = [(item, image_file(folder, item.patient_id), REAL_SIZE, difficulty) for item in planned]
     tasks = [task for task in tasks if not task[1].is_file()]
     _write_images(tasks, workers=workers, progress=progress)
 

@@ -4,10 +4,11 @@
 and noise for a patient of a given view (AP/PA) and age, around a given box set (real
 patients' boxes: `retinanet.synthetic.geometry`). Each box holds a faint, patchy, soft-edged
 consolidation over the annotated extent, mostly in the lung but crossing its outline; its
-contrast is drawn relative to the lung's own texture (`OPACITY_CONTRAST`), so that it is found by
-looking, not by a threshold. AP films have a larger cardiac shadow, more noise, lower contrast
-and more tilt; children's chests are smaller. 'No Lung Opacity / Not Normal' pictures carry
-findings that are not opacities (a tube line, a small nodule, a lower-lung effusion gradient).
+contrast is drawn relative to the lung's own texture (`Difficulty.contrast`, of a level of
+`DIFFICULTIES`), so that it is found by looking, not by a threshold. AP films have a larger
+cardiac shadow, more noise, lower contrast and more tilt; children's chests are smaller. 'No
+Lung Opacity / Not Normal' pictures carry findings that are not opacities (a tube line, a small
+nodule, a lower-lung effusion gradient).
 Everything derives from the generator passed in.
 """
 
@@ -27,14 +28,37 @@ LUNG_OPACITY, NOT_NORMAL, NORMAL = CLASS_NAMES
 RENDER_SIZE = 512
 REAL_SIZE = 1024  # boxes are given in pixels of the real 1024 px films
 
-# Mean rise of the film inside a box's lung part over the standard deviation of the lung
-# without the opacity (anatomy, vessels and ribs at 512 px, before pixel noise): uniform in
-# this range per box. 1 means an opacity as strong as the lung's own structure.
-OPACITY_CONTRAST = (0.6, 1.6)
 # The visible opacity spans this fraction of the annotated extent (annotators draw loose boxes).
 OPACITY_EXTENT = (0.8, 1.0)
-OPACITY_EDGE = 0.45  # the outer fraction of the radius over which the opacity fades out
 OUTSIDE_LUNG_WEIGHT = 0.35  # the opacity's strength where it crosses the lung outline
+
+
+@dataclasses.dataclass(frozen=True)
+class Difficulty:
+    """How hard an opacity is to see and to outline.
+
+    contrast: the range, drawn uniform per box, of the mean rise of the film inside the box's lung
+        part over the standard deviation of the lung without the opacity (anatomy, vessels and ribs
+        at 512 px, before pixel noise); 1 means an opacity as strong as the lung's own structure.
+    edge: the outer fraction of the opacity's radius over which it fades out (softer, larger: an
+        outline that is harder to see).
+    patch_mean, patch_amplitude: the opacity's patchy texture, mean and amplitude of its fractal
+        modulation (a larger amplitude: more textured, less like a uniform blob).
+    """
+
+    contrast: tuple[float, float]
+    edge: float
+    patch_mean: float
+    patch_amplitude: float
+
+
+# "default" is the films' look since their real geometry (docs/data.md); "faint" and "very_faint"
+# draw the same patients' opacities weaker, more textured and with softer edges.
+DIFFICULTIES = {
+    "default": Difficulty(contrast=(0.6, 1.6), edge=0.45, patch_mean=0.65, patch_amplitude=0.35),
+    "faint": Difficulty(contrast=(0.3, 0.75), edge=0.7, patch_mean=0.6, patch_amplitude=0.5),
+    "very_faint": Difficulty(contrast=(0.15, 0.45), edge=0.85, patch_mean=0.55, patch_amplitude=0.6),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,13 +215,15 @@ def _fit_lungs(lungs: list[_Lung], frame: _Frame, boxes: np.ndarray) -> None:
         lungs[0 if x < 0.5 else 1].reach(x, y)
 
 
-def _draw_opacities(rng: np.random.Generator, boxes: np.ndarray, lung: np.ndarray, coordinates) -> list[np.ndarray]:
+def _draw_opacities(rng: np.random.Generator, boxes: np.ndarray, lung: np.ndarray, coordinates,
+                    difficulty: Difficulty) -> list[np.ndarray]:
     """One [R, R] float32 0..1 map per box (normalised x1, y1, x2, y2; `coordinates` [R]: the pixel
     centres on the film): a patchy consolidation with a soft, irregular edge over the box, weaker
-    where it crosses the lung outline."""
+    where it crosses the lung outline; `difficulty` sets its edge and texture."""
     render_size = lung.shape[0]
     column, row = coordinates[None, :], coordinates[:, None]
-    patches = np.clip(0.65 + 0.35 * _fractal_noise(rng, render_size, grids=(6, 12, 24, 48)), 0.1, 1.0)
+    noise = _fractal_noise(rng, render_size, grids=(6, 12, 24, 48))
+    patches = np.clip(difficulty.patch_mean + difficulty.patch_amplitude * noise, 0.1, 1.0)
     weight = OUTSIDE_LUNG_WEIGHT + (1.0 - OUTSIDE_LUNG_WEIGHT) * lung
     maps = []
     for x1, y1, x2, y2 in boxes:
@@ -206,7 +232,7 @@ def _draw_opacities(rng: np.random.Generator, boxes: np.ndarray, lung: np.ndarra
         radius = ((np.abs(column - (x1 + x2) / 2) / half_width) ** 2.5
                   + (np.abs(row - (y1 + y2) / 2) / half_height) ** 2.5) ** 0.4
         radius = radius * (1.0 + 0.15 * _smooth_noise(rng, render_size, grid=8))  # irregular outline
-        maps.append(_soft_inside(radius, OPACITY_EDGE) * patches * weight)
+        maps.append(_soft_inside(radius, difficulty.edge) * patches * weight)
     return maps
 
 
@@ -255,12 +281,16 @@ def _expose(picture: np.ndarray, gain: float, offset: float, gamma: float) -> np
 
 
 def render_chest_radiograph(rng: np.random.Generator, *, size: int, class_name: str, boxes=None,
-                            view: str = "PA", age: int = 47) -> SyntheticRadiograph:
+                            view: str = "PA", age: int = 47, difficulty: str = "default") -> SyntheticRadiograph:
     """Draw one chest-like `size` x `size` film of the given RSNA class.
 
     boxes: for Lung Opacity, float [N >= 1, 4] `x, y, width, height` in 1024 px pixels (a real
-    patient's box set); none for the other classes. view: "AP" or "PA"; age in years.
+    patient's box set); none for the other classes. view: "AP" or "PA"; age in years; difficulty:
+    a name of `DIFFICULTIES`, how faint and vague the opacities are (the same random draws at
+    every level: a patient's anatomy does not change with it).
     """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if class_name not in (LUNG_OPACITY, NOT_NORMAL, NORMAL):
         raise ValueError(f"unknown class {class_name!r}")
     if view not in ("AP", "PA"):
@@ -289,9 +319,10 @@ def render_chest_radiograph(rng: np.random.Generator, *, size: int, class_name: 
     in_lung = lung > 0.5
     lung_std = float(picture[in_lung].std()) if in_lung.any() else float(picture.std())
     opacity = np.zeros_like(picture)
-    for box_map in _draw_opacities(rng, corners, lung, coordinates):
+    level = DIFFICULTIES[difficulty]
+    for box_map in _draw_opacities(rng, corners, lung, coordinates, level):
         core = (box_map > 0.05) & in_lung
-        wanted = rng.uniform(*OPACITY_CONTRAST) * lung_std
+        wanted = rng.uniform(*level.contrast) * lung_std
         gain = wanted / max(float(box_map[core].mean()), 1e-3) if core.any() else 0.0
         opacity = np.maximum(opacity, box_map * np.float32(gain))
     exposure = (rng.uniform(0.85, 1.15), rng.uniform(-10.0, 10.0), rng.uniform(0.8, 1.25))

@@ -32,7 +32,7 @@ from retinanet.errors import UserError
 from retinanet.runtime.hardware import available_cores
 from retinanet.runtime.safe_writes import FileWriteError, make_directory, replace_atomically
 from retinanet.synthetic.geometry import REAL_SIZE, sample_patients
-from retinanet.synthetic.phantom import LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
+from retinanet.synthetic.phantom import DIFFICULTIES, LUNG_OPACITY, NORMAL, NOT_NORMAL, render_chest_radiograph
 
 # Fractions of all images in the stage 2 train set: 6,012 / 11,821 / 8,851 of 26,684.
 CLASS_FRACTIONS = {LUNG_OPACITY: 0.225, NOT_NORMAL: 0.443}
@@ -195,14 +195,15 @@ def image_file(folder: Path, patient_id: str) -> Path:
 
 
 def _render_and_write(task) -> None:
-    item, path, size = task
+    item, path, size, difficulty = task
     radiograph = render_chest_radiograph(np.random.default_rng(item.image_seed), size=size, class_name=item.class_name,
-                                         boxes=item.boxes, view=item.view_position, age=min(item.age, 100))
+                                         boxes=item.boxes, view=item.view_position, age=min(item.age, 100),
+                                         difficulty=difficulty)
     write_rsna_dicom(path, radiograph.image, item)
 
 
 def _write_images(tasks: list, *, workers: int, progress: bool) -> None:
-    """Render and write every (planned image, path, size) task in `workers` processes (0: one per
+    """Render and write every (planned image, path, size, difficulty) task in `workers` processes (0: one per
     available core). Each image derives from its own seed: the bytes do not depend on `workers`."""
     workers = workers or available_cores()
     with tqdm(total=len(tasks), desc="synthetic RSNA", unit="image", disable=not progress) as bar:
@@ -218,16 +219,20 @@ def _write_images(tasks: list, *, workers: int, progress: bool) -> None:
 
 
 def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int = 1024, seed: int = 0,
-                            progress: bool = True, workers: int = 0) -> Path:
+                            difficulty: str = "default", progress: bool = True, workers: int = 0) -> Path:
     """Write a synthetic RSNA stage 2 data set into `out_dir` and return it as a Path.
 
     Files: stage_2_train_labels.csv, stage_2_detailed_class_info.csv,
     stage_2_train_images/<patientId>.dcm, stage_2_test_images/<patientId>.dcm,
     stage_2_sample_submission.csv and the test truth stage_2_test_labels.csv. Boxes are in
     pixels of the `size` x `size` images. Classes follow the RSNA proportions in both splits
-    (22.5 % Lung Opacity, 44.3 % No Lung Opacity / Not Normal, the rest Normal). Images are
-    written by `workers` processes (0: one per available core).
+    (22.5 % Lung Opacity, 44.3 % No Lung Opacity / Not Normal, the rest Normal). `difficulty`
+    (a name of `retinanet.synthetic.phantom.DIFFICULTIES`) sets how faint and vague the opacities
+    are; the patients, their boxes and anatomy are the same at every level. Images are written by
+    `workers` processes (0: one per available core).
     """
+    if difficulty not in DIFFICULTIES:
+        raise SyntheticDataError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if num_train < 0 or num_test < 0:
         raise SyntheticDataError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}")
     if size < 64:
@@ -243,7 +248,7 @@ def generate_synthetic_rsna(out_dir, *, num_train: int, num_test: int, size: int
         make_directory(folder)
         _check_no_stale_images(folder, planned)
 
-    tasks = [(item, image_file(folder, item.patient_id), size) for planned, folder in splits.values()
+    tasks = [(item, image_file(folder, item.patient_id), size, difficulty) for planned, folder in splits.values()
              for item in planned]
     _write_images(tasks, workers=workers, progress=progress)
     label_rows: dict[str, list[list[str]]] = {"train": [], "test": []}
@@ -273,7 +278,8 @@ def ensure_synthetic_data(config: Config, progress: bool = True) -> bool:
     print(f"Generating the synthetic RSNA-format data set in {root} (first run only)")
     try:
         generate_synthetic_rsna(root, num_train=synthetic.num_train, num_test=synthetic.num_test,
-                                size=synthetic.size, seed=synthetic.seed, progress=progress)
+                                size=synthetic.size, seed=synthetic.seed, difficulty=synthetic.difficulty,
+                                progress=progress)
     except FileWriteError as error:  # a read-only or full disk, a path through a file
         raise FileWriteError(f"{error} (generating the synthetic data set of data.synthetic in data.root "
                              f"{root})") from error

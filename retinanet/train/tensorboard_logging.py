@@ -116,8 +116,8 @@ def write_pr_curve(tag: str, counts: np.ndarray, step: int, description: str) ->
 
 
 def log_validation_details(writer, step: int, records, results: dict, model=None) -> None:
-    """PR curves of a validation pass (`Validator.run` results for `records`), and weight
-    histograms of `model` when given."""
+    """PR curves and the localization report of a validation pass (`Validator.run` results for
+    `records`), and weight histograms of `model` when given."""
     ground_truth = {record.patient_id: record.boxes for record in records}
     scores, is_true_positive, num_boxes = detection_matches(ground_truth, results["detections"], 0.5)
     with writer.as_default(step=step):
@@ -127,10 +127,28 @@ def log_validation_details(writer, step: int, records, results: dict, model=None
             labels = np.array([record.target for record in records], bool)
             counts = counts_at_thresholds(results["probabilities"], labels, int(labels.sum()), int((~labels).sum()))
             write_pr_curve(IMAGE_PR_CURVE, counts, step, "Image-level 'pneumonia present' probability.")
+        if results.get("localization") is not None:
+            write_localization(results["localization"])
         if model is not None:
             for variable in model.weights:
                 tf.summary.histogram(f"weights/{variable.path}", variable)
     writer.flush()
+
+
+def write_localization(report: dict) -> None:
+    """The localization report (`retinanet.detection.localization`) as scalars of the default writer:
+    the hit rate at each IoU threshold, the medians of the matched boxes' IoU, size ratios and
+    centre offsets, and the RSNA metric by view and by number of true boxes."""
+    for row in report["per_iou_threshold"]:
+        if row["hit_rate"] is not None:
+            tf.summary.scalar(f"localization/hit_rate_iou_{row['iou']:.2f}", row["hit_rate"])
+    for key in ("matched_iou", "width_ratio", "height_ratio", "centre_offset_x", "centre_offset_y"):
+        if report[key] is not None:
+            tf.summary.scalar(f"localization/{key}_median", report[key][1])
+    for key, title in (("by_view", "view"), ("by_true_boxes", "true_boxes")):
+        for group, values in report.get(key, {}).items():
+            if values["rsna_metric"] is not None:
+                tf.summary.scalar(f"localization/rsna_metric_{title}_{group}", values["rsna_metric"])
 
 
 class SummaryWriters:

@@ -11,6 +11,7 @@ from retinanet.data.decode_checks import DEFAULT_LIMIT_MIB
 from retinanet.data.preprocess import denormalize
 from retinanet.data.rsna import Record
 from retinanet.detection.detections import above, forward_function, keep_above, predict_dataset
+from retinanet.detection.localization import localization_report
 from retinanet.detection.metrics import (average_precision, best_of_sweep, image_level_metrics, rsna_metric,
                                          sweep_thresholds)
 from retinanet.visualize import draw_boxes
@@ -49,7 +50,8 @@ def overlays_first(records: list[Record], count: int) -> list[Record]:
 class Validator:
     """Evaluates a model on fixed held-out records; `run()` -> {"scalars" (rsna_metric at
     `score_threshold`, best_rsna_metric at best_threshold, the best of the sweep...), "overlays",
-    "overlay_threshold" and its "overlay_threshold_origin", "detections", "probabilities"}.
+    "overlay_threshold" and its "overlay_threshold_origin", "detections", "probabilities",
+    "localization" (`retinanet.detection.localization`, of the boxes at the overlay threshold)}.
 
     Args:
         model: the Keras model, called on the dataset's images.
@@ -61,17 +63,19 @@ class Validator:
         sweep: (start, stop, step) of the thresholds whose best gives `best_rsna_metric`.
         num_overlays: how many of the first images are drawn with their boxes.
         channels: the network input's channels (1 or 3), to turn the images back into pictures.
+        views: {patient: view position} for the localization report's metric by view (None: none).
         progress: a progress bar while predicting.
     """
 
     def __init__(self, model, postprocessor, loss, dataset, records: list[Record], *, score_threshold: float,
-                 sweep: tuple[float, float, float], num_overlays: int, channels: int, progress: bool = True):
+                 sweep: tuple[float, float, float], num_overlays: int, channels: int, views: dict | None = None,
+                 progress: bool = True):
         self.model = model
         self.postprocessor = postprocessor
         self.loss = loss
         self.dataset, self.records = dataset, records
         self.score_threshold, self.sweep = score_threshold, sweep
-        self.num_overlays, self.channels = num_overlays, channels
+        self.num_overlays, self.channels, self.views = num_overlays, channels, views
         self.progress = progress
         self.forward = forward_function([model], postprocessor, loss)
 
@@ -115,8 +119,10 @@ class Validator:
                                        threshold=drawn_at, image_probability=_probability(probabilities, index)))
             if len(overlays) == self.num_overlays:
                 break
+        localization = localization_report(ground_truth, keep_above(by_patient, drawn_at), self.views)
         return {"scalars": scalars, "overlays": overlays, "overlay_threshold": drawn_at,
-                "overlay_threshold_origin": drawn_origin, "detections": by_patient, "probabilities": probabilities}
+                "overlay_threshold_origin": drawn_origin, "detections": by_patient, "probabilities": probabilities,
+                "localization": localization}
 
 
 def _probability(probabilities, index: int) -> float | None:
