@@ -70,7 +70,8 @@ def build_loss(config: Config, anchor_set: AnchorSet) -> RetinaNetLoss:
     loss = config.loss
     return RetinaNetLoss(config.model.num_classes, alpha=loss.alpha, gamma=loss.gamma,
                          smooth_l1_delta=loss.smooth_l1_delta, box_loss=loss.box_loss, box_weight=loss.box_weight,
-                         label_smoothing=loss.label_smoothing, anchors=anchor_set.boxes)
+                         label_smoothing=loss.label_smoothing, classification=loss.classification,
+                         anchors=anchor_set.boxes)
 
 
 def build_postprocessor(config: Config, anchor_set: AnchorSet) -> Postprocessor:

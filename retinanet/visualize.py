@@ -77,10 +77,10 @@ def draw_boxes(image: np.ndarray, ground_truth=None, predictions=None, scores=No
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 256))
     font_scale = max(0.4, max(image.shape[:2]) / 1024)
+    judged = ground_truth is not None and predictions is not None  # before None becomes "no boxes"
     truth = np.asarray(ground_truth if ground_truth is not None else np.zeros((0, 4))).reshape(-1, 4)
     predictions = np.asarray(predictions if predictions is not None else np.zeros((0, 4))).reshape(-1, 4)
     scores = np.asarray(scores if scores is not None else np.ones(len(predictions)))
-    judged = ground_truth is not None and predictions is not None
     is_true_positive, found = match_predictions(truth, predictions, scores)
     for box, was_found in zip(truth, found):
         x1, y1, x2, y2 = (int(round(v)) for v in box)

@@ -331,3 +331,39 @@ def test_image_loss_is_bce():
                 -math.log(1 / (1 + math.exp(3.0))), 50.0]
     np.testing.assert_allclose(result, expected, rtol=1e-5)
     np.testing.assert_allclose(image_loss(labels, logits[:, 0]).numpy(), numpy_bce(labels, logits[:, 0]), rtol=1e-5)
+
+
+def test_quality_focal_loss_labels_a_positive_anchor_with_its_boxs_iou():
+    # Anchor 0 positive: its predicted box is the target shifted by half its width (IoU 1/3); anchor
+    # 1 negative; anchor 2 ignored. The quality focal loss is the focal loss with label 1/3 there.
+    import tensorflow as tf
+
+    anchors = np.array([[0, 0, 32, 32], [40, 40, 72, 72], [80, 0, 112, 32]], np.float32)
+    target = np.array([[4, 4, 28, 28]], np.float32)
+    predicted = target + np.array([12, 0, 12, 0], np.float32)  # overlap 12 x 24 of a 24 x 24 box: IoU 1/3
+    deltas = np.zeros((1, 3, 4), np.float32)
+    deltas[0, 0] = box_ops.encode(target, anchors[:1]).numpy()[0]
+    predicted_deltas = np.zeros((1, 3, 4), np.float32)
+    predicted_deltas[0, 0] = box_ops.encode(predicted, anchors[:1]).numpy()[0]
+    y_true = _y_true(deltas, np.array([[0, NEGATIVE, IGNORE]], np.float32))
+    logits = np.array([[[0.4], [-1.2], [3.0]]], np.float32)
+    y_pred = tf.constant(np.concatenate([predicted_deltas, logits], axis=-1))
+    loss = RetinaNetLoss(anchors=anchors, classification="quality_focal")
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        classification = loss.components(y_true, y_pred)["classification"]
+    positive, negative = focal_loss(np.float32(1 / 3), np.float32(0.4)), focal_loss(np.float32(0), np.float32(-1.2))
+    expected = float(positive) + float(negative)
+    assert float(classification) == pytest.approx(expected, rel=1e-5)
+    # The label is held constant: the classification term sends no gradient into the box deltas.
+    gradient = tape.gradient(classification, y_pred).numpy()
+    assert np.all(gradient[..., :4] == 0) and gradient[0, 0, 4] != 0
+    plain = RetinaNetLoss(anchors=anchors).components(y_true, y_pred)["classification"]
+    assert float(plain) != pytest.approx(expected)  # one-hot labels give another value
+
+
+def test_quality_focal_loss_needs_anchors_and_a_known_name():
+    with pytest.raises(ValueError, match="needs the anchors"):
+        RetinaNetLoss(classification="quality_focal")
+    with pytest.raises(ValueError, match="classification must be one of focal, quality_focal"):
+        RetinaNetLoss(classification="softmax")

@@ -92,3 +92,15 @@ def test_band_height_does_not_depend_on_the_text():
     long = draw_boxes(image, TRUTH / 2, TRUTH / 2 + 1, [0.9, 0.8], threshold=0.3, image_probability=0.5,
                       title="a much longer title than the other one")
     assert short.shape == long.shape
+
+
+def test_truth_alone_is_drawn_without_judgement():
+    # Without predictions there is nothing to judge: no FN marks, no count line in the band.
+    image = np.full((100, 320), 128, np.uint8)
+    alone = draw_boxes(image, TRUTH, None)
+    judged = draw_boxes(image, TRUTH, np.zeros((0, 4)))
+    assert alone.shape[0] < judged.shape[0]  # the TP / FP / FN line only when judged
+    band = alone.shape[0] - 100
+    np.testing.assert_array_equal(alone[band:], draw_boxes(image, TRUTH, None, legend=False))
+    unmarked, marked = draw_boxes(image, TRUTH, None, legend=False), draw_boxes(image, TRUTH, [], legend=False)
+    assert (marked != unmarked).any()  # the "FN" text inside the missed boxes

@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, help="image side in pixels (default: data.synthetic's size, 1024)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--difficulty", default="default",
-                        help="how faint and vague the opacities are: default, faint or very_faint (default: "
+                        help="how faint and vague the opacities are: default, faint, very_faint or varied (default: "
                              "default; docs/data.md); the same patients, boxes and anatomy at every level")
     parser.add_argument("--from-labels", help="the real stage_2_train_labels.csv (.zip/.gz too): one film per patient")
     parser.add_argument("--headers", help="with --from-labels: the real DICOM header table (.csv/.csv.gz)")

@@ -72,10 +72,11 @@ def _parse_yaml(text: str):
 # config and the code cannot disagree.
 BAD_FILE_POLICIES = ("error", "skip")
 BOX_LOSSES = TableChoice("retinanet.detection.losses", "BOX_LOSSES")
+CLASSIFICATION_LOSSES = TableChoice("retinanet.detection.losses", "CLASSIFICATION_LOSSES")
 IMAGE_GATINGS = TableChoice("retinanet.detection.postprocess", "IMAGE_GATINGS")
 # The synthetic opacities' levels; retinanet.synthetic.phantom.DIFFICULTIES defines each (a test keeps
 # the two equal: the config must not import the generator).
-DIFFICULTIES = ("default", "faint", "very_faint")
+DIFFICULTIES = ("default", "faint", "very_faint", "varied")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -106,7 +107,7 @@ class SyntheticConfig:
     num_test: int = setting(40, at_least(0))
     size: int = setting(1024, at_least(64))
     seed: int = setting(0, at_least(0))
-    # How faint and vague the opacities are: default, faint or very_faint (docs/data.md).
+    # How faint and vague the opacities are: default, faint, very_faint or varied (docs/data.md).
     difficulty: str = setting("default", one_of(DIFFICULTIES))
 
 
@@ -199,6 +200,8 @@ class LossConfig:
     gamma: float = setting(defaults.FOCAL_GAMMA, at_least(0))
     smooth_l1_delta: float = setting(defaults.SMOOTH_L1_DELTA, positive())
     box_loss: str = setting(defaults.BOX_LOSS, BOX_LOSSES)
+    # focal, or quality_focal: a positive anchor learns its box's IoU with the true box as its score.
+    classification: str = setting(defaults.CLASSIFICATION_LOSS, CLASSIFICATION_LOSSES)
     box_weight: float = setting(defaults.BOX_WEIGHT, at_least(0))
     label_smoothing: float = setting(defaults.LABEL_SMOOTHING, within(0, 1, high_open=True))
     image_weight: float = setting(0.1, at_least(0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 FOCAL_ALPHA = 0.25  # weight of the positive class in the focal loss, in [0, 1]
 FOCAL_GAMMA = 2.0  # focusing exponent of the focal loss; 0 = cross-entropy
+CLASSIFICATION_LOSS = "focal"  # a name of `retinanet.detection.losses.CLASSIFICATION_LOSSES`
 SMOOTH_L1_DELTA = 1.0 / 9.0  # where smooth L1 turns from quadratic to linear, in encoded-delta units
 BOX_LOSS = "smooth_l1"  # a name of `retinanet.detection.losses.BOX_LOSSES`
 BOX_WEIGHT = 1.0  # box term multiplier in the total loss

@@ -1,4 +1,5 @@
-"""RetinaNet losses: sigmoid one-hot focal loss, smooth L1 (or GIoU / CIoU), image-level BCE.
+"""RetinaNet losses: sigmoid one-hot focal loss (or its IoU-aware form, the quality focal loss),
+smooth L1 (or GIoU / CIoU), image-level BCE.
 
 The targets come from `retinanet.detection.targets` (`[B, A, 4 + 1]`); the loss only weights and
 normalises. Both detection terms are divided by max(1, positive anchors), so images without
@@ -93,6 +94,12 @@ def decoded_iou_loss(kind: str):
     return box_loss
 
 
+# loss.classification: "focal" learns 1 for every positive anchor; "quality_focal" (Li et al. 2020,
+# generalised focal loss) learns each positive anchor's predicted box's IoU with its true box, so
+# that the score ranks boxes by how well they land (NMS then keeps the best-placed one). Both use
+# alpha and gamma as the focal loss does.
+CLASSIFICATION_LOSSES = ("focal", "quality_focal")
+
 # loss.box_loss -> per-anchor box loss (target deltas, predicted deltas, anchors, delta) -> [...].
 # The config accepts exactly these names.
 BOX_LOSSES = {"smooth_l1": smooth_l1_box_loss, "giou": decoded_iou_loss("giou"), "ciou": decoded_iou_loss("ciou")}
@@ -116,6 +123,9 @@ class RetinaNetLoss:
             `defaults.SMOOTH_L1_DELTA` (1/9).
         box_loss: A name of `BOX_LOSSES`: "smooth_l1" on the deltas, or "giou" / "ciou" on the
             decoded boxes. Default `defaults.BOX_LOSS` ("smooth_l1").
+        classification: A name of `CLASSIFICATION_LOSSES`: "focal" (one-hot labels) or
+            "quality_focal" (a positive anchor's label is its predicted box's IoU with the true
+            box; needs `anchors`). Default `defaults.CLASSIFICATION_LOSS` ("focal").
         box_weight: Multiplier of the box term in the total, >= 0. Default `defaults.BOX_WEIGHT` (1.0).
         label_smoothing: Fraction in [0, 1) of each one-hot label moved towards 0.5. Default
             `defaults.LABEL_SMOOTHING` (0.0).
@@ -123,17 +133,23 @@ class RetinaNetLoss:
             needed by "giou" and "ciou", which decode the deltas. Default None.
 
     Raises:
-        ValueError: An unknown `box_loss`, or "giou" / "ciou" without `anchors`.
+        ValueError: An unknown `box_loss` or `classification`, or "giou" / "ciou" / "quality_focal"
+            without `anchors`.
     """
 
     def __init__(self, num_classes: int = defaults.NUM_CLASSES, *, alpha: float = defaults.FOCAL_ALPHA,
                  gamma: float = defaults.FOCAL_GAMMA, smooth_l1_delta: float = defaults.SMOOTH_L1_DELTA,
                  box_loss: str = defaults.BOX_LOSS, box_weight: float = defaults.BOX_WEIGHT,
-                 label_smoothing: float = defaults.LABEL_SMOOTHING, anchors: np.ndarray | tf.Tensor | None = None):
+                 label_smoothing: float = defaults.LABEL_SMOOTHING,
+                 classification: str = defaults.CLASSIFICATION_LOSS, anchors: np.ndarray | tf.Tensor | None = None):
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
-        if BOX_LOSSES[box_loss] is not smooth_l1_box_loss and anchors is None:
-            raise ValueError(f"box_loss={box_loss!r} decodes boxes and needs the anchors")
+        if classification not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"classification must be one of {', '.join(CLASSIFICATION_LOSSES)}, "
+                             f"got {classification!r}")
+        if (BOX_LOSSES[box_loss] is not smooth_l1_box_loss or classification == "quality_focal") and anchors is None:
+            raise ValueError(f"box_loss={box_loss!r} with classification={classification!r} decodes boxes and needs "
+                             "the anchors")
         self.num_classes = num_classes
         self.alpha = alpha
         self.gamma = gamma
@@ -141,6 +157,7 @@ class RetinaNetLoss:
         self.box_loss = box_loss
         self.box_weight = box_weight
         self.label_smoothing = label_smoothing
+        self.classification = classification
         self.anchors = None if anchors is None else tf.convert_to_tensor(anchors, tf.float32)
 
     def components(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -152,6 +169,8 @@ class RetinaNetLoss:
         positive_mask = states >= 0.0
         valid_mask = tf.cast(tf.logical_or(positive_mask, tf.equal(states, NEGATIVE)), tf.float32)
         labels = tf.one_hot(tf.cast(tf.where(positive_mask, states, -1.0), tf.int32), self.num_classes)
+        if self.classification == "quality_focal":
+            labels = labels * self.quality(y_true[..., :4], y_pred[..., :4])[..., None]
         if self.label_smoothing:
             labels = labels * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         classification = focal_loss(labels, y_pred[..., 4:], alpha=self.alpha, gamma=self.gamma)
@@ -162,6 +181,13 @@ class RetinaNetLoss:
         box = tf.reduce_sum(tf.where(positive_mask, per_anchor, 0.0))
         return {"classification": classification, "box": box,
                 "num_positive": tf.reduce_sum(tf.cast(positive_mask, tf.float32))}
+
+    def quality(self, target_deltas: tf.Tensor, predicted_deltas: tf.Tensor) -> tf.Tensor:
+        """The IoU [B, A] of each anchor's predicted box with its target box (decoded from deltas
+        [B, A, 4]), held constant: the quality focal loss's label, not a path for the box's gradient."""
+        target = box_ops.decode(target_deltas, self.anchors)
+        predicted = box_ops.decode(tf.stop_gradient(predicted_deltas), self.anchors)
+        return tf.stop_gradient(box_ops.iou(target, predicted))
 
     def normalize(self, components: dict[str, tf.Tensor], num_positive: tf.Tensor) -> dict[str, tf.Tensor]:
         """Divide the sums by max(1, num_positive) (a scalar []); adds the weighted "total" (scalars [])."""

@@ -53,11 +53,13 @@ class Difficulty:
 
 
 # "default" is the films' look since their real geometry (docs/data.md); "faint" and "very_faint"
-# draw the same patients' opacities weaker, more textured and with softer edges.
+# draw the same patients' opacities weaker, more textured and with softer edges; "varied" spans
+# the contrasts of "faint" and "default" box by box, as real opacities range from plain to vague.
 DIFFICULTIES = {
     "default": Difficulty(contrast=(0.6, 1.6), edge=0.45, patch_mean=0.65, patch_amplitude=0.35),
     "faint": Difficulty(contrast=(0.3, 0.75), edge=0.7, patch_mean=0.6, patch_amplitude=0.5),
     "very_faint": Difficulty(contrast=(0.15, 0.45), edge=0.85, patch_mean=0.55, patch_amplitude=0.6),
+    "varied": Difficulty(contrast=(0.3, 1.6), edge=0.55, patch_mean=0.62, patch_amplitude=0.42),
 }
 
 
