@@ -61,3 +61,26 @@ def test_command_line(tmp_path):
     missing = subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / "time_to_quality.py"),
                               str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_held_out_minutes_come_from_each_kept_checkpoint_on_the_other_set(tiny_run, small_rsna, tmp_path):
+    # The tiny run keeps the checkpoint of its one validation (step 4); small_rsna is a labelled set
+    # of other patients. The held-out curve evaluates that checkpoint there, at the threshold the
+    # validation chose, and its minutes are the validation's.
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run_dir)
+    validation = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()
+                  if '"validation"' in line][-1]
+    summary = summarize(run_dir, targets=(0.0, 1.01), held_out_data=small_rsna)
+    assert summary["best_step"] == validation["step"] == 4
+    assert summary["minutes"][0.0] == pytest.approx(validation["elapsed_seconds"] / 60)
+    assert summary["minutes"][1.01] is None  # no metric reaches above 1
+    metrics = json.loads((run_dir / "held_out" / "step-4" / "metrics.json").read_text())
+    assert metrics["threshold"] == validation["best_threshold"]
+    assert summary["best"] == pytest.approx(metrics["rsna_metric"])
+    quartiles = metrics["localization"]["matched_iou"]
+    assert summary["matched_iou"] == (None if quartiles is None else quartiles[1])
+    assert "median matched IoU" in format_table([summary], (0.0, 1.01))
