@@ -114,7 +114,7 @@ def draw_boxes(image: np.ndarray, ground_truth=None, predictions=None, scores=No
 
 
 def save_rgb(path, image: np.ndarray) -> None:
-    """Write an RGB uint8 image in the format of `path`'s suffix (.png), whole or not at all.
+    """Write an RGB uint8 image in the format of `path`'s suffix (.png, .jpg), whole or not at all.
     Encoded here and written by retinanet/runtime/safe_writes.py, because cv2.imwrite answers a failed
     write with False, not an error; an unwritable `path` is a FileWriteError naming it."""
     path = Path(path)

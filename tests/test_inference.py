@@ -283,7 +283,7 @@ def test_infer_on_a_directory_follows_the_run_bad_file_policy(tiny_run, director
 
 @pytest.fixture(scope="module")
 def weights_with_and_without_image_head(tmp_path_factory):
-    import tensorflow as tf
+    import keras
 
     from retinanet.model.retinanet import build_retinanet
 
@@ -295,6 +295,11 @@ def weights_with_and_without_image_head(tmp_path_factory):
         model.save_weights(files[image_head, "h5"])
         prefix = tf.train.Checkpoint(model=model).write(str(directory / f"ckpt_{image_head}"))
         files[image_head, "checkpoint"] = Path(prefix)
+        # Training's checkpoints hold the optimizer too, which files the trainable weights under its own path.
+        optimizer = keras.optimizers.AdamW()
+        optimizer.build(model.trainable_variables)
+        prefix = tf.train.Checkpoint(model=model, optimizer=optimizer).write(str(directory / f"train_{image_head}"))
+        files[image_head, "training checkpoint"] = Path(prefix)
         # The check relies on this: the head's kernel is the model's only 2-D weight.
         assert [w.path for w in model.weights if len(w.shape) == 2] == (["image_logits/kernel"] if image_head else [])
     return files
@@ -307,7 +312,7 @@ def small_config(image_head: bool):
                              "model": {"fpn_channels": 8, "head_convs": 1, "image_head": image_head}})
 
 
-@pytest.mark.parametrize("kind", ["h5", "checkpoint"])
+@pytest.mark.parametrize("kind", ["h5", "checkpoint", "training checkpoint"])
 @pytest.mark.parametrize("trained_with", [True, False])
 def test_image_head_mismatch_on_load_says_so(weights_with_and_without_image_head, trained_with, kind):
     from retinanet.serve.inference import build_inference_model
@@ -323,8 +328,9 @@ def test_image_head_mismatch_on_load_says_so(weights_with_and_without_image_head
 def test_matching_image_head_loads(weights_with_and_without_image_head):
     from retinanet.serve.inference import build_inference_model
 
-    model = build_inference_model(small_config(True), weights_with_and_without_image_head[True, "checkpoint"])
-    assert "image_logits" in model.output
+    for kind in ("checkpoint", "training checkpoint"):
+        model = build_inference_model(small_config(True), weights_with_and_without_image_head[True, kind])
+        assert "image_logits" in model.output
 
 
 # --- A directory of hostile files among good ones ------------------------------------------------

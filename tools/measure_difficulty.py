@@ -1,6 +1,6 @@
 """The synthetic opacities' visibility at each difficulty level, and the films side by side.
 
-    python tools/measure_difficulty.py [--patients 150] [--picture docs/images/difficulty_levels.png]
+    python tools/measure_difficulty.py [--patients 150] [--picture docs/images/difficulty_levels.jpg]
 
 Prints, per level, the percentiles of the box contrast and of the pixel AUC that docs/data.md
 reports (retinanet/synthetic/visibility.py), and draws the same patients' films at every level,
@@ -43,7 +43,7 @@ def picture(path: str, size: int = 384) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=150, help="positive patients measured per level")
-    parser.add_argument("--picture", help="write the films side by side here (PNG)")
+    parser.add_argument("--picture", help="write the films side by side here (.png or .jpg)")
     args = parser.parse_args(argv)
     names = "/".join(f"p{value}" for value in PERCENTILES)
     print(f"| level | contrast {names} | pixel AUC {names} | boxes |")

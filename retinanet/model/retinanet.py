@@ -89,16 +89,19 @@ def build_retinanet(input_shape: tuple[int, int, int], *, num_classes: int = def
 
 
 def stored_weight_shapes(weights: str | Path) -> list[tuple[int, ...]]:
-    """The shapes of the model weights in a `.weights.h5` file or a tf.train.Checkpoint prefix."""
+    """The shapes of the weights in a `.weights.h5` file or a tf.train.Checkpoint prefix (with a
+    training checkpoint, the optimizer's too)."""
     weights = Path(weights)
     if weights.name.endswith(".weights.h5"):
         shapes = []
         with h5py.File(weights, "r") as file:
             file.visititems(lambda name, item: shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None)
         return shapes
-    # A training checkpoint also holds the optimizer: only the model's own variables count.
+    # A training checkpoint also holds the optimizer, and files each trainable weight under the
+    # optimizer's shorter path (`optimizer/_trainable_variables/N`), not under `model/`: every
+    # variable counts; the optimizer's own state has the shapes of the model's weights.
     stored = tf.train.load_checkpoint(str(weights)).get_variable_to_shape_map()
-    return [tuple(shape) for name, shape in stored.items() if name.startswith("model/")]
+    return [tuple(shape) for name, shape in stored.items() if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
 
 
 def stored_weights_have_image_head(weights: str | Path) -> bool:
