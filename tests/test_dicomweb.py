@@ -184,6 +184,27 @@ def test_a_wado_answer_gives_its_one_dicom_part():
         dicom_part(b"<html>", "text/html", "u")
 
 
+def test_the_journal_keeps_whole_lines_and_knows_what_each_model_reported(tmp_path):
+    from retinanet.serve.infer_dicomweb import read_journal, reported
+    from retinanet.serve.journal import JournalError
+    from retinanet.serve.reports import Algorithm
+
+    algorithm = Algorithm(("run",), ("run/best.weights.h5",), "f" * 64, 0.5, "0")
+    line = {"server": "http://s/dicom-web", "study": "1.2", "model": "f" * 64, "threshold": 0.5}
+    entries = [{**line, "sop_instance": "1.2.1", "report": "9.1", "num_boxes": 1},
+               {**line, "sop_instance": "1.2.2", "unreadable": "truncated file"},  # tried again
+               {**line, "sop_instance": "1.2.3", "report": "9.3", "num_boxes": 0, "threshold": 0.25},
+               {**line, "sop_instance": "1.2.4", "report": "9.4", "num_boxes": 0, "server": "http://t/dicom-web"}]
+    path = tmp_path / JOURNAL
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries) + '{"server": "http://s/dic')
+    found, torn = read_journal(path)
+    assert (found, torn) == (entries, 1) and path.read_text().endswith("}\n")  # the torn line is cut off
+    assert reported(found, "http://s/dicom-web", algorithm) == {"1.2.1"}
+    path.write_text(json.dumps(entries[0]) + "\n{not json}\n" + json.dumps(entries[1]) + "\n")
+    with pytest.raises(JournalError, match=f"{path}:2: not an entry of a DICOMweb report journal"):
+        read_journal(path)
+
+
 # --- Against Orthanc ---------------------------------------------------------------------------------------------
 
 
@@ -276,6 +297,26 @@ def test_refused_logins_and_unreachable_servers_are_clean_errors(orthanc, stored
     assert_clean_error(infer(f"http://{USER}:{PASSWORD}@127.0.0.1:1/dicom-web", *run),
                        "credentials do not go in the URL")
     assert not (tmp_path / JOURNAL).exists()
+
+
+@pytest.mark.slow
+def test_a_missing_film_and_one_beyond_the_memory_budget_are_unreadable_naming_their_url(orthanc, stored_films,
+                                                                                          tmp_path):
+    from retinanet.data.dicom import DicomReadError
+    from retinanet.serve.dicomweb import Film, Server
+
+    server = Server(orthanc.url, {"RETINANET_DICOMWEB_USER": USER, "RETINANET_DICOMWEB_PASSWORD": PASSWORD})
+    rg1 = stored_films["RG1_UNCR"]
+    film = Film(rg1.StudyInstanceUID, rg1.SeriesInstanceUID, rg1.SOPInstanceUID)
+    assert film in server.find_films([rg1.StudyInstanceUID])
+    fetched = server.fetch(film, tmp_path / "rg1.dcm", limit_bytes=64 << 20)
+    assert fetched.read_bytes() == Path(get_testdata_file("RG1_UNCR.dcm")).read_bytes()  # as stored, byte for byte
+    with pytest.raises(DicomReadError, match=f"{orthanc.url}/{film.path()}: larger than the decoding budget"):
+        server.fetch(film, tmp_path / "big.dcm", limit_bytes=1 << 20)
+    missing = Film(rg1.StudyInstanceUID, rg1.SeriesInstanceUID, "1.2.3.4.5")
+    with pytest.raises(DicomReadError, match="1.2.3.4.5: the server does not have this instance \\(HTTP 404\\)"):
+        server.fetch(missing, tmp_path / "missing.dcm", limit_bytes=64 << 20)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rg1.dcm"]
 
 
 @pytest.mark.slow
