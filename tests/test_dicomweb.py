@@ -338,3 +338,12 @@ def test_an_unreadable_film_stops_the_run_or_is_counted_and_listed(orthanc, stor
     skipped = (tmp_path / SKIPPED).read_text().splitlines()
     assert skipped[0] == "where,reason" and len(skipped) == 2 and skipped[1].startswith(url)
     assert set(orthanc.reports(0.5)) == {good.SOPInstanceUID}
+
+
+def test_a_missing_server_or_validator_skips_here_and_fails_under_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="Orthanc is not installed, and CI=true"):
+        unavailable("Orthanc is not installed")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="Orthanc is not installed"):
+        unavailable("Orthanc is not installed")
