@@ -129,3 +129,31 @@ def inferred_dicom(tiny_run, evaluated_run, tmp_path_factory) -> dict:
     assert completed.returncode == 0, completed.stderr
     return {"path": path, "output": output, "stdout": completed.stdout,
             "json": json.loads((output / f"{path.stem}.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def pacs_films(tiny_run, tmp_path_factory) -> Path:
+    """The films of the DICOM report and DICOMweb tests: the tiny run's four test DICOMs (256 px,
+    JPEG Baseline, MONOCHROME2) and pydicom-data's real chest film RG1 (1955 x 1841, MONOCHROME1)."""
+    from pydicom.data import get_testdata_file
+
+    directory = tmp_path_factory.mktemp("pacs_films")
+    for path in [*tiny_run.test_dicoms, Path(get_testdata_file("RG1_UNCR.dcm"))]:
+        shutil.copyfile(path, directory / path.name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def directory_reports(tiny_run, evaluated_run, pacs_films, tmp_path_factory) -> dict:
+    """Directory inference with reports and secondary captures over `pacs_films`, at threshold 0 (every
+    film has boxes) in batches of one (each film's boxes then bit for bit those of any other
+    single-film batch, such as the DICOMweb path's): {"output", "summary", "header", "journal"}."""
+    from retinanet.serve.infer import run_inference
+    from retinanet.serve.journal import JOURNAL
+
+    output = tmp_path_factory.mktemp("directory_reports")
+    summary = run_inference(input_path=pacs_films, output_dir=output, run_dir=tiny_run.run_dir, threshold=0.0,
+                            batch_size=1, progress=False, dicom_sr=True, secondary_capture=True)
+    lines = [json.loads(line) for line in (output / JOURNAL).read_text().splitlines()]
+    return {"output": output, "summary": summary, "header": lines[0],
+            "journal": {entry["patientId"]: entry for entry in lines[1:]}}

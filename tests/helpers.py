@@ -138,3 +138,11 @@ def assert_clean_error(completed: subprocess.CompletedProcess, *fragments: str) 
     for fragment in fragments:
         assert fragment in error_lines[-1], completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def unavailable(reason: str):
+    """Skip a test whose outside tool (Orthanc, dciodvfy) is not installed, saying which; under
+    CI=true, where .ci/run installs them, fail instead: CI must run these tests, not skip them."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}, and CI=true: .ci/run installs it, so these tests must run")
+    pytest.skip(reason)

@@ -226,12 +226,14 @@ def test_every_error_a_user_can_fix_is_a_user_error_and_no_command_lists_them():
     from retinanet.runtime.safe_writes import FileWriteError
     from retinanet.serve.export_formats import ConversionError
     from retinanet.serve.inference import InputError
+    from retinanet.serve.dicomweb import DicomwebError
+    from retinanet.serve.reports import ReportError
     from retinanet.run_directory import ModelLoadError
     from retinanet.train.trainer import TrainingError
 
     for error in (ConfigError, DicomReadError, LabelError, SubmissionError, CrossValidationError, EvaluationError,
                   OutOfFoldError, WeightsError, FileWriteError, ConversionError, InputError, ModelLoadError,
-                  TrainingError):
+                  TrainingError, ReportError, DicomwebError):
         assert issubclass(error, UserError), error
     for module in COMMANDS.values():
         assert "Error) as error" not in Path(module.__file__).read_text(), module.__name__

@@ -301,6 +301,22 @@ def read_image(path, *, memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> np.ndarr
     )
 
 
+def read_source_header(path) -> pydicom.Dataset:
+    """The whole header of a DICOM file without its pixel data: what a report on the film copies
+    (patient, study and series). DicomReadError naming the path, as for `read_image`."""
+    return _read_dataset(os.fspath(path), stop_before_pixels=True)
+
+
+@contextlib.contextmanager
+def ignoring_warnings(message_pattern: str):
+    """Ignore the warnings whose message matches `message_pattern`, in this block only. Held under
+    the readers' lock: warnings filters are process-wide, and the readers change them from several
+    threads (the block must not read files itself)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=message_pattern)
+        yield
+
+
 def read_header(path) -> dict:
     """A few header fields for exploration, read without the pixel data.
 

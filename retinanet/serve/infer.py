@@ -1,6 +1,7 @@
 """`retinanet infer`: boxes for one image (JSON and a picture) or for a directory of DICOMs (a
 Kaggle submission, resumable through its journal, `retinanet.serve.journal`), from a trained run
-or an ensemble (`retinanet.serve.inference.Detector`)."""
+or an ensemble (`retinanet.serve.inference.Detector`); with `dicom_sr`, a DICOM Structured Report
+per film (`retinanet.serve.reports`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, read_image
+from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, has_dicom_preamble, read_image
 from retinanet.data.rsna import SkipReport
 from retinanet.data.split import report_skips
 from retinanet.data.submission import write_submission
 from retinanet.detection.detections import above
 from retinanet.runtime.safe_writes import make_directory, write_json_atomically
-from retinanet.serve import journal
+from retinanet.serve import journal, reports
 from retinanet.serve.ensembles import resolve_ensemble
 from retinanet.serve.inference import Detector, InputError
 
@@ -45,9 +46,11 @@ def result_to_json(result: dict, image_path, image_shape, threshold: float) -> d
     return document
 
 
-def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndarray | None = None) -> dict:
+def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndarray | None = None,
+                dicom_sr: bool = False, secondary_capture: bool = False) -> dict:
     """One image (read from `path` unless given) -> `<output_dir>/<stem>.json` and `<stem>.png`
-    (boxes drawn in red); returns the JSON document plus the "outputs" written."""
+    (boxes drawn in red), and with `dicom_sr` the film's report `<output_dir>/reports/<stem>.sr.dcm`
+    (with `secondary_capture` also `<stem>.sc.dcm`); returns the JSON document plus the "outputs" written."""
     from retinanet.visualize import draw_boxes, save_rgb
 
     image = detector.read(path) if image is None else image
@@ -59,6 +62,11 @@ def infer_image(detector: Detector, path: Path, output_dir: Path, image: np.ndar
                          image_probability=result["image_probability"])
     save_rgb(output_dir / f"{path.stem}.png", picture)
     document["outputs"] = [str(output_dir / f"{path.stem}.json"), str(output_dir / f"{path.stem}.png")]
+    if dicom_sr:
+        written = reports.write_film_reports(path, output_dir / reports.REPORTS, result["boxes"], result["scores"],
+                                             result["image_probability"], reports.report_algorithm(detector),
+                                             image if secondary_capture else None)
+        document["outputs"] += [str(file) for file in written]
     return document
 
 
@@ -68,7 +76,8 @@ def unreadable_error(reason: str) -> DicomReadError:
 
 
 def infer_directory(detector: Detector, directory: Path, output_dir: Path, progress: bool = True,
-                    skip_unreadable: bool = False, batch_size: int | None = None) -> dict:
+                    skip_unreadable: bool = False, batch_size: int | None = None, dicom_sr: bool = False,
+                    secondary_capture: bool = False) -> dict:
     """Every DICOM in `directory` -> `<output_dir>/submission.csv` (Kaggle format, one row per file).
 
     The detections go to the journal `<output_dir>/detections.jsonl` batch by batch
@@ -76,7 +85,9 @@ def infer_directory(detector: Detector, directory: Path, output_dir: Path, progr
     the submission, written from the journal, is byte-identical to an uninterrupted run's. An
     unreadable file stops with DicomReadError, unless `skip_unreadable`: then its row is left
     empty, and the files and reasons are listed in `<output_dir>/skipped_images.csv` and counted.
-    `batch_size` defaults to evaluation.batch_size.
+    `batch_size` defaults to evaluation.batch_size. With `dicom_sr` every readable film also gets
+    its report in `<output_dir>/reports/` (written from the journal, after the submission), with
+    `secondary_capture` its burned-in picture too.
     """
     files = dicom_files(directory)
     batch_size = batch_size or detector.config.evaluation.batch_size
@@ -88,6 +99,9 @@ def infer_directory(detector: Detector, directory: Path, output_dir: Path, progr
     predictions, skipped = _kept_detections(detector, files, entries)
     submission, skipped_list = _write_submission(files, predictions, skipped, output_dir, skip_unreadable)
     num_detected = len(files) - len(resumed.entries)
+    num_reports = 0
+    if dicom_sr:
+        num_reports = _write_reports(detector, files, entries, predictions, output_dir, secondary_capture)
     return {"submission": str(submission), "num_images": len(files), "num_unreadable": len(skipped),
             "num_boxes": sum(len(scores) for _, scores in predictions.values()),
             "num_positive_images": sum(1 for _, scores in predictions.values() if len(scores)),
@@ -96,7 +110,9 @@ def infer_directory(detector: Detector, directory: Path, output_dir: Path, progr
             "journal_lines_dropped": resumed.torn_lines + resumed.unfinished_lines,
             "seconds": round(seconds, 3),
             "images_per_second": round(num_detected / seconds, 2) if num_detected else None,
-            "outputs": [str(submission), str(journal_path), *([str(skipped_list)] if skipped_list else [])]}
+            **({"num_reports": num_reports} if dicom_sr else {}),
+            "outputs": [str(submission), str(journal_path), *([str(skipped_list)] if skipped_list else []),
+                        *([str(output_dir / reports.REPORTS)] if num_reports else [])]}
 
 
 def _resume_journal(detector: Detector, files: list[Path], journal_path: Path, batch_size: int,
@@ -142,6 +158,19 @@ def _kept_detections(detector: Detector, files: list[Path], entries: list[dict])
     return predictions, skipped
 
 
+def _write_reports(detector: Detector, files: list[Path], entries: list[dict], predictions: dict,
+                   output_dir: Path, secondary_capture: bool) -> int:
+    """A report per readable film from its kept detections (and a secondary capture, its picture
+    read again); returns their number."""
+    algorithm = reports.report_algorithm(detector)
+    for path, entry in zip(files, entries):
+        if path.stem in predictions:
+            boxes, scores = predictions[path.stem]
+            reports.write_film_reports(path, output_dir / reports.REPORTS, boxes, scores, entry["image_probability"],
+                                       algorithm, detector.read(path) if secondary_capture else None)
+    return len(predictions)
+
+
 def _write_submission(files: list[Path], predictions: dict, skipped: SkipReport, output_dir: Path,
                       skip_unreadable: bool) -> tuple[Path, Path | None]:
     """submission.csv (a row per file) and, with `skip_unreadable`, the list of the unreadable files
@@ -155,22 +184,33 @@ def _write_submission(files: list[Path], predictions: dict, skipped: SkipReport,
     return output, skipped_list if len(skipped) else None
 
 
+def is_dicom(path: Path) -> bool:
+    return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path)
+
+
 def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None, config_path=None,
                   threshold: float | None = None, progress: bool = True, skip_unreadable: bool | None = None,
-                  batch_size: int | None = None) -> dict:
+                  batch_size: int | None = None, dicom_sr: bool = False, secondary_capture: bool = False) -> dict:
     """`retinanet infer`: a single image -> JSON + overlay; a directory of DICOMs -> submission.csv.
 
     `output_dir` defaults to the current directory. `skip_unreadable` (for a directory; default:
     the run's data.bad_file_policy is "skip") writes the submission without unreadable files;
     `batch_size` (a directory; default evaluation.batch_size) is the network's batch.
+    `dicom_sr` writes a Structured Report per DICOM film (a PNG or JPEG input is an InputError),
+    `secondary_capture` a picture with the boxes burned in too.
     Returns a summary whose "outputs" lists the files written and "score_threshold_source" says
     where its "score_threshold" came from (`Detector.threshold_origin`; "--threshold" for `threshold`).
     """
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     input_path = Path(input_path)
     if not input_path.exists():
         raise InputError(f"input not found: {input_path}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if dicom_sr and input_path.is_file() and not is_dicom(input_path):
+        raise InputError(f"--dicom-sr: {input_path} is not a DICOM film; a report refers to the film's patient, "
+                         "study and instance, which a PNG or JPEG does not have")
+    if secondary_capture and not dicom_sr:
+        raise InputError("--secondary-capture goes with --dicom-sr")
     ensemble = resolve_ensemble(checkpoint=checkpoint, run_dir=run_dir, config_path=config_path)
     # Fail on an empty directory or an unreadable image before spending time on the model.
     image = None if input_path.is_dir() else read_image(
@@ -182,7 +222,8 @@ def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None,
     if input_path.is_dir():
         if skip_unreadable is None:
             skip_unreadable = detector.config.data.bad_file_policy == "skip"
-        summary = infer_directory(detector, input_path, output_dir, progress, skip_unreadable, batch_size)
+        summary = infer_directory(detector, input_path, output_dir, progress, skip_unreadable, batch_size, dicom_sr,
+                                  secondary_capture)
     else:
-        summary = infer_image(detector, input_path, output_dir, image)
+        summary = infer_image(detector, input_path, output_dir, image, dicom_sr, secondary_capture)
     return {**summary, "score_threshold_source": detector.threshold_origin}

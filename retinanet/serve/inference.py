@@ -181,10 +181,11 @@ class Detector:
         """A DICOM, PNG or JPEG file -> one result (DicomReadError if it cannot be read)."""
         return self.detect_array(self.read(path), threshold)
 
-    def _load(self, path, skip_unreadable: bool = False):
-        """(preprocessed image, scale, original size); with `skip_unreadable` a DicomReadError is returned."""
+    def _load(self, item, skip_unreadable: bool = False, fetch=None):
+        """(preprocessed image, scale, original size) of the file `item`, or of the file `fetch(item)`
+        gives; with `skip_unreadable` a DicomReadError (of reading or fetching) is returned."""
         try:
-            image = self.read(path)
+            image = self.read(item if fetch is None else fetch(item))
         except DicomReadError as error:
             if skip_unreadable:
                 return error
@@ -193,18 +194,20 @@ class Detector:
         return processed, scale, image.shape[:2]
 
     def detect_batches(self, paths, *, batch_size: int | None = None, progress: bool = True,
-                       threshold: float | None = None, skip_unreadable: bool = False, done: int = 0):
+                       threshold: float | None = None, skip_unreadable: bool = False, done: int = 0, fetch=None):
         """Yield, for each run of `batch_size` consecutive paths (default evaluation.batch_size), the
         list of (path, result) in order; up to two batches are read ahead in data.num_parallel_calls
         threads (0: one per core) while the network runs, and no more are held in memory.
 
         An unreadable file raises DicomReadError at once, and nothing after it is read; with
         `skip_unreadable` its result is that error and it leaves the network's batch. `done` images
-        counted before these start the progress bar.
+        counted before these start the progress bar. With `fetch`, `paths` are any items and
+        `fetch(item)` (called in the reading threads, so as far ahead) gives each one's file, e.g. a
+        film fetched from a server; it raises DicomReadError for an item it cannot give.
         """
         paths = list(paths)
         batch_size = batch_size or self.config.evaluation.batch_size
-        loaded = ordered_map(functools.partial(self._load, skip_unreadable=skip_unreadable), paths,
+        loaded = ordered_map(functools.partial(self._load, skip_unreadable=skip_unreadable, fetch=fetch), paths,
                              num_workers=workers(self.config.data.num_parallel_calls), ahead=2 * batch_size)
         with contextlib.closing(loaded), tqdm(total=done + len(paths), initial=done, desc="detecting", unit="img",
                                               disable=not progress) as bar:
