@@ -80,7 +80,8 @@ def held_out_curve(run_dir, data_dir) -> tuple[list[tuple[int, float, float]], d
 def summarize(run_dir, targets=TARGETS, evaluation: str | None = None, held_out_data=None) -> dict:
     """{"run", "minutes": {target: first minutes reaching it, or None}, "best", "best_step",
     "best_minutes", "last_minutes", "held_out": rsna_metric of <run>/<evaluation>/metrics.json or None,
-    "matched_iou": median matched IoU at the best step (with `held_out_data`) or None}."""
+    "on_held_out": whether the curve is `held_out_data`'s, "matched_iou": median matched IoU at the best
+    step (with `held_out_data`; None where no box matched)}."""
     matched_iou = None
     if held_out_data is not None:
         curve, ious = held_out_curve(run_dir, held_out_data)
@@ -99,13 +100,13 @@ def summarize(run_dir, targets=TARGETS, evaluation: str | None = None, held_out_
             "minutes": {target: next((minutes for _, minutes, value in curve if value >= target), None)
                         for target in targets},
             "best": best, "best_step": best_step, "best_minutes": best_minutes, "last_minutes": curve[-1][1],
-            "held_out": held_out, "matched_iou": matched_iou}
+            "held_out": held_out, "on_held_out": held_out_data is not None, "matched_iou": matched_iou}
 
 
 def format_table(summaries: list[dict], targets=TARGETS) -> str:
     """A Markdown table: one row per run, minutes to each target ('-': not reached)."""
     held_out = any(summary["held_out"] is not None for summary in summaries)
-    matched = any(summary["matched_iou"] is not None for summary in summaries)
+    matched = any(summary["on_held_out"] for summary in summaries)
     header = ["run", *(f"min to {target:g}" for target in targets),
               f"best {'held-out' if matched else 'validation'} (step, min)", *(["held-out"] if held_out else []),
               *(["median matched IoU"] if matched else [])]

@@ -110,7 +110,7 @@ def test_infer_and_export_use_the_threshold_training_chose_and_say_so(tiny_run, 
 def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The detections of the module's Postprocessor re-derived from the raw network outputs: numpy
     decoding written from the box-coding formulas, greedy NMS by tf.image.non_max_suppression, then
-    shrink, letterbox scale and clip by hand. One class, no flip TTA, no gating; every level's
+    box voting, shrink, letterbox scale and clip by hand. One class, no flip TTA, no gating; every level's
     anchors fit in pre_nms_top_k (checked), so the per-level top-k keeps them all."""
     from retinanet.builders import build_anchor_set
     from retinanet.data.preprocess import normalize, preprocess_image
@@ -134,7 +134,17 @@ def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, 
     kept = tf.image.non_max_suppression(boxes.astype(np.float32), scores.astype(np.float32),
                                         max_output_size=post.max_detections, iou_threshold=post.nms_iou,
                                         score_threshold=post.candidate_score_threshold).numpy()
-    boxes, scores = boxes[kept], scores[kept]
+    if post.box_voting_iou > 0:  # each kept box: the score-weighted mean of the candidates overlapping it enough
+        voted = []
+        for box in boxes[kept]:
+            corner_min, corner_max = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+            inter = np.prod(np.clip(corner_max - corner_min, 0, None), axis=1)
+            iou = inter / (np.prod(box[2:] - box[:2]) + np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) - inter)
+            weights = np.where((iou >= post.box_voting_iou) & (scores > post.candidate_score_threshold), scores, 0)
+            voted.append(weights @ boxes / weights.sum())
+        boxes, scores = np.array(voted).reshape(-1, 4), scores[kept]
+    else:
+        boxes, scores = boxes[kept], scores[kept]
     centres, sizes = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * post.box_shrink
     boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1) / scale
     original_height, original_width = image.shape
@@ -142,7 +152,8 @@ def reference_detections(model, config, image: np.ndarray) -> tuple[np.ndarray, 
 
 
 @pytest.mark.slow
-def test_detector_matches_a_numpy_reference_on_a_non_square_image(tiny_run, png_image):
+@pytest.mark.parametrize("box_voting_iou", [0.0, 0.6])
+def test_detector_matches_a_numpy_reference_on_a_non_square_image(tiny_run, png_image, box_voting_iou):
     from dataclasses import replace
 
     from retinanet.data.dicom import read_image
@@ -150,7 +161,7 @@ def test_detector_matches_a_numpy_reference_on_a_non_square_image(tiny_run, png_
 
     config = tiny_run.config
     config = replace(config, postprocessing=replace(config.postprocessing, flip_tta=False, image_gating="none",
-                                                    box_shrink=0.9))
+                                                    box_shrink=0.9, box_voting_iou=box_voting_iou))
     detector = Detector(config, build_inference_model(config, tiny_run.run_dir / "final.weights.h5"), threshold=0.0)
     image = read_image(png_image)
     assert image.shape == (200, 240)
