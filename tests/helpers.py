@@ -9,6 +9,7 @@ import json
 import os
 import runpy
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -146,3 +147,29 @@ def unavailable(reason: str):
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}, and CI=true: .ci/run installs it, so these tests must run")
     pytest.skip(reason)
+
+
+def killed_on_second_append(module: str, torn: str) -> str:
+    """A Python program running `retinanet infer` (its arguments) whose `module`'s `append_line`
+    writes the first journal write whole, then of the second only `torn` (an expression of `line`)
+    before the process kills itself with SIGKILL: a kill in the middle of a journal write."""
+    return textwrap.dedent(f"""
+        import os, signal, sys
+        from retinanet.commands import infer
+        from retinanet.commands.common import run_module
+        from {module.rsplit(".", 1)[0]} import {module.rsplit(".", 1)[1]} as patched
+
+        appended = []
+        append_line = patched.append_line
+
+        def append_then_die(path, line, durable=False):
+            appended.append(line)
+            if len(appended) < 2:
+                return append_line(path, line, durable)
+            with open(path, "ab") as file:
+                file.write(({torn}).encode())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        patched.append_line = append_then_die
+        sys.exit(run_module(infer, sys.argv[1:]))
+        """)

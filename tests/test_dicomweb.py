@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from helpers import REPOSITORY_ROOT, assert_clean_error, run_in_process, unavailable
+from helpers import REPOSITORY_ROOT, assert_clean_error, killed_on_second_append, run_in_process, unavailable
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -233,27 +232,8 @@ def test_the_round_trip_stores_reports_whose_regions_are_the_directory_boxes(
     assert len((tmp_path / JOURNAL).read_text().splitlines()) == 5
 
 
-KILLED_RUN = """
-import os, signal, sys
-from retinanet.commands import infer
-from retinanet.commands.common import run_module
-from retinanet.serve import infer_dicomweb
-
-appended = []
-append_line = infer_dicomweb.append_line
-
-def append_then_die(path, line, durable=False):
-    appended.append(line)
-    if len(appended) < 2:
-        return append_line(path, line, durable)
-    # The second batch: stored on the server, then its journal line is cut short by a kill.
-    with open(path, "ab") as file:
-        file.write(line[:40].encode())
-    os.kill(os.getpid(), signal.SIGKILL)
-
-infer_dicomweb.append_line = append_then_die
-sys.exit(run_module(infer, sys.argv[1:]))
-"""
+# The second batch is stored on the server, then its journal line is cut short by a kill.
+KILLED_RUN = killed_on_second_append("retinanet.serve.infer_dicomweb", 'line[:40]')
 
 
 @pytest.mark.slow
@@ -265,7 +245,7 @@ def test_a_killed_run_resumes_and_the_server_holds_one_report_per_film(orthanc, 
                  tiny_run.run_dir, "--output", tmp_path, "--threshold", threshold, "--batch-size", "1", "--no-progress"]
     environment = {**os.environ, "RETINANET_DICOMWEB_USER": USER, "RETINANET_DICOMWEB_PASSWORD": PASSWORD,
                    "PYTHONPATH": os.pathsep.join([str(REPOSITORY_ROOT), os.environ.get("PYTHONPATH", "")])}
-    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_RUN), *map(str, arguments)], timeout=300,
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *map(str, arguments)], timeout=300,
                             capture_output=True, text=True, env=environment, cwd=REPOSITORY_ROOT)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert len(orthanc.reports(threshold)) == 2  # the second film's report was stored before the kill

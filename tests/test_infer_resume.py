@@ -6,9 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from helpers import killed_on_second_append
 
 from retinanet.serve import journal
 from retinanet.serve.journal import JournalError, open_journal
@@ -167,34 +167,15 @@ def test_a_run_stopped_by_an_exception_resumes_to_the_same_submission(tiny_run, 
     assert (tmp_path / journal.JOURNAL).read_bytes() == (output / journal.JOURNAL).read_bytes()
 
 
-KILLED_RUN = """
-import os, signal, sys
-from retinanet.commands import infer
-from retinanet.commands.common import run_module
-from retinanet.serve import journal
-
-appended = []
-append_line = journal.append_line
-
-def append_then_die(path, line, durable=False):
-    appended.append(line)
-    if len(appended) < 2:
-        return append_line(path, line, durable)
-    # The second batch: its first line and part of its second reach the file, then the process dies.
-    with open(path, "ab") as file:
-        file.write(line[:line.index("\\n") + 12].encode())
-    os.kill(os.getpid(), signal.SIGKILL)
-
-journal.append_line = append_then_die
-sys.exit(run_module(infer, sys.argv[1:]))
-"""
+# The second batch: its first line and part of its second reach the file, then the process dies.
+KILLED_RUN = killed_on_second_append("retinanet.serve.journal", 'line[:line.index("\\n") + 12]')
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_submission(tiny_run, seven_dicoms, uninterrupted, tmp_path, script):
     arguments = ["--run-dir", tiny_run.run_dir, "--input", seven_dicoms, "--output", tmp_path, "--threshold", "0",
                  "--batch-size", BATCH_SIZE, "--no-progress"]
-    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_RUN), *map(str, arguments)],
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *map(str, arguments)],
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     lines = (tmp_path / journal.JOURNAL).read_bytes().split(b"\n")

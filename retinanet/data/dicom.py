@@ -119,6 +119,11 @@ def has_dicom_preamble(path) -> bool:
         return False
 
 
+def is_dicom_file(path) -> bool:
+    """True for a DICOM file: by its suffix (DICOM_SUFFIXES) or its 'DICM' marker."""
+    return Path(path).suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path)
+
+
 def _require_file(path) -> None:
     if not os.path.exists(path):
         raise DicomReadError(path, "no such file")
@@ -292,7 +297,7 @@ def read_image(path, *, memory_limit_mib: float = DEFAULT_LIMIT_MIB) -> np.ndarr
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
     _require_file(path)
-    if suffix in DICOM_SUFFIXES or has_dicom_preamble(path):
+    if is_dicom_file(path):
         return read_dicom(path, memory_limit_mib=memory_limit_mib)
     if suffix in IMAGE_SUFFIXES:
         return _read_picture(path, memory_limit_mib)

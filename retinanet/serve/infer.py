@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, has_dicom_preamble, read_image
+from retinanet.data.dicom import DICOM_SUFFIXES, DicomReadError, is_dicom_file, read_image
 from retinanet.data.rsna import SkipReport
 from retinanet.data.split import report_skips
 from retinanet.data.submission import write_submission
@@ -184,10 +184,6 @@ def _write_submission(files: list[Path], predictions: dict, skipped: SkipReport,
     return output, skipped_list if len(skipped) else None
 
 
-def is_dicom(path: Path) -> bool:
-    return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path)
-
-
 def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None, config_path=None,
                   threshold: float | None = None, progress: bool = True, skip_unreadable: bool | None = None,
                   batch_size: int | None = None, dicom_sr: bool = False, secondary_capture: bool = False) -> dict:
@@ -206,7 +202,7 @@ def run_inference(*, input_path, output_dir=None, checkpoint=None, run_dir=None,
     input_path = Path(input_path)
     if not input_path.exists():
         raise InputError(f"input not found: {input_path}")
-    if dicom_sr and input_path.is_file() and not is_dicom(input_path):
+    if dicom_sr and input_path.is_file() and not is_dicom_file(input_path):
         raise InputError(f"--dicom-sr: {input_path} is not a DICOM film; a report refers to the film's patient, "
                          "study and instance, which a PNG or JPEG does not have")
     if secondary_capture and not dicom_sr:
