@@ -50,6 +50,7 @@ network input size and the run and weights file it came from (names, no absolute
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -120,8 +121,12 @@ class ServingModule(tf.Module):
     def __init__(self, detector: Detector, threshold: float):
         super().__init__(name="retinanet_serving")
         preprocessing = detector.config.preprocessing
-        self.models = list(detector.models)
-        self._postprocessor = detector.postprocessor
+        models = list(detector.models)
+        # The models' weights, not the Keras models: saving a Keras model traces its own functions
+        # too (a third of the export's time, and of the load's). The models run inside the
+        # signatures only.
+        self.model_variables = [variable for model in models for variable in model.weights]
+        self._detect_models = functools.partial(detector.postprocessor.detect, models)
         self._channels = preprocessing.channels
         self._input_size = preprocessing.image_size
         self._has_image_head = detector.has_image_head
@@ -135,7 +140,7 @@ class ServingModule(tf.Module):
         self.detect = tf.function(self._detect, input_signature=[tf.TensorSpec(None, tf.uint8, name="image")])
         self.detect_batch = tf.function(self._detect_batch, input_signature=[
             tf.TensorSpec(None, tf.uint8, name="images"), tf.TensorSpec([None, 2], tf.int32, name="sizes")])
-        self.network = network_function(self.models, detector.postprocessor.anchors, self._input_size,
+        self.network = network_function(models, detector.postprocessor.anchors, self._input_size,
                                          self._channels, self._has_image_head)
 
     def signatures(self) -> dict:
@@ -160,7 +165,7 @@ class ServingModule(tf.Module):
         tf.debugging.assert_positive(sizes, message="sizes must be positive")
         tf.debugging.assert_less_equal(sizes, tf.shape(grey)[1:3], message="a size exceeds the padded array")
         letterboxed, scales = self._letterbox_batch(grey, sizes)
-        result = self._postprocessor.detect(self.models, normalize(letterboxed, self._channels), scales, sizes)
+        result = self._detect_models(normalize(letterboxed, self._channels), scales, sizes)
         result = keep_above_in_graph(result, self.score_threshold)
         outputs = {key: result[key] for key in ("boxes", "scores", "num_detections")}
         if self._has_image_head:
@@ -179,7 +184,7 @@ class ServingModule(tf.Module):
         grey = tf.cond(tf.equal(tf.rank(image), 3), lambda: grey_in_graph(image),
                        lambda: tf.reshape(image, tf.shape(image)[:2]))
         grey = tf.ensure_shape(grey, [None, None])
-        batch = self._detect_grey_batch(grey[None], tf.shape(grey)[None])
+        batch = self.detect_batch(grey[None], tf.shape(grey)[None])  # its graph, not traced a second time
         count = batch["num_detections"][0]
         outputs = {"boxes": batch["boxes"][0, :count], "scores": batch["scores"][0, :count], "num_detections": count}
         if self._has_image_head:

@@ -49,7 +49,7 @@ def float32_network(detector):
     float32 = replace(config, runtime=replace(config.runtime, mixed_precision="float32"))
     model = build_inference_model(float32, detector.source.weights)
     module = tf.Module()
-    module.model = model  # keeps the variables alive with the function
+    module.model_variables = model.weights  # alive with the function; not the Keras model (see ServingModule)
     module.network = network_function(model, detector.postprocessor.anchors, config.preprocessing.image_size,
                                       config.preprocessing.channels, detector.has_image_head)
     return module
