@@ -130,7 +130,7 @@ def format_report(rows: list[dict], steps: dict | None, *, cpu: str, gpu_step_se
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['size']:,} | {row['prepare_seconds']:.1f} s | {row['size'] / row['prepare_seconds']:.1f} "
-                     f"| {row['prepare_rss'] / mib:.0f} MiB | {row['cache_bytes'] / mib:,.1f} MiB "
+                     f"| {row['prepare_rss'] / mib:.0f} MiB | {row['cache_bytes'] / mib:,.2f} MiB "
                      f"| {row['rerun_seconds']:.1f} s | {row['pipeline_rate']:.0f} images/s "
                      f"| {row['pipeline_rss'] / mib:.0f} MiB |")
     if steps:
