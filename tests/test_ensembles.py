@@ -42,10 +42,22 @@ def two_runs(tmp_path_factory):
     return write_run(root / "run_a", config, 3), write_run(root / "run_b", config, 4)
 
 
-def detect(run_dirs, image, threshold=0.0):
+@pytest.fixture(scope="module")
+def detector_of():
+    """`detector_of(*run_dirs)`: the Detector of those runs at threshold 0, loaded once in this
+    module (a load builds each model anew, a few seconds each)."""
     from retinanet.serve.inference import Detector
 
-    return Detector.load(run_dir=[str(path) for path in run_dirs], threshold=threshold).detect_array(image)
+    loaded = {}
+
+    def detector_of(*run_dirs):
+        key = tuple(str(path) for path in run_dirs)
+        if key not in loaded:
+            loaded[key] = Detector.load(run_dir=list(key), threshold=0.0)
+        return loaded[key]
+
+    yield detector_of
+    loaded.clear()
 
 
 def sorted_by_score(boxes, scores):
@@ -53,7 +65,7 @@ def sorted_by_score(boxes, scores):
     return boxes[order], scores[order]
 
 
-def test_two_copies_of_one_run_give_the_runs_own_boxes(two_runs, tmp_path):
+def test_two_copies_of_one_run_give_the_runs_own_boxes(two_runs, detector_of, tmp_path):
     """Weighted box fusion of duplicated passes changes nothing: each box joins its own copy's
     cluster (IoU 1), whose fused box stays the box, and a cluster's score, mean member score x
     min(members, passes) / passes, is the same with every member counted twice over twice the
@@ -61,19 +73,17 @@ def test_two_copies_of_one_run_give_the_runs_own_boxes(two_runs, tmp_path):
     run_a, _ = two_runs
     copy = shutil.copytree(run_a, tmp_path / "copy_of_a")
     image = chest_like_image()
-    single, doubled = detect([run_a], image), detect([run_a, copy], image)
+    single, doubled = detector_of(run_a).detect_array(image), detector_of(run_a, copy).detect_array(image)
     assert len(single["scores"]) == 10  # max_detections: enough boxes to compare
     np.testing.assert_allclose(doubled["scores"], single["scores"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(doubled["boxes"], single["boxes"], atol=1e-3)
     assert doubled["image_probability"] == pytest.approx(single["image_probability"], abs=1e-6)
 
 
-def independent_ensemble(run_dirs, image):
-    """Each model run by hand on the image and its mirror, each pass's NMS by the postprocessor,
-    then ensemble_boxes' WBF, the mean image probability, gating, shrink, scale and clip in numpy."""
-    from retinanet.serve.inference import Detector
-
-    detectors = [Detector.load(run_dir=[run_dir], threshold=0.0) for run_dir in run_dirs]
+def independent_ensemble(detectors, image):
+    """Each run's model (one Detector each) run by hand on the image and its mirror, each pass's NMS
+    by the postprocessor, then ensemble_boxes' WBF, the mean image probability, gating, shrink,
+    scale and clip in numpy."""
     config, post = detectors[0].config, detectors[0].postprocessor
     processed, scale = detectors[0].preprocess(image)
     plain = normalize(processed[None, :, :, None].astype(np.float32), 1)
@@ -101,11 +111,11 @@ def independent_ensemble(run_dirs, image):
     return boxes, scores, probability
 
 
-def test_two_runs_fuse_like_each_model_fused_by_ensemble_boxes(two_runs):
+def test_two_runs_fuse_like_each_model_fused_by_ensemble_boxes(two_runs, detector_of):
     image = chest_like_image()
-    ensemble = detect(two_runs, image)
-    expected_boxes, expected_scores, probability = independent_ensemble(two_runs, image)
-    single = detect(two_runs[:1], image)
+    ensemble = detector_of(*two_runs).detect_array(image)
+    expected_boxes, expected_scores, probability = independent_ensemble([detector_of(run) for run in two_runs], image)
+    single = detector_of(two_runs[0]).detect_array(image)
     assert not np.allclose(single["scores"], ensemble["scores"])  # the second model changes the result
     assert ensemble["image_probability"] == pytest.approx(probability, abs=1e-5)
     boxes, scores = sorted_by_score(ensemble["boxes"], ensemble["scores"])
@@ -198,12 +208,11 @@ def test_a_runs_split_file_without_folds_is_an_error_naming_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_exported_ensemble_gives_the_in_process_ensembles_boxes(two_runs, tmp_path):
+def test_exported_ensemble_gives_the_in_process_ensembles_boxes(two_runs, detector_of, tmp_path):
     from retinanet.data.preprocess import apply_clahe
     from retinanet.serve.export import export_detector
-    from retinanet.serve.inference import Detector
 
-    detector = Detector.load(run_dir=list(two_runs), threshold=0.0)
+    detector = detector_of(*two_runs)
     image = chest_like_image()
     expected = detector.detect_array(image)
     info = export_detector(detector, tmp_path / "exported")
@@ -219,8 +228,8 @@ def test_exported_ensemble_gives_the_in_process_ensembles_boxes(two_runs, tmp_pa
 
 
 @pytest.mark.slow
-def test_infer_script_takes_several_runs_and_names_a_mismatched_one(two_runs, tmp_path, script, clean_error):
-    from retinanet.serve.inference import Detector
+def test_infer_script_takes_several_runs_and_names_a_mismatched_one(two_runs, detector_of, tmp_path, script,
+                                                                     clean_error):
 
     image_path = tmp_path / "chest.png"
     cv2.imwrite(str(image_path), chest_like_image())
@@ -228,7 +237,7 @@ def test_infer_script_takes_several_runs_and_names_a_mismatched_one(two_runs, tm
                        "--output", tmp_path / "out", "--threshold", "0")
     assert completed.returncode == 0, completed.stderr
     document = json.loads((tmp_path / "out" / "chest.json").read_text())
-    expected = Detector.load(run_dir=list(two_runs), threshold=0.0).detect_image(image_path)
+    expected = detector_of(*two_runs).detect_image(image_path)
     boxes = np.array([[box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]]
                       for box in document["boxes"]])
     np.testing.assert_allclose(boxes, expected["boxes"], atol=1e-3)
