@@ -42,22 +42,14 @@ class TinyRun:
         return sorted((self.data_dir / "stage_2_test_images").glob("*.dcm"))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The suite runs in two processes (pyproject.toml's addopts), a group of tests at a time each:
-    the tests of one file, so that its module fixtures are built once, except that every test of
-    the tiny run (`tiny_run`, about half a minute to train and evaluate) is in one group, so that
-    only one process trains it. The groups with the most end-to-end (slow) tests go first, each
-    group's tests in their order: the long groups start early and the quick ones fill in at the
-    end, instead of one long group running alone."""
-    def group(item) -> str:
-        return "tiny_run" if "tiny_run" in item.fixturenames else str(item.path.relative_to(config.rootpath))
-
-    slow_tests: dict[str, int] = {}
+    """Files with the most end-to-end (slow) tests first, each file's tests in their order. The
+    suite runs in two processes, a file at a time each (pyproject.toml's addopts): the long files
+    start early and the quick ones fill in at the end, instead of one long file running alone."""
+    slow_tests: dict[Path, int] = {}
     for item in items:
-        slow_tests[group(item)] = slow_tests.get(group(item), 0) + bool(item.get_closest_marker("slow"))
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: -slow_tests[group(item)])  # stable: groups and tests keep their order otherwise
+        slow_tests[item.path] = slow_tests.get(item.path, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_tests[item.path])  # stable: files and tests keep their order otherwise
 
 
 @pytest.fixture(scope="session")
