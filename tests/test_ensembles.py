@@ -230,7 +230,6 @@ def test_exported_ensemble_gives_the_in_process_ensembles_boxes(two_runs, detect
 @pytest.mark.slow
 def test_infer_script_takes_several_runs_and_names_a_mismatched_one(two_runs, detector_of, tmp_path, script,
                                                                      clean_error):
-
     image_path = tmp_path / "chest.png"
     cv2.imwrite(str(image_path), chest_like_image())
     completed = script("infer.py", "--run-dir", two_runs[0], "--run-dir", two_runs[1], "--input", image_path,

@@ -81,7 +81,7 @@ def forward_function(models: list[keras.Model], postprocessor: Postprocessor,
                 sums["image_loss"] = tf.reduce_sum(image_loss(batch["image_labels"], outputs["image_logits"]))
         return result, sums
 
-    return tf.function(forward, reduce_retracing=True, autograph=False)
+    return tf.function(forward, reduce_retracing=True, autograph=False)  # no tensor control flow: see train/step.py
 
 
 @dataclass

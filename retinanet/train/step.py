@@ -54,4 +54,6 @@ def build_train_step(config: Config, strategy: tf.distribute.Strategy, model: ke
         return {key: strategy.reduce("sum", value, axis=None) / (replicas if key in
                 ("gradient_norm", "positive_anchors") else 1.0) for key, value in results.items()}
 
+    # No AutoGraph: the step holds no Python control flow on tensors, and converting Keras' layers
+    # cost seconds at every start.
     return tf.function(step, jit_compile=config.training.jit_compile or None, reduce_retracing=True, autograph=False)
