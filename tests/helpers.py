@@ -153,11 +153,12 @@ def killed_on_second_append(module: str, torn: str) -> str:
     """A Python program running `retinanet infer` (its arguments) whose `module`'s `append_line`
     writes the first journal write whole, then of the second only `torn` (an expression of `line`)
     before the process kills itself with SIGKILL: a kill in the middle of a journal write."""
+    package, name = module.rsplit(".", 1)
     return textwrap.dedent(f"""
         import os, signal, sys
         from retinanet.commands import infer
         from retinanet.commands.common import run_module
-        from {module.rsplit(".", 1)[0]} import {module.rsplit(".", 1)[1]} as patched
+        from {package} import {name} as patched
 
         appended = []
         append_line = patched.append_line
